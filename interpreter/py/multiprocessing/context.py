@@ -1,0 +1,212 @@
+import os
+import threading
+
+from . import process
+
+
+class ProcessError(Exception):
+    pass
+
+
+class BufferTooShort(ProcessError):
+    pass
+
+
+class TimeoutError(ProcessError):
+    pass
+
+
+class AuthenticationError(ProcessError):
+    pass
+
+
+class BaseContext(object):
+    ProcessError = ProcessError
+    BufferTooShort = BufferTooShort
+    TimeoutError = TimeoutError
+    AuthenticationError = AuthenticationError
+
+    current_process = staticmethod(process.current_process)
+    parent_process = staticmethod(process.parent_process)
+    active_children = staticmethod(process.active_children)
+
+    def cpu_count(self):
+        '''Returns the number of CPUs in the system'''
+        num = os.cpu_count()
+        if num is None:
+            raise NotImplementedError('cannot determine number of cpus')
+        return num
+
+    def Pipe(self, duplex=True):
+        '''Returns two connection objects connected by a pipe'''
+        from .connection import Pipe
+        return Pipe(duplex)
+
+    def Queue(self, maxsize=0):
+        '''Returns a queue object'''
+        from .queues import Queue
+        return Queue(maxsize, ctx=self.get_context())
+
+    def JoinableQueue(self, maxsize=0):
+        '''Returns a queue object'''
+        from .queues import JoinableQueue
+        return JoinableQueue(maxsize, ctx=self.get_context())
+
+    def SimpleQueue(self):
+        '''Returns a queue object'''
+        from .queues import SimpleQueue
+        return SimpleQueue(ctx=self.get_context())
+
+    def freeze_support(self):
+        '''Nothing to do: procpy children re-enter the procpy binary.'''
+
+    def get_logger(self):
+        from .util import get_logger
+        return get_logger()
+
+    def log_to_stderr(self, level=None):
+        from .util import log_to_stderr
+        return log_to_stderr(level)
+
+    def allow_connection_pickling(self):
+        '''Connections already travel to children as Process arguments.'''
+
+    def set_executable(self, executable):
+        '''Sets the program children are started with under spawn and forkserver
+        (it must be a procpy binary).'''
+        from .spawn import set_executable
+        set_executable(executable)
+
+    def set_forkserver_preload(self, module_names):
+        from .forkserver import set_forkserver_preload
+        set_forkserver_preload(module_names)
+
+    def get_context(self, method=None):
+        if method is None:
+            return self
+        try:
+            ctx = _concrete_contexts[method]
+        except KeyError:
+            raise ValueError('cannot find context for %r' % method) from None
+        return ctx
+
+    def get_start_method(self, allow_none=False):
+        return self._name
+
+    def set_start_method(self, method, force=False):
+        raise ValueError('cannot set start method of concrete context')
+
+    def get_all_start_methods(self):
+        return list(_all_methods)
+
+    @property
+    def reducer(self):
+        return globals().get('reduction')
+
+
+class Process(process.BaseProcess):
+    _start_method = None
+
+    @staticmethod
+    def _Popen(process_obj):
+        return _default_context.get_context().Process._Popen(process_obj)
+
+
+class DefaultContext(BaseContext):
+    Process = Process
+
+    def __init__(self, context):
+        self._default_context = context
+        self._actual_context = None
+
+    def get_context(self, method=None):
+        if method is None:
+            if self._actual_context is None:
+                self._actual_context = self._default_context
+            return self._actual_context
+        return super().get_context(method)
+
+    def set_start_method(self, method, force=False):
+        if self._actual_context is not None and not force:
+            raise RuntimeError('context has already been set')
+        if method is None and force:
+            self._actual_context = None
+            return
+        self._actual_context = self.get_context(method)
+
+    def get_start_method(self, allow_none=False):
+        if self._actual_context is None:
+            if allow_none:
+                return None
+            self._actual_context = self._default_context
+        return self._actual_context._name
+
+
+class ForkProcess(process.BaseProcess):
+    _start_method = 'fork'
+
+    @staticmethod
+    def _Popen(process_obj):
+        from .popen import PopenFork
+        return PopenFork(process_obj)
+
+
+class SpawnProcess(process.BaseProcess):
+    _start_method = 'spawn'
+
+    @staticmethod
+    def _Popen(process_obj):
+        from .popen import PopenSpawn
+        return PopenSpawn(process_obj)
+
+
+class ForkServerProcess(process.BaseProcess):
+    _start_method = 'forkserver'
+
+    @staticmethod
+    def _Popen(process_obj):
+        from .popen import PopenForkServer
+        return PopenForkServer(process_obj)
+
+
+class ForkContext(BaseContext):
+    _name = 'fork'
+    Process = ForkProcess
+
+
+class SpawnContext(BaseContext):
+    _name = 'spawn'
+    Process = SpawnProcess
+
+
+class ForkServerContext(BaseContext):
+    _name = 'forkserver'
+    Process = ForkServerProcess
+
+
+# Default first, as CPython lists them. The default is forkserver (CPython 3.14's on Linux):
+# safe for multi-threaded parents, and cheap because the server has the script preloaded.
+_all_methods = ('forkserver', 'spawn', 'fork')
+_concrete_contexts = {
+    'fork': ForkContext(),
+    'spawn': SpawnContext(),
+    'forkserver': ForkServerContext(),
+}
+_default_context = DefaultContext(_concrete_contexts[os.environ.get('PROCPY_START_METHOD') or 'forkserver'])
+
+
+def _force_start_method(method):
+    _default_context._actual_context = _concrete_contexts[method]
+
+
+# The Popen that is pickling a process for a child right now (per thread); only then may
+# authkeys and handles be encoded.
+_tls = threading.local()
+
+
+def get_spawning_popen():
+    return getattr(_tls, 'spawning_popen', None)
+
+
+def set_spawning_popen(popen):
+    _tls.spawning_popen = popen

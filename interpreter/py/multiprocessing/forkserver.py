@@ -1,0 +1,101 @@
+# The fork server: a single-threaded process, started once, that has the main script
+# preloaded and forks a child for each request.
+import os
+import signal
+import sys
+
+import _procpy
+
+from . import spawn, util
+
+_server = None          # (owner pid, address, boot fd, server pid)
+_preload = ['__main__']
+
+
+def set_forkserver_preload(modules_names):
+    global _preload
+    if not all(type(mod) is str for mod in modules_names):
+        raise TypeError('module_names must be a list of strings')
+    _preload = list(modules_names)
+
+
+def ensure_running():
+    '''Start the server if this process has none; return its address.'''
+    global _server
+    if _server is not None and _server[0] == os.getpid():
+        return _server[1]
+    listener, address = _procpy.forkserver_listen()
+    prep = spawn.get_preparation_data('ForkServer')
+    if '__main__' not in _preload:
+        prep.pop('init_main_from_path', None)
+        prep.pop('init_main_from_name', None)
+    payload = _procpy.dumps((prep, list(_preload)))
+    util._flush_std_streams()
+    try:
+        pid, boot = _procpy.spawn_child(spawn.get_executable(),
+                                        ['--multiprocessing-forkserver'], payload, [listener])
+    finally:
+        _procpy.close_fds([listener])
+    _server = (os.getpid(), address, boot, pid)
+    return address
+
+
+def _server_main():
+    '''Entry point of `procpy --multiprocessing-forkserver`.'''
+    payload, fds, boot = _procpy.recv_boot()
+    prep, preload = _procpy.loads(payload)
+    listener = fds[0]
+    # The server is nobody's "current process": children get their name from each request.
+    spawn.prepare(prep)
+    for mod in preload:
+        if mod != '__main__':
+            try:
+                __import__(mod)
+            except ImportError:
+                pass
+    # Ctrl-C goes to the whole process group: the parent handles it, the server carries on.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    children = {}   # pidfd -> (pid, connection to the requesting parent)
+    while True:
+        ready = _procpy.wait([listener, boot] + list(children))
+        if boot in ready:
+            # Our parent has exited.
+            break
+        for fd in ready:
+            if fd in children:
+                pid, conn = children.pop(fd)
+                _, sts = os.waitpid(pid, 0)
+                try:
+                    _procpy.send_i64(conn, os.waitstatus_to_exitcode(sts)
+                                     if hasattr(os, 'waitstatus_to_exitcode')
+                                     else (-os.WTERMSIG(sts) if os.WIFSIGNALED(sts)
+                                           else os.WEXITSTATUS(sts)))
+                except OSError:
+                    pass
+                _procpy.close_fds([conn, fd])
+        if listener in ready:
+            req = _procpy.forkserver_accept(listener)
+            if req is None:
+                continue
+            conn, body, cfds = req
+            util._flush_std_streams()
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    others = [listener, boot]
+                    for pfd, (_, c) in children.items():
+                        others += [pfd, c]
+                    _procpy.close_fds(others)
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                    child_prep, obj_bytes = _procpy.loads(body)
+                    code = spawn._run_child(child_prep, obj_bytes, cfds)
+                finally:
+                    os._exit(code)
+            _procpy.close_fds(cfds)
+            try:
+                _procpy.send_i64(conn, pid)
+            except OSError:
+                pass
+            children[_procpy.pidfd_open(pid)] = (pid, conn)
+    sys.exit(0)

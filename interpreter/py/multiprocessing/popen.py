@@ -1,0 +1,122 @@
+# How a child is started under each method. The heavy lifting (exec, descriptor passing, the
+# fork-server protocol, exit sentinels) is native, in `_procpy`.
+import os
+import signal
+
+import _procpy
+
+from . import context, spawn, util
+
+
+def _exitcode(status):
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+class _Popen(object):
+    method = None
+
+    def __init__(self, process_obj):
+        util._flush_std_streams()
+        self.returncode = None
+        self._fds = []
+        self._launch(process_obj)
+
+    def poll(self, flag=os.WNOHANG):
+        if self.returncode is None:
+            try:
+                pid, sts = os.waitpid(self.pid, flag)
+            except OSError:
+                # Not our child any more (already reaped elsewhere).
+                return None
+            if pid == self.pid:
+                self.returncode = _exitcode(sts)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            if timeout is not None:
+                if not _procpy.wait([self.sentinel], timeout):
+                    return None
+            return self.poll(os.WNOHANG if timeout == 0.0 else 0)
+        return self.returncode
+
+    def _send_signal(self, sig):
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            except OSError:
+                if self.wait(timeout=0.1) is None:
+                    raise
+
+    def terminate(self):
+        self._send_signal(signal.SIGTERM)
+
+    def kill(self):
+        self._send_signal(signal.SIGKILL)
+
+    def close(self):
+        _procpy.close_fds(self._fds)
+        self._fds = []
+
+    def _encode(self, process_obj):
+        '''Encode what a fresh interpreter needs: preparation data, then the process object
+        (whose handles travel as descriptors).'''
+        prep = spawn.get_preparation_data(process_obj._name)
+        context.set_spawning_popen(self)
+        try:
+            obj_bytes, fds = _procpy.dumps_for_child(process_obj)
+        finally:
+            context.set_spawning_popen(None)
+        return _procpy.dumps((prep, obj_bytes)), fds
+
+
+class PopenFork(_Popen):
+    method = 'fork'
+
+    def _launch(self, process_obj):
+        parent_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = process_obj._bootstrap(parent_sentinel=spawn._parent_sentinel(parent_pid))
+            finally:
+                os._exit(code)
+        self.pid = pid
+        self.sentinel = _procpy.pidfd_open(pid)
+        self._fds = [self.sentinel]
+
+
+class PopenSpawn(_Popen):
+    method = 'spawn'
+
+    def _launch(self, process_obj):
+        payload, fds = self._encode(process_obj)
+        self.pid, boot = _procpy.spawn_child(spawn.get_executable(), spawn.child_args(),
+                                             payload, fds)
+        self.sentinel = _procpy.pidfd_open(self.pid)
+        self._fds = [self.sentinel, boot]
+
+
+class PopenForkServer(_Popen):
+    method = 'forkserver'
+
+    def _launch(self, process_obj):
+        from . import forkserver
+        payload, fds = self._encode(process_obj)
+        address = forkserver.ensure_running()
+        self.pid, self.sentinel = _procpy.forkserver_request(address, payload, fds)
+        self._fds = [self.sentinel]
+
+    def poll(self, flag=os.WNOHANG):
+        # The child is the server's, not ours: the server reports its status on the sentinel.
+        if self.returncode is None:
+            if flag == os.WNOHANG and not _procpy.wait([self.sentinel], 0):
+                return None
+            code = _procpy.recv_i64(self.sentinel)
+            self.returncode = 255 if code is None else code
+        return self.returncode

@@ -1,0 +1,151 @@
+# Starting a child in a fresh interpreter: what it needs to know, and how it becomes the
+# process object it was sent.
+import os
+import sys
+import types
+
+import _procpy
+
+from . import process
+
+_executable = None
+
+
+def set_executable(exe):
+    global _executable
+    _executable = os.fsdecode(exe) if exe is not None else None
+
+
+def get_executable():
+    return _executable or _procpy.current_exe()
+
+
+def child_args():
+    return ['--multiprocessing-spawn-child']
+
+
+def _parent_sentinel(pid):
+    '''A descriptor that becomes readable when process `pid` exits.'''
+    try:
+        return _procpy.pidfd_open(pid)
+    except OSError:
+        # Already gone: a pipe whose writer is closed is "ready" at once.
+        r, w = os.pipe()
+        os.close(w)
+        return r
+
+
+def get_preparation_data(name):
+    '''Return info about parent needed by child to unpickle process object'''
+    d = dict(
+        name=name,
+        authkey=bytes(process.current_process().authkey),
+        parent_pid=os.getpid(),
+    )
+    sys_path = sys.path.copy()
+    try:
+        i = sys_path.index('')
+    except ValueError:
+        pass
+    else:
+        if process.ORIGINAL_DIR is not None:
+            sys_path[i] = process.ORIGINAL_DIR
+    d.update(
+        sys_path=sys_path,
+        sys_argv=sys.argv,
+        orig_dir=process.ORIGINAL_DIR,
+        dir=os.getcwd(),
+        start_method=_start_method(),
+    )
+    main_module = sys.modules['__main__']
+    spec = getattr(main_module, '__spec__', None)
+    main_mod_name = getattr(spec, 'name', None)
+    if main_mod_name is not None and main_mod_name != '__main__':
+        d['init_main_from_name'] = main_mod_name
+    else:
+        main_path = getattr(main_module, '__file__', None)
+        if main_path is not None:
+            if not os.path.isabs(main_path) and process.ORIGINAL_DIR is not None:
+                main_path = os.path.join(process.ORIGINAL_DIR, main_path)
+            d['init_main_from_path'] = os.path.normpath(main_path)
+    return d
+
+
+def _start_method():
+    from . import context
+    return context._default_context.get_start_method()
+
+
+def prepare(data):
+    '''Make this interpreter look like the parent before the process object is decoded.'''
+    if 'name' in data:
+        process.current_process().name = data['name']
+    if 'authkey' in data:
+        process.current_process().authkey = data['authkey']
+    if 'sys_path' in data:
+        sys.path = data['sys_path']
+    if 'sys_argv' in data:
+        sys.argv = data['sys_argv']
+    if 'dir' in data:
+        os.chdir(data['dir'])
+    if 'orig_dir' in data:
+        process.ORIGINAL_DIR = data['orig_dir']
+    if 'start_method' in data:
+        from . import context
+        context._force_start_method(data['start_method'])
+    if 'init_main_from_name' in data:
+        _fixup_main_from_name(data['init_main_from_name'])
+    elif 'init_main_from_path' in data:
+        _fixup_main_from_path(data['init_main_from_path'])
+
+
+def _install_main(mod):
+    sys.modules['__main__'] = sys.modules['__mp_main__'] = mod
+
+
+def _fixup_main_from_name(mod_name):
+    current_main = sys.modules['__main__']
+    if mod_name == '__main__' or mod_name.endswith('.__main__'):
+        return
+    if getattr(current_main.__spec__, 'name', None) == mod_name:
+        return
+    import runpy
+    main_module = types.ModuleType('__mp_main__')
+    main_content = runpy.run_module(mod_name, run_name='__mp_main__', alter_sys=True)
+    main_module.__dict__.update(main_content)
+    _install_main(main_module)
+
+
+def _fixup_main_from_path(main_path):
+    '''Run the parent's main script as `__mp_main__` (so code outside the
+    `if __name__ == '__main__':` guard runs again here, as in CPython).'''
+    current_main = sys.modules['__main__']
+    if getattr(current_main, '__file__', None) == main_path:
+        return
+    main_module = types.ModuleType('__mp_main__')
+    main_module.__file__ = main_path
+    main_module.__builtins__ = __builtins__
+    _install_main(main_module)
+    with open(main_path, 'rb') as f:
+        source = f.read()
+    code = compile(source, main_path, 'exec')
+    exec(code, main_module.__dict__)
+
+
+def _run_child(prep, obj_bytes, fds):
+    '''Become the process object: prepare, decode it, bootstrap. Returns the exit code.'''
+    process.current_process()._inheriting = True
+    try:
+        prepare(prep)
+        process_obj = _procpy.loads_with_fds(obj_bytes, fds)
+    finally:
+        _procpy.close_fds(fds)
+        del process.current_process()._inheriting
+    return process_obj._bootstrap(parent_sentinel=_parent_sentinel(prep['parent_pid']))
+
+
+def _child_main():
+    '''Entry point of `procpy --multiprocessing-spawn-child`.'''
+    payload, fds, _boot = _procpy.recv_boot()
+    prep, obj_bytes = _procpy.loads(payload)
+    sys.exit(_run_child(prep, obj_bytes, fds))

@@ -1,0 +1,97 @@
+//! Booting an interpreter: RustPython's native stdlib, the frozen pure-Python stdlib (minus its
+//! own `multiprocessing`, which ours replaces), our frozen `multiprocessing` and `_procpy`.
+
+use crate::native;
+use rustpython_vm::compiler::core::frozen::FrozenLib;
+use rustpython_vm::{Interpreter, InterpreterBuilder, PyResult, Settings, VirtualMachine};
+
+/// Our Python sources (`interpreter/py`), compiled at build time.
+static OUR_PYLIB: &FrozenLib = rustpython_vm::py_freeze!(dir = "../py", crate_name = "rustpython_compiler_core");
+
+/// What the interpreter should run as `__main__`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunMode {
+    /// `procpy script.py args...`
+    Script(String),
+    /// `procpy -c CODE args...`
+    Command(String),
+    /// `procpy -m module args...`
+    Module(String),
+    /// A child started by the spawn method (boot data arrives on `PROCPY_BOOT_FD`).
+    SpawnChild,
+    /// The fork server (boot data arrives on `PROCPY_BOOT_FD`).
+    ForkServer,
+}
+
+/// The argument procpy passes to re-enter itself as a spawned child.
+pub const SPAWN_CHILD_FLAG: &str = "--multiprocessing-spawn-child";
+/// The argument procpy passes to re-enter itself as the fork server.
+pub const FORK_SERVER_FLAG: &str = "--multiprocessing-forkserver";
+
+fn is_replaced(name: &str) -> bool {
+    name == "multiprocessing" || name.starts_with("multiprocessing.")
+}
+
+/// A builder for an interpreter with procpy's modules; `argv` becomes `sys.argv`.
+pub fn builder(argv: Vec<String>) -> InterpreterBuilder {
+    let mut settings = Settings::default();
+    settings.argv = argv;
+    // Like CPython, honour PYTHONPATH.
+    if let Some(pp) = std::env::var_os("PYTHONPATH") {
+        settings.path_list.extend(std::env::split_paths(&pp).map(|p| p.to_string_lossy().into_owned()));
+    }
+    let builder = InterpreterBuilder::new().settings(settings);
+    let defs = rustpython_stdlib::stdlib_module_defs(&builder.ctx);
+    let ours = native::module_def(&builder.ctx);
+    builder
+        .add_native_modules(&defs)
+        .add_native_module(ours)
+        .add_frozen_modules(rustpython_pylib::FROZEN_STDLIB.into_iter().filter(|(n, _)| !is_replaced(n)))
+        .add_frozen_modules(OUR_PYLIB)
+        .init_hook(|vm| {
+            let state = rustpython_vm::common::rc::PyRc::get_mut(&mut vm.state).expect("fresh vm state");
+            state.config.paths.stdlib_dir = Some(rustpython_pylib::LIB_PATH.to_owned());
+        })
+}
+
+/// Run `mode` in a fresh interpreter and return the process exit status, as `python3` would.
+pub fn run(mode: RunMode, argv: Vec<String>) -> u32 {
+    let interp: Interpreter = builder(argv).build();
+    interp.run(|vm| run_in(vm, &mode))
+}
+
+fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
+    let scope = vm.new_scope_with_main()?;
+    match mode {
+        RunMode::SpawnChild => return call_glue(vm, "multiprocessing.spawn", "_child_main"),
+        RunMode::ForkServer => return call_glue(vm, "multiprocessing.forkserver", "_server_main"),
+        _ => {}
+    }
+    let _ = vm.import("site", 0);
+    match mode {
+        RunMode::Script(path) => {
+            let dir = std::path::Path::new(path).parent().and_then(|p| p.to_str()).unwrap_or("");
+            let dir = if dir.is_empty() { "." } else { dir };
+            let abs = std::fs::canonicalize(dir).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| dir.to_owned());
+            vm.insert_sys_path(vm.new_pyobj(abs))?;
+            vm.run_any_file(scope, path)
+        }
+        RunMode::Command(code) => {
+            vm.insert_sys_path(vm.new_pyobj(""))?;
+            vm.run_string(scope, code, "<string>".to_owned()).map(drop)
+        }
+        RunMode::Module(name) => {
+            let cwd = std::env::current_dir().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+            vm.insert_sys_path(vm.new_pyobj(cwd))?;
+            vm.run_module(name)
+        }
+        RunMode::SpawnChild | RunMode::ForkServer => unreachable!("handled above"),
+    }
+}
+
+fn call_glue(vm: &VirtualMachine, module: &str, func: &str) -> PyResult<()> {
+    let name = vm.ctx.new_str(module);
+    vm.import(&*name, 0)?;
+    let f = crate::codec::resolve_global(vm, module, func)?;
+    f.call((), vm).map(drop)
+}

@@ -1,0 +1,282 @@
+//! The wire value model: what a Python object graph becomes on its way between processes.
+//!
+//! This module knows nothing about the VM. `codec` turns Python objects into [`Value`]s and back;
+//! this module turns [`Value`]s into bytes with postcard (a documented, stable serde format).
+//!
+//! Identity is kept the way pickle keeps it: every container or reduced object gets the next memo
+//! index, in pre-order, when it is first written; a later occurrence is written as [`Value::Memo`].
+//! The decoder hands out indexes in the same order, so `[a, a]` arrives with `x[0] is x[1]` and a
+//! list that contains itself arrives whole.
+
+use serde::{Deserialize, Serialize};
+
+/// One node of an encoded object graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// `None`.
+    None,
+    /// `True` / `False`.
+    Bool(bool),
+    /// An int that fits in 64 bits.
+    Int(i64),
+    /// Any other int: two's-complement little-endian bytes.
+    BigInt(Vec<u8>),
+    /// A float (nan and inf included).
+    Float(f64),
+    /// A str, as WTF-8 bytes so lone surrogates survive.
+    Str(Vec<u8>),
+    /// A bytes object.
+    Bytes(Vec<u8>),
+    /// A tuple (memoized).
+    Tuple(Vec<Value>),
+    /// A list (memoized; may contain itself).
+    List(Vec<Value>),
+    /// A dict (memoized; may contain itself), in insertion order.
+    Dict(Vec<(Value, Value)>),
+    /// A module-level object found by reference: `module` + dotted `qualname`.
+    Global {
+        /// Module name (`__main__` resolves to the child's main module).
+        module: String,
+        /// Dotted qualified name inside the module.
+        qualname: String,
+    },
+    /// The `__reduce_ex__` protocol: `obj = func(*args)`, then state and items (memoized).
+    Reduce(Box<Reduce>),
+    /// A reference to the memo index of an object already written.
+    Memo(u32),
+    /// An OS handle (a connection end or queue) whose descriptors travel beside the bytes.
+    Handle {
+        /// Which native type to rebuild.
+        kind: HandleKind,
+        /// Indexes into the descriptor list sent with the message.
+        fds: Vec<u32>,
+        /// Extra integers the type needs (flags, maxsize, ...).
+        extra: Vec<i64>,
+    },
+}
+
+/// What a [`Value::Reduce`] node holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reduce {
+    /// The callable that makes the object.
+    pub func: Value,
+    /// Its positional arguments (a tuple value).
+    pub args: Value,
+    /// The state for `__setstate__` / `__dict__` update, if any.
+    pub state: Option<Value>,
+    /// Items to append (list subclasses).
+    pub listitems: Vec<Value>,
+    /// Items to set (dict subclasses).
+    pub dictitems: Vec<(Value, Value)>,
+}
+
+/// The native handle types that can cross a process boundary with their descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HandleKind {
+    /// A `Connection` end of a `Pipe()`.
+    Connection,
+    /// A `Queue`/`JoinableQueue`/`SimpleQueue`.
+    Queue,
+}
+
+/// Why bytes could not be turned back into a [`Value`].
+#[derive(Debug, thiserror::Error)]
+#[error("malformed message: {0}")]
+pub struct WireError(#[from] postcard::Error);
+
+/// Deepest nesting accepted from the wire; deeper input is rejected instead of overflowing the stack.
+pub const MAX_DEPTH: usize = 2000;
+
+/// Serialize a value tree.
+pub fn to_bytes(v: &Value) -> Vec<u8> {
+    // Serializing an in-memory tree to a Vec cannot fail.
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+/// Deserialize a value tree; any malformed input is an error, never a panic.
+pub fn from_bytes(b: &[u8]) -> Result<Value, WireError> {
+    if nesting_too_deep(b) {
+        return Err(WireError(postcard::Error::DeserializeUnexpectedEnd));
+    }
+    Ok(postcard::from_bytes(b)?)
+}
+
+/// A cheap upper bound on nesting: each container tag costs at least one byte, so input shorter
+/// than the limit cannot nest deeper than it. Longer input is walked by [`depth_of`].
+fn nesting_too_deep(b: &[u8]) -> bool {
+    b.len() > MAX_DEPTH && depth_of(b).is_none_or(|d| d > MAX_DEPTH)
+}
+
+/// Walk the postcard encoding without building the tree, returning the maximum nesting depth,
+/// or `None` if the bytes are malformed.
+fn depth_of(b: &[u8]) -> Option<usize> {
+    let mut r = Reader { b, pos: 0 };
+    let mut max = 0;
+    r.value(0, &mut max)?;
+    Some(max)
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let v = *self.b.get(self.pos)?;
+        self.pos += 1;
+        Some(v)
+    }
+    fn varint(&mut self) -> Option<u64> {
+        let mut out = 0u64;
+        for i in 0..10 {
+            let v = self.byte()?;
+            out |= ((v & 0x7f) as u64) << (7 * i);
+            if v & 0x80 == 0 {
+                return Some(out);
+            }
+        }
+        None
+    }
+    fn skip(&mut self, n: usize) -> Option<()> {
+        self.pos = self.pos.checked_add(n).filter(|&p| p <= self.b.len())?;
+        Some(())
+    }
+    fn blob(&mut self) -> Option<()> {
+        let n = self.varint()? as usize;
+        self.skip(n)
+    }
+    fn seq(&mut self, depth: usize, max: &mut usize, pairs: bool) -> Option<()> {
+        let n = self.varint()?;
+        for _ in 0..n {
+            self.value(depth + 1, max)?;
+            if pairs {
+                self.value(depth + 1, max)?;
+            }
+        }
+        Some(())
+    }
+    fn value(&mut self, depth: usize, max: &mut usize) -> Option<()> {
+        *max = (*max).max(depth);
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match self.varint()? {
+            0 => Some(()),
+            1 => self.skip(1),
+            2 => self.varint().map(drop),
+            3 | 5 | 6 => self.blob(),
+            4 => self.skip(8),
+            7 | 8 => self.seq(depth, max, false),
+            9 => self.seq(depth, max, true),
+            10 => {
+                self.blob()?;
+                self.blob()
+            }
+            11 => {
+                self.value(depth + 1, max)?;
+                self.value(depth + 1, max)?;
+                if self.byte()? == 1 {
+                    self.value(depth + 1, max)?;
+                }
+                self.seq(depth, max, false)?;
+                self.seq(depth, max, true)
+            }
+            12 => self.varint().map(drop),
+            13 => {
+                self.varint()?;
+                let n = self.varint()?;
+                for _ in 0..n {
+                    self.varint()?;
+                }
+                let n = self.varint()?;
+                for _ in 0..n {
+                    self.varint()?;
+                }
+                Some(())
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::None),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            proptest::collection::vec(any::<u8>(), 9..20).prop_map(Value::BigInt),
+            any::<f64>().prop_filter("nan compares unequal", |f| !f.is_nan()).prop_map(Value::Float),
+            ".*".prop_map(|s: String| Value::Str(s.into_bytes())),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Bytes),
+            any::<u32>().prop_map(Value::Memo),
+            ("[a-z_]{1,8}", "[a-z_.]{1,12}").prop_map(|(m, q)| Value::Global { module: m, qualname: q }),
+        ];
+        leaf.prop_recursive(6, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Tuple),
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::List),
+                proptest::collection::vec((inner.clone(), inner.clone()), 0..4).prop_map(Value::Dict),
+                (inner.clone(), inner.clone(), proptest::option::of(inner.clone())).prop_map(
+                    |(func, args, state)| Value::Reduce(Box::new(Reduce {
+                        func,
+                        args,
+                        state,
+                        listitems: vec![],
+                        dictitems: vec![]
+                    }))
+                ),
+                (proptest::collection::vec(any::<u32>(), 0..3), proptest::collection::vec(any::<i64>(), 0..3))
+                    .prop_map(|(fds, extra)| Value::Handle { kind: HandleKind::Queue, fds, extra }),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_preserves_every_value(v in arb_value()) {
+            let bytes = to_bytes(&v);
+            prop_assert_eq!(from_bytes(&bytes).unwrap(), v.clone());
+            // The depth walker must agree that well-formed input is well formed.
+            prop_assert!(depth_of(&bytes).is_some());
+        }
+
+        #[test]
+        fn malformed_input_is_an_error_not_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = from_bytes(&bytes);
+        }
+
+        #[test]
+        fn truncated_messages_are_rejected(v in arb_value(), cut in 0usize..64) {
+            let bytes = to_bytes(&v);
+            if cut < bytes.len() {
+                prop_assert!(from_bytes(&bytes[..cut]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn deeply_nested_input_is_rejected_without_overflowing() {
+        // 100k nested one-element tuples: tag 7, length 1, ...
+        let mut b = Vec::new();
+        for _ in 0..100_000 {
+            b.extend_from_slice(&[7, 1]);
+        }
+        b.push(0);
+        assert!(from_bytes(&b).is_err());
+    }
+
+    #[test]
+    fn nesting_at_the_limit_is_accepted() {
+        let mut v = Value::None;
+        for _ in 0..MAX_DEPTH {
+            v = Value::Tuple(vec![v]);
+        }
+        assert_eq!(from_bytes(&to_bytes(&v)).unwrap(), v);
+    }
+}

@@ -1,0 +1,31 @@
+//! The `procpy` command: a drop-in for `python3 script.py` whose `multiprocessing` is native.
+
+use procpy::cli::{self, Invocation};
+use procpy::RunMode;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match cli::parse(&args) {
+        Invocation::Print(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Invocation::Usage(msg) => {
+            eprintln!("procpy: {msg}");
+            ExitCode::from(2)
+        }
+        Invocation::Run { mode, argv } => {
+            if let RunMode::Script(path) = &mode {
+                if !std::path::Path::new(path).exists() {
+                    // python3's wording and status.
+                    let abs = std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.into());
+                    eprintln!("procpy: can't open file '{}': [Errno 2] No such file or directory", abs.display());
+                    return ExitCode::from(2);
+                }
+            }
+            let status = procpy::run(mode, argv);
+            ExitCode::from(status.min(255) as u8)
+        }
+    }
+}
