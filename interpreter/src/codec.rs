@@ -90,7 +90,7 @@ impl Encoder<'_> {
 
     fn fail(&mut self, e: PyBaseExceptionRef) -> PyBaseExceptionRef {
         if self.err_path.is_none() {
-            self.err_path = Some(if self.path.is_empty() { "the top level".into() } else { self.path.concat() });
+            self.err_path = Some(self.path.concat());
         }
         e
     }
@@ -230,7 +230,10 @@ impl Encoder<'_> {
         let vm = self.vm;
         let rv = match vm.call_method(obj, "__reduce_ex__", (4,)) {
             Ok(rv) => rv,
-            Err(e) => return Err(self.fail(e)),
+            Err(e) => {
+                let e = cpython_type_name_in_message(vm, obj, e);
+                return Err(self.fail(e));
+            }
         };
         if let Some(s) = rv.downcast_ref::<PyStr>() {
             return self.global(obj, Some(s.to_string_lossy().into_owned()));
@@ -442,4 +445,26 @@ fn pair(vm: &VirtualMachine, p: &PyObject) -> PyResult<(PyObjectRef, PyObjectRef
         Ok([a, b]) => Ok((a, b)),
         Err(_) => Err(vm.new_value_error("expected a (key, value) pair")),
     }
+}
+
+/// RustPython names native types without their module ("cannot pickle 'lock' object"); CPython
+/// says "'_thread.lock'". Say it CPython's way so scripts that print the message match.
+fn cpython_type_name_in_message(vm: &VirtualMachine, obj: &PyObject, e: PyBaseExceptionRef) -> PyBaseExceptionRef {
+    if !e.fast_isinstance(vm.ctx.exceptions.type_error) {
+        return e;
+    }
+    let msg = e.as_object().str(vm).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let cls = obj.class();
+    let name = cls.name().to_string();
+    let module = cls
+        .as_object()
+        .get_attr("__module__", vm)
+        .ok()
+        .and_then(|m| m.str(vm).ok())
+        .map(|m| m.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if msg != format!("cannot pickle '{name}' object") || module.is_empty() || module == "builtins" {
+        return e;
+    }
+    vm.new_type_error(format!("cannot pickle '{module}.{name}' object"))
 }

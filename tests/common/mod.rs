@@ -1,0 +1,77 @@
+//! Shared helpers for the integration tests: run a command with a deadline and capture output.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The procpy binary built for these tests.
+pub fn procpy() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_procpy"))
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What a finished (or killed) command left behind.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+}
+
+/// Run `cmd` with a deadline; a command still running at the deadline is killed (a guard
+/// against hangs, not a timing assertion).
+pub fn run_with_deadline(mut cmd: Command, limit: Duration) -> Outcome {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start command");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if start.elapsed() > limit {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait after kill");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Grandchildren that kept the pipes open would block these reads: after a timeout, do not wait.
+    let (stdout, stderr) = if timed_out {
+        (String::from("<killed after deadline>"), String::new())
+    } else {
+        (
+            String::from_utf8_lossy(&t_out.join().unwrap()).into_owned(),
+            String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
+        )
+    };
+    use std::os::unix::process::ExitStatusExt;
+    Outcome { status: status.code().or(status.signal().map(|s| -s)), stdout, stderr, timed_out }
+}
+
+/// Run a Python script under `interpreter` (a path or `python3`) with `args`.
+pub fn run_script(interpreter: &Path, script: &Path, args: &[&str], limit: Duration) -> Outcome {
+    let mut cmd = Command::new(interpreter);
+    cmd.arg(script).args(args).current_dir(script.parent().unwrap());
+    run_with_deadline(cmd, limit)
+}

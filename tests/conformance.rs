@@ -1,0 +1,79 @@
+//! The differential conformance harness: every script in tests/scripts (and every example in
+//! examples/) runs under CPython 3.11 (`python3`) and under procpy, once per start method, and
+//! must print the same stdout and exit with the same status.
+
+mod common;
+
+use common::{procpy, root, run_script};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
+const LIMIT: Duration = Duration::from_secs(90);
+
+fn compare(script: &Path) {
+    let python = PathBuf::from("python3");
+    let mut failures = Vec::new();
+    for method in METHODS {
+        let want = run_script(&python, script, &[method], LIMIT);
+        let got = run_script(&procpy(), script, &[method], LIMIT);
+        assert!(!want.timed_out, "CPython itself hung on {} ({method})", script.display());
+        if got.timed_out || got.stdout != want.stdout || got.status != want.status {
+            failures.push(format!(
+                "--- {} under {method}: status procpy={:?} cpython={:?}{}\n--- CPython stdout:\n{}--- procpy stdout:\n{}--- procpy stderr:\n{}",
+                script.display(),
+                got.status,
+                want.status,
+                if got.timed_out { " (procpy killed after the deadline)" } else { "" },
+                want.stdout,
+                got.stdout,
+                got.stderr
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn script(name: &str) -> PathBuf {
+    root().join("tests/scripts").join(name)
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                compare(&script(concat!(stringify!($name), ".py")));
+            }
+        )*
+        /// Every script on disk must be listed above, so none is silently skipped.
+        #[test]
+        fn every_script_is_listed() {
+            let listed: Vec<&str> = vec![$(concat!(stringify!($name), ".py")),*];
+            for entry in std::fs::read_dir(root().join("tests/scripts")).unwrap() {
+                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                if name.ends_with(".py") {
+                    assert!(listed.contains(&name.as_str()), "tests/scripts/{name} is not listed in tests/conformance.rs");
+                }
+            }
+        }
+    };
+}
+
+conformance!(process_basics, process_exitcode_signals);
+
+macro_rules! examples {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                compare(&root().join("examples").join(concat!(stringify!($name), ".py")));
+            }
+        )*
+    };
+}
+
+mod examples {
+    use super::*;
+    examples!();
+}
