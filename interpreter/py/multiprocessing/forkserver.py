@@ -26,9 +26,6 @@ def ensure_running():
         return _server[1]
     listener, address = _procpy.forkserver_listen()
     prep = spawn.get_preparation_data('ForkServer')
-    if '__main__' not in _preload:
-        prep.pop('init_main_from_path', None)
-        prep.pop('init_main_from_name', None)
     payload = _procpy.dumps((prep, list(_preload)))
     util._flush_std_streams()
     try:
@@ -46,7 +43,16 @@ def _server_main():
     prep, preload = _procpy.loads(payload)
     listener = fds[0]
     # The server is nobody's "current process": children get their name from each request.
+    # Like CPython 3.11, the server does not run the main script: each child does (so code
+    # outside the `__main__` guard runs per child). It is compiled here, once.
+    main_path = prep.pop('init_main_from_path', None)
+    prep.pop('init_main_from_name', None)
     spawn.prepare(prep)
+    if main_path is not None and '__main__' in preload:
+        try:
+            spawn.precompile_main(main_path)
+        except (OSError, SyntaxError):
+            pass
     for mod in preload:
         if mod != '__main__':
             try:
@@ -90,7 +96,13 @@ def _server_main():
                     signal.signal(signal.SIGINT, signal.default_int_handler)
                     child_prep, obj_bytes = _procpy.loads(body)
                     code = spawn._run_child(child_prep, obj_bytes, cfds)
+                except SystemExit as e:
+                    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                except BaseException:
+                    import traceback
+                    traceback.print_exc()
                 finally:
+                    util._flush_std_streams()
                     os._exit(code)
             _procpy.close_fds(cfds)
             try:

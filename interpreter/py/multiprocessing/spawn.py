@@ -35,8 +35,31 @@ def _parent_sentinel(pid):
         return r
 
 
+def _check_not_importing_main():
+    if getattr(process.current_process(), '_inheriting', False):
+        raise RuntimeError('''
+        An attempt has been made to start a new process before the
+        current process has finished its bootstrapping phase.
+
+        This probably means that you are not using fork to start your
+        child processes and you have forgotten to use the proper idiom
+        in the main module:
+
+            if __name__ == '__main__':
+                freeze_support()
+                ...
+
+        The "freeze_support()" line can be omitted if the program
+        is not going to be frozen to produce an executable.
+
+        To fix this issue, refer to the "Safe importing of main module"
+        section in https://docs.python.org/3/library/multiprocessing.html
+        ''')
+
+
 def get_preparation_data(name):
     '''Return info about parent needed by child to unpickle process object'''
+    _check_not_importing_main()
     d = dict(
         name=name,
         authkey=bytes(process.current_process().authkey),
@@ -126,10 +149,21 @@ def _fixup_main_from_path(main_path):
     main_module.__file__ = main_path
     main_module.__builtins__ = __builtins__
     _install_main(main_module)
+    code = _main_code.get(main_path)
+    if code is None:
+        code = precompile_main(main_path)
+    exec(code, main_module.__dict__)
+
+
+# The fork server compiles the main script once; each child it forks only executes it.
+_main_code = {}
+
+
+def precompile_main(main_path):
     with open(main_path, 'rb') as f:
         source = f.read()
-    code = compile(source, main_path, 'exec')
-    exec(code, main_module.__dict__)
+    code = _main_code[main_path] = compile(source, main_path, 'exec')
+    return code
 
 
 def _run_child(prep, obj_bytes, fds):
