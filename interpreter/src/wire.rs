@@ -85,7 +85,7 @@ pub enum HandleKind {
 pub struct WireError(#[from] postcard::Error);
 
 /// Deepest nesting accepted from the wire; deeper input is rejected instead of overflowing the stack.
-pub const MAX_DEPTH: usize = 2000;
+pub const MAX_DEPTH: usize = 1000;
 
 /// Serialize a value tree.
 pub fn to_bytes(v: &Value) -> Vec<u8> {
