@@ -36,6 +36,10 @@ fn is_replaced(name: &str) -> bool {
 pub fn builder(argv: Vec<String>) -> InterpreterBuilder {
     let mut settings = Settings::default();
     settings.argv = argv;
+    // CPython 3.11 here writes UTF-8 to pipes too (its locale is UTF-8); RustPython would pick ASCII.
+    if std::env::var_os("PYTHONIOENCODING").is_none() {
+        settings.stdio_encoding = Some("utf-8".to_owned());
+    }
     // Like CPython, honour PYTHONPATH.
     if let Some(pp) = std::env::var_os("PYTHONPATH") {
         settings.path_list.extend(std::env::split_paths(&pp).map(|p| p.to_string_lossy().into_owned()));

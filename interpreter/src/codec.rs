@@ -176,13 +176,15 @@ impl Encoder<'_> {
     }
 
     fn handle(&mut self, obj: &PyObject, kind: HandleKind, handle_fds: Vec<RawFd>, extra: Vec<i64>) -> PyResult<Value> {
+        // Memoized like containers: two references to one queue must arrive as one object
+        // (one feeder thread), or the order of their items would be lost.
+        self.memoize(obj);
         let Some(fds) = self.fds.as_deref_mut() else {
             let what = match kind {
                 HandleKind::Queue => "Queue objects should only be shared between processes through inheritance",
                 HandleKind::Connection => "Connection objects should only be shared between processes through inheritance (pass them as Process arguments)",
             };
             let e = self.vm.new_runtime_error(what.to_owned());
-            let _ = obj;
             return Err(self.fail(e));
         };
         let mut idx = Vec::with_capacity(handle_fds.len());
@@ -368,7 +370,9 @@ impl Decoder<'_> {
                         None => return Err(unpickling_error(vm, "malformed message: handle without its descriptor".into())),
                     }
                 }
-                native::rebuild_handle(vm, *kind, &raw, extra)?
+                let h = native::rebuild_handle(vm, *kind, &raw, extra)?;
+                self.memo.push(Some(h.clone()));
+                h
             }
             Value::Reduce(r) => self.reduce(r, d)?,
         })

@@ -177,6 +177,19 @@ impl Feeder {
     }
 }
 
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        // A copy inherited through fork: its thread does not exist here, and its pthread handle
+        // may by now name one of *our* threads (glibc reuses descriptors), so detaching it
+        // (what dropping a JoinHandle does) would break a later join. Leak it instead.
+        if self.pid != std::process::id() {
+            if let Some(h) = self.thread.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+                std::mem::forget(h);
+            }
+        }
+    }
+}
+
 /// Every feeder started in this process (and, after a fork, the parent's stale ones: skipped by pid).
 static FEEDERS: Mutex<Vec<Weak<Feeder>>> = Mutex::new(Vec::new());
 
@@ -576,6 +589,10 @@ pub(crate) mod _procpy {
 
         fn check_open(zelf: &Py<Self>, vm: &VirtualMachine) -> PyResult<()> {
             if zelf.closed.load(Ordering::Acquire) {
+                if zelf.kind == 2 {
+                    // SimpleQueue has no closed check of its own in CPython: its pipe says so.
+                    return Err(vm.new_os_error("handle is closed".to_owned()));
+                }
                 let r = zelf.as_object().repr(vm)?;
                 return Err(vm.new_value_error(format!("Queue {} is closed", r.to_string_lossy())));
             }

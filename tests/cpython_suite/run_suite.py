@@ -36,6 +36,11 @@ ones were:
     something other than SkipTest;
   * a multiprocessing submodule the test module imports at top level that fails to import is
     replaced by a stub whose classes raise NotImplementedError when used;
+  * multiprocessing.process._dangling (a CPython-private WeakSet that every class fixture
+    snapshots) is set to an empty WeakSet if absent;
+  * names the module reads while defining its classes (ProcessesMixin's `Lock =
+    staticmethod(multiprocessing.Lock)` etc., `util.abstract_sockets_supported`) get
+    placeholders for the duration of the import only; calling one raises NotImplementedError;
   * if setUpModule fails, its remaining steps (start method, temp dir, logger level) are done
     one by one and the failure is reported as a note, instead of erroring every test.
 No shim makes a test pass: tests that use a stubbed or missing feature fail or error.
@@ -171,12 +176,59 @@ def prepare_import(compat):
             parent, _, child = name.rpartition('.')
             setattr(sys.modules[parent], child, stub)
             _note('shim: import %s failed (%s); replaced by a stub' % (name, _first_line_exc(e)))
+    # Names the test module reads while its classes are being defined (ProcessesMixin, skip
+    # decorators). Missing ones are provided only for the duration of the import.
+    import multiprocessing
+    from multiprocessing import util
+    for attr in _MP_API:
+        if not hasattr(multiprocessing, attr):
+            _TEMPORARY.append((multiprocessing, attr))
+            setattr(multiprocessing, attr, _missing_api('multiprocessing.' + attr))
+    if not hasattr(util, 'abstract_sockets_supported'):
+        # CPython computes this at import; it is True on Linux.
+        _TEMPORARY.append((util, 'abstract_sockets_supported'))
+        util.abstract_sockets_supported = sys.platform == 'linux'
+    # Test-harness bookkeeping (BaseMixin.setUpClass and setUpModule snapshot it to report
+    # leaked processes): CPython's private WeakSet of started processes.
+    if not hasattr(multiprocessing.process, '_dangling'):
+        import weakref
+        multiprocessing.process._dangling = weakref.WeakSet()
+        _note('shim: multiprocessing.process._dangling (CPython-private registry the test fixtures '
+              'snapshot) is absent; set to an empty WeakSet, so leaked-process warnings are blind')
+    if _TEMPORARY:
+        _note('shim: absent during the test module\'s import, so given placeholders that raise '
+              'NotImplementedError when called: %s' % ', '.join(
+                  '%s.%s' % (m.__name__, a) for m, a in _TEMPORARY
+                  if a != 'abstract_sockets_supported') +
+              ('; multiprocessing.util.abstract_sockets_supported read as True (as CPython on Linux)'
+               if any(a == 'abstract_sockets_supported' for _, a in _TEMPORARY) else ''))
+
+
+# The public API of CPython 3.11's multiprocessing module.
+_MP_API = ['Array', 'AuthenticationError', 'Barrier', 'BoundedSemaphore', 'BufferTooShort',
+           'Condition', 'Event', 'JoinableQueue', 'Lock', 'Manager', 'Pipe', 'Pool', 'Process',
+           'ProcessError', 'Queue', 'RLock', 'RawArray', 'RawValue', 'Semaphore', 'SimpleQueue',
+           'TimeoutError', 'Value', 'active_children', 'allow_connection_pickling', 'cpu_count',
+           'current_process', 'freeze_support', 'get_all_start_methods', 'get_context',
+           'get_logger', 'get_start_method', 'log_to_stderr', 'parent_process', 'reducer',
+           'set_executable', 'set_forkserver_preload', 'set_start_method']
+_TEMPORARY = []
+
+
+def _missing_api(qualname):
+    def missing(*args, **kwargs):
+        raise NotImplementedError('%s is not available (placeholder from run_suite.py)' % qualname)
+    missing.__name__ = missing.__qualname__ = qualname.rpartition('.')[2]
+    return missing
 
 
 def after_install(globs, method, compat):
     """Called by the generated module after install_tests_in_module_dict()."""
     if not compat:
         return
+    while _TEMPORARY:
+        mod, attr = _TEMPORARY.pop()
+        delattr(mod, attr)
     orig_setup = globs['setUpModule']
 
     def setUpModule():
@@ -194,8 +246,8 @@ def after_install(globs, method, compat):
         import test._test_multiprocessing as tm
         steps = [
             ('set_start_method', lambda: multiprocessing.set_start_method(method, force=True)),
-            ('check_enough_semaphores', tm.check_enough_semaphores),
-            ('util.get_temp_dir', util.get_temp_dir),
+            ('check_enough_semaphores', lambda: tm.check_enough_semaphores()),
+            ('util.get_temp_dir', lambda: util.get_temp_dir()),
             ('get_logger().setLevel', lambda: multiprocessing.get_logger().setLevel(tm.LOG_LEVEL)),
         ]
         for what, step in steps:
@@ -485,7 +537,7 @@ class Runner:
 
     def stop_worker(self, proc):
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.kill(-proc.pid, signal.SIGKILL)      # the worker leads its own process group
         except OSError:
             pass
         try:
