@@ -656,7 +656,18 @@ class Runner:
             if self.import_error is not None and not self.results:
                 return
             rc = proc.returncode
-            if outcome == 'exit' and done:
+            if done:
+                # Every test ran; only the worker's exit (atexit joins of children, feeder
+                # flushes) is left.
+                if outcome == 'timeout':
+                    self.fixture_events.append({
+                        'what': 'worker exit after the last test', 'status': 'hung', 'tb': '',
+                        'reason': 'interpreter did not exit within %ss after the tests finished; '
+                                  'killed' % self.args.timeout})
+                elif rc != 0:
+                    self.fixture_events.append({
+                        'what': 'worker exit after the last test', 'status': 'crash', 'tb': '',
+                        'reason': 'worker exited with status %s after the tests finished' % rc})
                 break
             # The worker hung or died. Blame the test (or fixture) in progress.
             what = 'hung' if outcome == 'timeout' else 'crash'

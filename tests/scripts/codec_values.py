@@ -172,6 +172,10 @@ def queue_echo(q_in, q_out):
         q_out.put(msg[1])
 
 
+def report_args(q, *args, **kwargs):
+    q.put((args, sorted(kwargs.items())))
+
+
 def stable_repr(x):
     # no addresses (functions) and no hash-table iteration order (sets)
     if isinstance(x, (set, frozenset)):
@@ -180,6 +184,8 @@ def stable_repr(x):
         return '<%s %s>' % (type(x).__name__, x.__qualname__)
     if isinstance(x, tuple):
         return '(' + ', '.join(stable_repr(i) for i in x) + (',)' if len(x) == 1 else ')')
+    if isinstance(x, list):
+        return '[' + ', '.join(stable_repr(i) for i in x) + ']'
     return repr(x)
 
 
@@ -213,11 +219,12 @@ if __name__ == '__main__':
     p.join()
     print('queue echo exitcode:', p.exitcode)
 
-    # values as Process arguments (pickled under spawn/forkserver, inherited under fork)
+    # values as Process arguments (pickled under spawn/forkserver, inherited
+    # under fork), sent back through a Queue
     q = multiprocessing.Queue()
-    p = multiprocessing.Process(target=queue_echo, args=(q_in, q))
+    p = multiprocessing.Process(target=report_args,
+                                args=(q, Point(3, 4), double, [1, {2: 'two'}], 2 ** 80),
+                                kwargs={'r': Reduced('k', 9), 's': 'ß'})
     p.start()
-    q_in.put(('item', (Point(3, 4), double, [1, {2: 'two'}])))
-    q_in.put(('stop',))
-    print('via Process + queue:', stable_repr(q.get(timeout=10)))
+    print('via Process args:', stable_repr(q.get(timeout=10)))
     p.join()
