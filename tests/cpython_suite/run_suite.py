@@ -361,12 +361,14 @@ def worker_main(args):
             super().__init__()
             self.state = {}
 
-        def _foreign(self):
+        def _foreign(self, err=None):
             # A forked child that came back into the test loop: report it, never count it.
             if os.getpid() != worker_pid:
                 try:
-                    emit(ev='foreign', msg='a child process (pid %d) returned into the unittest loop'
-                         % os.getpid())
+                    emit(ev='foreign', msg='a child process (pid %d, parent %d) returned into the '
+                         'unittest loop' % (os.getpid(), os.getppid()),
+                         stack=''.join(traceback.format_stack()[-12:]),
+                         err=''.join(traceback.format_exception(*err))[-4000:] if err else '')
                 finally:
                     os._exit(70)
 
@@ -391,12 +393,12 @@ def worker_main(args):
             super().addSuccess(test)
 
         def addError(self, test, err):
-            self._foreign()
+            self._foreign(err)
             super().addError(test, err)
             self._set(test, 'error', _reason(err), self._exc_info_to_string(err, test)[-8000:])
 
         def addFailure(self, test, err):
-            self._foreign()
+            self._foreign(err)
             super().addFailure(test, err)
             self._set(test, 'fail', _reason(err), self._exc_info_to_string(err, test)[-8000:])
 

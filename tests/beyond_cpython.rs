@@ -1,0 +1,138 @@
+//! Behaviour where procpy deliberately differs from (improves on) CPython, with expected output
+//! of its own rather than CPython's.
+
+mod common;
+
+use common::{procpy, run_with_deadline};
+use std::process::Command;
+use std::time::Duration;
+
+/// Write `code` to a fresh script file and return its path.
+fn temp_script(name: &str, code: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("procpy-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join(format!("{name}.py"));
+    std::fs::write(&script, code).unwrap();
+    script
+}
+
+fn run_code(code: &str, method: &str) -> common::Outcome {
+    let mut cmd = Command::new(procpy());
+    cmd.arg("-c").arg(code).env("PROCPY_START_METHOD", method);
+    run_with_deadline(cmd, Duration::from_secs(60))
+}
+
+/// CPython pickles in Queue's feeder thread, so `put()` of an unpicklable object "succeeds" and
+/// the item is silently dropped. procpy encodes in `put()`: the error is raised in the sender,
+/// names the type and where it sits inside the argument, and the queue stays usable.
+#[test]
+fn queue_put_of_unencodable_raises_in_sender_with_path() {
+    let code = r#"
+import multiprocessing as mp, threading
+q = mp.Queue()
+try:
+    q.put({'jobs': [1, threading.Lock()]})
+except TypeError as e:
+    print('raised:', e)
+q.put('still usable')
+print(q.get(timeout=10), q.qsize())
+"#;
+    let out = run_code(code, "fork");
+    assert_eq!(
+        out.stdout,
+        "raised: cannot pickle '_thread.lock' object (found at ['jobs'][1])\nstill usable 0\n",
+        "stderr: {}",
+        out.stderr
+    );
+}
+
+/// Pipes raise too (as CPython does), with the path appended.
+#[test]
+fn pipe_send_of_local_function_names_the_problem() {
+    let code = r#"
+import multiprocessing as mp
+def outer():
+    def inner(): pass
+    return inner
+a, b = mp.Pipe()
+try:
+    a.send((1, outer()))
+except AttributeError as e:
+    print(e)
+a.send('ok'); print(b.recv())
+"#;
+    let out = run_code(code, "fork");
+    assert_eq!(out.stdout, "Can't pickle local object 'outer.<locals>.inner' (found at [1])\nok\n", "stderr: {}", out.stderr);
+}
+
+/// In one process, `put` then `get_nowait` finds the item: CPython may raise queue.Empty here
+/// because its feeder thread has not written it yet.
+#[test]
+fn get_nowait_sees_items_this_process_just_put() {
+    let code = r#"
+import multiprocessing as mp
+q = mp.Queue()
+for i in range(200):
+    q.put(i)
+    assert q.get_nowait() == i
+print('ok')
+"#;
+    assert_eq!(run_code(code, "fork").stdout, "ok\n");
+}
+
+/// Queue items larger than one socket record travel through a memory file, intact.
+#[test]
+fn large_queue_items_arrive_intact_across_processes() {
+    let code = r#"
+import multiprocessing as mp, sys
+def echo(qi, qo):
+    qo.put(qi.get())
+if __name__ == '__main__':
+    qi, qo = mp.Queue(), mp.Queue()
+    p = mp.Process(target=echo, args=(qi, qo)); p.start()
+    blob = bytes(range(256)) * 40000
+    qi.put(blob)
+    print(qo.get(timeout=30) == blob); p.join(); print(p.exitcode)
+"#;
+    // A script file, not -c: spawn and forkserver children import the main module by path.
+    let script = temp_script("large_items", code);
+    for m in ["fork", "spawn", "forkserver"] {
+        let mut cmd = Command::new(procpy());
+        cmd.arg(&script).env("PROCPY_START_METHOD", m);
+        let out = run_with_deadline(cmd, Duration::from_secs(60));
+        assert_eq!(out.stdout, "True\n0\n", "{m}: {}", out.stderr);
+    }
+}
+
+/// The CLI follows python3: exit status of sys.exit, 1 with a traceback for an uncaught
+/// exception, 2 for a missing script.
+#[test]
+fn cli_exit_statuses_follow_python3() {
+    assert_eq!(run_code("import sys; sys.exit(7)", "fork").status, Some(7));
+    let out = run_code("raise ValueError('boom')", "fork");
+    assert_eq!(out.status, Some(1));
+    assert!(out.stderr.contains("ValueError: boom"), "{}", out.stderr);
+    let out = run_with_deadline(
+        {
+            let mut c = Command::new(procpy());
+            c.arg("/no/such/script.py");
+            c
+        },
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status, Some(2));
+    assert!(out.stderr.contains("can't open file"), "{}", out.stderr);
+}
+
+/// Unguarded `Process.start()` at module level under spawn: the child refuses with the
+/// message that explains the `if __name__ == '__main__':` guard, instead of forking forever.
+#[test]
+fn missing_main_guard_is_explained() {
+    let script = temp_script(
+        "unguarded",
+        "import multiprocessing as mp\ndef f(): pass\nmp.set_start_method('spawn', force=True)\np = mp.Process(target=f); p.start(); p.join(); print('exit', p.exitcode)\n",
+    );
+    let out = common::run_script(&procpy(), &script, &[], Duration::from_secs(60));
+    assert_eq!(out.stdout, "exit 1\n");
+    assert!(out.stderr.contains("if __name__ == '__main__':"), "{}", out.stderr);
+}
