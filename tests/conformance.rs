@@ -57,7 +57,8 @@ macro_rules! conformance {
             let listed: Vec<&str> = vec![$(concat!(stringify!($name), ".py")),*];
             for entry in std::fs::read_dir(root().join("tests/scripts")).unwrap() {
                 let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-                if name.ends_with(".py") {
+                // `_name.py` files are helpers the scripts import, not scripts.
+                if name.ends_with(".py") && !name.starts_with('_') {
                     assert!(listed.contains(&name.as_str()), "tests/scripts/{name} is not listed in tests/conformance.rs");
                 }
             }

@@ -5,21 +5,13 @@ their Process/Queue/Pipe/SimpleQueue/JoinableQueue, and which start method
 a child of each context reports."""
 import multiprocessing
 import sys
+from _check import attempt
 
 
 def report(q, tag):
     q.put((tag, multiprocessing.get_start_method(),
            multiprocessing.current_process().name,
            multiprocessing.parent_process() is not None))
-
-
-def attempt(label, fn):
-    try:
-        res = fn()
-    except Exception as e:
-        print('%s: %s: %s' % (label, type(e).__name__, e))
-    else:
-        print('%s: ok %r' % (label, res))
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ at once; task_done() too many times -> ValueError('task_done() called too
 many times')."""
 import multiprocessing
 import sys
+from _check import attempt
 
 
 def consumer(jq, results):
@@ -15,15 +16,6 @@ def consumer(jq, results):
             results.put((item, item ** 2))
         finally:
             jq.task_done()
-
-
-def attempt(label, fn):
-    try:
-        res = fn()
-    except Exception as e:
-        print('%s: %s: %s' % (label, type(e).__name__, e))
-    else:
-        print('%s: ok %r' % (label, res))
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ OSError('handle is closed'), recv after the peer closed -> EOFError,
 context-manager close, send_bytes offset/size and their ValueErrors."""
 import multiprocessing
 import sys
+from _check import attempt
 
 
 def echo(conn):
@@ -26,15 +27,6 @@ def writer(w, n):
     for i in range(n):
         w.send(i)
     w.close()
-
-
-def attempt(label, fn):
-    try:
-        res = fn()
-    except Exception as e:
-        print('%s: %s: %s' % (label, type(e).__name__, e))
-    else:
-        print('%s: ok %r' % (label, res))
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@ start twice, join before start, close while running, use after close,
 daemon/name setters, group argument, sentinel before start."""
 import multiprocessing
 import sys
+from _check import attempt
 
 
 def wait_for(conn):
@@ -11,15 +12,6 @@ def wait_for(conn):
 
 def nothing():
     pass
-
-
-def attempt(label, fn):
-    try:
-        res = fn()
-    except Exception as e:
-        print('%s: %s: %s' % (label, type(e).__name__, e))
-    else:
-        print('%s: ok %r' % (label, res))
 
 
 if __name__ == '__main__':

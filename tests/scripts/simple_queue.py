@@ -3,6 +3,7 @@ producer, empty() (put writes synchronously, so it is exact), several
 producers (sorted), close() then get/put -> OSError('handle is closed')."""
 import multiprocessing
 import sys
+from _check import attempt
 
 
 def echo_upper(sq_in, sq_out):
@@ -17,15 +18,6 @@ def echo_upper(sq_in, sq_out):
 def producer(sq, tag, n):
     for i in range(n):
         sq.put((tag, i))
-
-
-def attempt(label, fn):
-    try:
-        res = fn()
-    except Exception as e:
-        print('%s: %s: %s' % (label, type(e).__name__, e))
-    else:
-        print('%s: ok %r' % (label, res))
 
 
 if __name__ == '__main__':
