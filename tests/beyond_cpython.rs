@@ -136,3 +136,53 @@ fn missing_main_guard_is_explained() {
     assert_eq!(out.stdout, "exit 1\n");
     assert!(out.stderr.contains("if __name__ == '__main__':"), "{}", out.stderr);
 }
+
+/// Connection ends travel inside Queue items and duplex-Pipe messages (descriptors ride along
+/// with SCM_RIGHTS), under every start method. procpy duplicates the descriptor at `put()`, so
+/// the sender may close its end at once; CPython pickles later in its feeder thread and fails
+/// with "handle is closed" in that case.
+#[test]
+fn connections_travel_through_queues_and_pipes() {
+    let code = r#"
+import multiprocessing as mp, sys
+def worker(q):
+    conn = q.get(timeout=10)
+    conn.send(('via queue', mp.current_process().name))
+    conn.close()
+def worker2(ctl):
+    c = ctl.recv()
+    c.send('via pipe'); c.close()
+if __name__ == '__main__':
+    q = mp.Queue()
+    p = mp.Process(target=worker, args=(q,)); p.start()
+    a, b = mp.Pipe()
+    q.put(b); b.close()
+    print(a.recv()); p.join(); print(p.exitcode)
+    ctl1, ctl2 = mp.Pipe()
+    p = mp.Process(target=worker2, args=(ctl2,)); p.start()
+    x, y = mp.Pipe()
+    ctl1.send(y); y.close()
+    print(x.recv()); p.join(); print(p.exitcode)
+    try:
+        q.put(mp.Queue())
+    except RuntimeError as e:
+        print('RuntimeError:', e)
+    r, w = mp.Pipe(duplex=False)
+    try:
+        w.send(x)
+    except RuntimeError as e:
+        print('simplex pipe refuses descriptors')
+"#;
+    let script = temp_script("conn_travel", code);
+    for m in ["fork", "spawn", "forkserver"] {
+        let mut cmd = Command::new(procpy());
+        cmd.arg(&script).env("PROCPY_START_METHOD", m);
+        let out = run_with_deadline(cmd, Duration::from_secs(60));
+        assert_eq!(
+            out.stdout,
+            "('via queue', 'Process-1')\n0\nvia pipe\n0\nRuntimeError: Queue objects should only be shared between processes through inheritance\nsimplex pipe refuses descriptors\n",
+            "{m}: {}",
+            out.stderr
+        );
+    }
+}

@@ -19,10 +19,20 @@ use rustpython_vm::{AsObject, PyObject, PyObjectRef, PyResult, VirtualMachine};
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 
-/// Encode `obj` to bytes. `fds` is `Some` only while a child is being started: then native
-/// handles are allowed and their descriptors are collected there.
-pub fn dumps(vm: &VirtualMachine, obj: &PyObject, fds: Option<&mut Vec<RawFd>>) -> PyResult<Vec<u8>> {
-    let mut enc = Encoder { vm, memo: HashMap::new(), keep: Vec::new(), next: 0, path: Vec::new(), err_path: None, fds };
+/// Which native handles an encoding may carry; their descriptors are collected beside the bytes.
+pub enum Handles<'a> {
+    /// None: the channel cannot carry descriptors.
+    Refuse,
+    /// Connection ends only (a message on a Unix socket or queue). Queues are refused with
+    /// CPython's "only through inheritance" message.
+    Connections(&'a mut Vec<RawFd>),
+    /// Everything: a child is being started.
+    All(&'a mut Vec<RawFd>),
+}
+
+/// Encode `obj` to bytes; `handles` says which native handles may travel with them.
+pub fn dumps(vm: &VirtualMachine, obj: &PyObject, handles: Handles<'_>) -> PyResult<Vec<u8>> {
+    let mut enc = Encoder { vm, memo: HashMap::new(), keep: Vec::new(), next: 0, path: Vec::new(), err_path: None, handles };
     match enc.enc(obj) {
         Ok(v) => Ok(wire::to_bytes(&v)),
         Err(e) => Err(with_path(vm, e, enc.err_path.as_deref().unwrap_or(""))),
@@ -78,7 +88,7 @@ struct Encoder<'a> {
     next: u32,
     path: Vec<String>,
     err_path: Option<String>,
-    fds: Option<&'a mut Vec<RawFd>>,
+    handles: Handles<'a>,
 }
 
 impl Encoder<'_> {
@@ -179,13 +189,18 @@ impl Encoder<'_> {
         // Memoized like containers: two references to one queue must arrive as one object
         // (one feeder thread), or the order of their items would be lost.
         self.memoize(obj);
-        let Some(fds) = self.fds.as_deref_mut() else {
-            let what = match kind {
-                HandleKind::Queue => "Queue objects should only be shared between processes through inheritance",
-                HandleKind::Connection => "Connection objects should only be shared between processes through inheritance (pass them as Process arguments)",
-            };
-            let e = self.vm.new_runtime_error(what.to_owned());
-            return Err(self.fail(e));
+        let fds = match (&mut self.handles, kind) {
+            (Handles::All(fds), _) | (Handles::Connections(fds), HandleKind::Connection) => fds,
+            (_, HandleKind::Queue) => {
+                let e = self.vm.new_runtime_error("Queue objects should only be shared between processes through inheritance".to_owned());
+                return Err(self.fail(e));
+            }
+            (Handles::Refuse, HandleKind::Connection) => {
+                let e = self.vm.new_runtime_error(
+                    "a Connection can travel only as a Process argument, through a Queue, or through a duplex Pipe (Pipe(duplex=False) cannot carry it)".to_owned(),
+                );
+                return Err(self.fail(e));
+            }
         };
         let mut idx = Vec::with_capacity(handle_fds.len());
         for fd in handle_fds {

@@ -131,7 +131,7 @@ fn queue_exception(vm: &VirtualMachine, name: &'static str) -> PyBaseExceptionRe
 /// Per-process writer thread of a queue, as CPython's feeder: `put` never blocks on the pipe.
 struct Feeder {
     pid: u32,
-    tx: Mutex<Option<Sender<Vec<u8>>>>,
+    tx: Mutex<Option<Sender<Record>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Records handed to the thread and not yet written.
     pending: Arc<AtomicUsize>,
@@ -140,14 +140,15 @@ struct Feeder {
 
 impl Feeder {
     fn start(wfd: Arc<OwnedFd>) -> Arc<Feeder> {
-        let (tx, rx): (Sender<Vec<u8>>, Receiver<Vec<u8>>) = crossbeam_channel::unbounded();
+        let (tx, rx): (Sender<Record>, Receiver<Record>) = crossbeam_channel::unbounded();
         let pending = Arc::new(AtomicUsize::new(0));
         let p2 = pending.clone();
         let thread = std::thread::Builder::new()
             .name("procpy-queue-feeder".into())
             .spawn(move || {
-                for rec in rx {
-                    let _ = send_record(wfd.as_raw_fd(), &rec);
+                for (payload, fds) in rx {
+                    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                    let _ = send_record(wfd.as_raw_fd(), &payload, &raw);
                     p2.fetch_sub(1, Ordering::AcqRel);
                 }
             })
@@ -193,20 +194,27 @@ impl Drop for Feeder {
 /// Every feeder started in this process (and, after a fork, the parent's stale ones: skipped by pid).
 static FEEDERS: Mutex<Vec<Weak<Feeder>>> = Mutex::new(Vec::new());
 
-/// Write one queue record: inline, or as a memory file when large. Blocks while the socket is full.
-fn send_record(fd: RawFd, payload: &[u8]) -> io::Result<()> {
+/// An encoded queue item and the descriptors of the Connections inside it (duplicated, so the
+/// sender may close its own before the feeder writes).
+type Record = (Vec<u8>, Vec<OwnedFd>);
+
+/// Write one queue record: inline, or as a memory file when large, with `fds` attached.
+/// Blocks while the socket is full.
+fn send_record(fd: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let mut tries = 0;
     loop {
         let r = if payload.len() <= INLINE_MAX {
             let mut rec = Vec::with_capacity(payload.len() + 1);
             rec.push(0u8);
             rec.extend_from_slice(payload);
-            ipc::send_with_fds(fd, &rec, &[], 0)
+            ipc::send_with_fds(fd, &rec, fds, 0)
         } else {
             let mem = ipc::memfd_with(payload)?;
             let mut rec = vec![1u8];
             rec.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-            ipc::send_with_fds(fd, &rec, &[mem.as_raw_fd()], 0)
+            let mut all = vec![mem.as_raw_fd()];
+            all.extend_from_slice(fds);
+            ipc::send_with_fds(fd, &rec, &all, 0)
         };
         match r {
             Err(e) if e.kind() == io::ErrorKind::Interrupted && tries < 1000 => tries += 1,
@@ -215,16 +223,31 @@ fn send_record(fd: RawFd, payload: &[u8]) -> io::Result<()> {
     }
 }
 
-/// Parse a queue record into its payload.
-fn parse_record(buf: &[u8], fds: Vec<OwnedFd>) -> io::Result<Vec<u8>> {
-    match (buf.first(), fds.into_iter().next()) {
-        (Some(0), _) => Ok(buf[1..].to_vec()),
-        (Some(1), Some(mem)) if buf.len() == 9 => {
+/// Parse a queue record into its payload and the descriptors of the handles inside it.
+fn parse_record(buf: &[u8], mut fds: Vec<OwnedFd>) -> io::Result<Record> {
+    match buf.first() {
+        Some(0) => Ok((buf[1..].to_vec(), fds)),
+        Some(1) if buf.len() == 9 && !fds.is_empty() => {
+            let mem = fds.remove(0);
             let len = u64::from_le_bytes(buf[1..9].try_into().unwrap_or_default()) as usize;
-            ipc::memfd_read(mem.as_raw_fd(), len)
+            Ok((ipc::memfd_read(mem.as_raw_fd(), len)?, fds))
         }
         _ => Err(io::Error::new(io::ErrorKind::InvalidData, "malformed queue record")),
     }
+}
+
+/// Encode for a channel that carries descriptors: Connections inside `obj` travel as dups.
+fn dumps_with_connections(vm: &VirtualMachine, obj: &PyObject) -> PyResult<Record> {
+    let mut raw = Vec::new();
+    let data = codec::dumps(vm, obj, codec::Handles::Connections(&mut raw))?;
+    let fds = raw.into_iter().map(|fd| ipc::dup(fd).map_err(|e| os_err(vm, e))).collect::<PyResult<Vec<_>>>()?;
+    Ok((data, fds))
+}
+
+/// Decode a message and release the descriptors that came with it (rebuilt handles hold dups).
+fn loads_with(vm: &VirtualMachine, data: &[u8], fds: Vec<OwnedFd>) -> PyResult {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    codec::loads(vm, data, &raw)
 }
 
 /// The OS side of a queue, shared by every `Queue` object (in any process) for the same queue.
@@ -295,7 +318,7 @@ pub(crate) mod _procpy {
     /// Encode an object (no OS handles allowed).
     #[pyfunction]
     fn dumps(obj: PyObjectRef, vm: &VirtualMachine) -> PyResult<PyBytesRef> {
-        Ok(vm.ctx.new_bytes(codec::dumps(vm, &obj, None)?))
+        Ok(vm.ctx.new_bytes(codec::dumps(vm, &obj, codec::Handles::Refuse)?))
     }
 
     /// Decode bytes made by `dumps`.
@@ -308,7 +331,7 @@ pub(crate) mod _procpy {
     #[pyfunction]
     fn dumps_for_child(obj: PyObjectRef, vm: &VirtualMachine) -> PyResult {
         let mut fds = Vec::new();
-        let b = codec::dumps(vm, &obj, Some(&mut fds))?;
+        let b = codec::dumps(vm, &obj, codec::Handles::All(&mut fds))?;
         Ok(vm.new_tuple((vm.ctx.new_bytes(b), int_list(vm, &fds))).into())
     }
 
@@ -327,11 +350,14 @@ pub(crate) mod _procpy {
         pub(crate) fd: AtomicI32,
         pub(crate) readable: bool,
         pub(crate) writable: bool,
+        /// A Unix socket (duplex Pipe) can carry descriptors; a pipe cannot.
+        socket: bool,
     }
 
     impl Connection {
         pub(crate) fn new(fd: OwnedFd, readable: bool, writable: bool) -> Self {
-            Connection { fd: AtomicI32::new(std::os::fd::IntoRawFd::into_raw_fd(fd)), readable, writable }
+            let socket = ipc::is_socket(fd.as_raw_fd());
+            Connection { fd: AtomicI32::new(std::os::fd::IntoRawFd::into_raw_fd(fd)), readable, writable, socket }
         }
 
         fn fd(&self, vm: &VirtualMachine) -> PyResult<RawFd> {
@@ -357,29 +383,58 @@ pub(crate) mod _procpy {
             Ok(fd)
         }
 
-        /// One frame: 4-byte big-endian length (or -1 and 8 bytes for huge ones), then bytes.
-        fn send_frame(&self, data: &[u8], vm: &VirtualMachine) -> PyResult<()> {
+        /// One frame: 4-byte big-endian length (or -1 and 8 bytes for huge ones), then bytes;
+        /// `fds` ride on the first byte (sockets only).
+        fn send_frame(&self, data: &[u8], fds: &[RawFd], vm: &VirtualMachine) -> PyResult<()> {
             let fd = self.wfd(vm)?;
+            let mut head = Vec::with_capacity(12 + data.len().min(64 * 1024));
             if data.len() <= 0x7fff_ffff {
-                let header = (data.len() as u32).to_be_bytes();
-                if data.len() <= 64 * 1024 {
-                    let mut buf = Vec::with_capacity(4 + data.len());
-                    buf.extend_from_slice(&header);
-                    buf.extend_from_slice(data);
-                    return write_all(vm, fd, &buf);
-                }
-                write_all(vm, fd, &header)?;
+                head.extend_from_slice(&(data.len() as u32).to_be_bytes());
             } else {
-                write_all(vm, fd, &(-1i32).to_be_bytes())?;
-                write_all(vm, fd, &(data.len() as u64).to_be_bytes())?;
+                head.extend_from_slice(&(-1i32).to_be_bytes());
+                head.extend_from_slice(&(data.len() as u64).to_be_bytes());
             }
-            write_all(vm, fd, data)
+            // Small frames go out in one write (as CPython does below 16 KiB).
+            let inline = data.len() <= 64 * 1024;
+            if inline {
+                head.extend_from_slice(data);
+            }
+            let mut sent = 0;
+            if !fds.is_empty() {
+                sent = retry(vm, || ipc::send_with_fds(fd, &head, fds, 0))?;
+            }
+            write_all(vm, fd, &head[sent..])?;
+            if !inline {
+                write_all(vm, fd, data)?;
+            }
+            Ok(())
         }
 
-        fn recv_frame(&self, maxsize: Option<usize>, vm: &VirtualMachine) -> PyResult<Vec<u8>> {
+        /// Fill `buf`, collecting descriptors that arrive with it (sockets only).
+        fn read_exact_fds(&self, fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>, vm: &VirtualMachine) -> PyResult<bool> {
+            if !self.socket {
+                return read_exact(vm, fd, buf);
+            }
+            let mut got = 0;
+            while got < buf.len() {
+                let (n, more, _) = retry(vm, || ipc::recv_with_fds(fd, &mut buf[got..], 253, 0))?;
+                fds.extend(more);
+                if n == 0 {
+                    if got == 0 {
+                        return Ok(false);
+                    }
+                    return Err(vm.new_os_error("got end of file during message".to_owned()));
+                }
+                got += n;
+            }
+            Ok(true)
+        }
+
+        fn recv_frame(&self, maxsize: Option<usize>, vm: &VirtualMachine) -> PyResult<Record> {
             let fd = self.rfd(vm)?;
+            let mut fds = Vec::new();
             let mut h = [0u8; 4];
-            if !read_exact(vm, fd, &mut h)? {
+            if !self.read_exact_fds(fd, &mut h, &mut fds, vm)? {
                 return Err(vm.new_eof_error(String::new()));
             }
             let mut len = i32::from_be_bytes(h) as i64;
@@ -399,10 +454,10 @@ pub(crate) mod _procpy {
                 return Err(vm.new_os_error("bad message length".to_owned()));
             }
             let mut buf = vec![0u8; len];
-            if len > 0 && !read_exact(vm, fd, &mut buf)? {
+            if len > 0 && !self.read_exact_fds(fd, &mut buf, &mut fds, vm)? {
                 return Err(vm.new_os_error("got end of file during message".to_owned()));
             }
-            Ok(buf)
+            Ok((buf, fds))
         }
 
         fn do_close(&self) {
@@ -434,14 +489,19 @@ pub(crate) mod _procpy {
         #[pymethod]
         fn send(&self, obj: PyObjectRef, vm: &VirtualMachine) -> PyResult<()> {
             self.wfd(vm)?;
-            let data = codec::dumps(vm, &obj, None)?;
-            self.send_frame(&data, vm)
+            if !self.socket {
+                let data = codec::dumps(vm, &obj, codec::Handles::Refuse)?;
+                return self.send_frame(&data, &[], vm);
+            }
+            let (data, fds) = dumps_with_connections(vm, &obj)?;
+            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            self.send_frame(&data, &raw, vm)
         }
 
         #[pymethod]
         fn recv(&self, vm: &VirtualMachine) -> PyResult {
-            let data = self.recv_frame(None, vm)?;
-            codec::loads(vm, &data, &[])
+            let (data, fds) = self.recv_frame(None, vm)?;
+            loads_with(vm, &data, fds)
         }
 
         #[pymethod]
@@ -461,7 +521,7 @@ pub(crate) mod _procpy {
                     Some(s) if args.offset + s > n => return Err(vm.new_value_error("buffer length < offset + size")),
                     Some(s) => s,
                 };
-                self.send_frame(&b[args.offset as usize..(args.offset + size) as usize], vm)
+                self.send_frame(&b[args.offset as usize..(args.offset + size) as usize], &[], vm)
             })
         }
 
@@ -471,7 +531,7 @@ pub(crate) mod _procpy {
                 Some(m) if m < 0 => return Err(vm.new_value_error("negative maxlength")),
                 m => m.map(|m| m as usize),
             };
-            Ok(vm.ctx.new_bytes(self.recv_frame(max, vm)?))
+            Ok(vm.ctx.new_bytes(self.recv_frame(max, vm)?.0))
         }
 
         #[pymethod]
@@ -484,7 +544,7 @@ pub(crate) mod _procpy {
             if offset > cap {
                 return Err(vm.new_value_error("offset too large"));
             }
-            let data = self.recv_frame(None, vm)?;
+            let (data, _) = self.recv_frame(None, vm)?;
             if data.len() as isize > cap - offset {
                 let cls = mp_exception(vm, "BufferTooShort");
                 return Err(vm.new_exception(cls, vec![vm.ctx.new_bytes(data).into()]));
@@ -661,7 +721,7 @@ pub(crate) mod _procpy {
         }
 
         /// Receive one record, or `None` on timeout.
-        fn recv_record(&self, block: bool, until: Option<Instant>, vm: &VirtualMachine) -> PyResult<Option<Vec<u8>>> {
+        fn recv_record(&self, block: bool, until: Option<Instant>, vm: &VirtualMachine) -> PyResult<Option<Record>> {
             let fd = self.shared.rfd.as_raw_fd();
             let mut buf = vec![0u8; INLINE_MAX + 16];
             let until = if block { until } else { Some(Instant::now()) };
@@ -671,10 +731,9 @@ pub(crate) mod _procpy {
                 let pending = self.own_pending() > 0;
                 let wait_until = if pending { Some(Instant::now() + Duration::from_millis(1)) } else { until };
                 if wait_readable(vm, fd, wait_until)? {
-                    match ipc::recv_with_fds(fd, &mut buf, 1, libc::MSG_DONTWAIT) {
+                    match ipc::recv_with_fds(fd, &mut buf, 253, libc::MSG_DONTWAIT) {
                         Ok((n, fds, _)) => {
-                            let payload = parse_record(&buf[..n], fds).map_err(|e| os_err(vm, e))?;
-                            return Ok(Some(payload));
+                            return parse_record(&buf[..n], fds).map(Some).map_err(|e| os_err(vm, e));
                         }
                         // Another consumer took it first.
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -738,7 +797,7 @@ pub(crate) mod _procpy {
                 return Err(vm.new_value_error("'timeout' must be a non-negative number"));
             }
             // Encode first: an unencodable object raises here and leaves the queue untouched.
-            let data = codec::dumps(vm, &args.obj, None)?;
+            let (data, fds) = dumps_with_connections(vm, &args.obj)?;
             zelf.acquire_slot(args.block, deadline(timeout), vm)?;
             if zelf.kind == 1 {
                 zelf.shared.counters.get(UNFINISHED).fetch_add(1, Ordering::AcqRel);
@@ -746,11 +805,12 @@ pub(crate) mod _procpy {
             if zelf.kind == 2 {
                 // SimpleQueue: written synchronously, as CPython's.
                 let fd = zelf.shared.wfd.as_raw_fd();
-                return retry(vm, || send_record(fd, &data)).inspect_err(|_| zelf.release_slot());
+                let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                return retry(vm, || send_record(fd, &data, &raw)).inspect_err(|_| zelf.release_slot());
             }
             let f = zelf.feeder();
             f.pending.fetch_add(1, Ordering::AcqRel);
-            let sent = f.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|tx| tx.send(data).is_ok());
+            let sent = f.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|tx| tx.send((data, fds)).is_ok());
             if sent != Some(true) {
                 f.pending.fetch_sub(1, Ordering::AcqRel);
                 zelf.release_slot();
@@ -773,9 +833,9 @@ pub(crate) mod _procpy {
             }
             match zelf.recv_record(args.block, deadline(timeout), vm)? {
                 None => Err(queue_exception(vm, "Empty")),
-                Some(payload) => {
+                Some((payload, fds)) => {
                     zelf.release_slot();
-                    codec::loads(vm, &payload, &[])
+                    loads_with(vm, &payload, fds)
                 }
             }
         }

@@ -444,10 +444,18 @@ def worker_main(args):
                 finally:
                     os._exit(70)
 
+        def _children(self):
+            try:
+                import multiprocessing
+                return {p.pid: p for p in multiprocessing.active_children()}
+            except Exception:
+                return {}
+
         def startTest(self, test):
             self._foreign()
             super().startTest(test)
             self.state[test.id()] = {'status': 'pass', 'reason': '', 'tb': ''}
+            self.children_before = self._children()
             emit(ev='start', id=test.id())
 
         def _set(self, test, status, reason, tb=''):
@@ -499,6 +507,12 @@ def worker_main(args):
             super().stopTest(test)
             st = self.state.pop(test.id(), None)
             if st is not None:
+                # Processes this test started that are still running (they would be joined,
+                # or terminated if daemonic, when the worker exits).
+                left = [p for pid, p in self._children().items()
+                        if pid not in getattr(self, 'children_before', {})]
+                st['left_running'] = ['%s pid=%s daemon=%s' % (p.name, p.pid, p.daemon)
+                                      for p in left]
                 emit(ev='end', id=test.id(), **st)
 
     suite = unittest.TestSuite()
@@ -721,7 +735,8 @@ class Runner:
                     elif ev == 'end':
                         self.results[rec['id']] = {
                             'status': rec['status'], 'reason': rec['reason'], 'tb': rec['tb'],
-                            'secs': round(rec['t'] - started_at.get(rec['id'], rec['t']), 2)}
+                            'secs': round(rec['t'] - started_at.get(rec['id'], rec['t']), 2),
+                            'left_running': rec.get('left_running') or []}
                         if rec['id'] in pending:
                             pending.remove(rec['id'])
                         current = None
@@ -868,6 +883,13 @@ def summarize(runner, ids, elapsed, args):
         p('class/module fixture problems:')
         for fx in runner.fixture_events:
             p('  %s %s: %s' % (fx['status'], fx['what'], fx['reason']))
+    leaky = [(tid, runner.results[tid].get('left_running')) for tid in ids
+             if runner.results[tid].get('left_running')]
+    if leaky:
+        p('')
+        p('tests that left child processes running (non-daemonic ones are joined at exit):')
+        for tid, left in leaky:
+            p('  %s: %s' % (tid.split('.', 1)[1], ', '.join(left)))
     if runner.foreign:
         p('')
         p('child processes that ran test-loop code (a fork child returned into the caller?):')
