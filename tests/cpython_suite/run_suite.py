@@ -71,11 +71,13 @@ COMPAT_VAR = 'PROCPY_CPYTHON_SUITE_COMPAT'
 # wait, start methods, misc. API), for the processes flavour only.
 QUICK_CLASSES = [
     'WithProcessesTestProcess',
+    'WithProcessesTestSubclassingProcess',
     'WithProcessesTestQueue',
     'WithProcessesTestConnection',
     'WithProcessesTestPoll',
-    'WithProcessesTestSubclassingProcess',
+    'WithProcessesTestPollEintr',
     'WithProcessesTestPicklingConnections',
+    'WithProcessesTestLogging',
     'TestWait',
     'TestStartMethod',
     'TestSimpleQueue',
@@ -87,13 +89,6 @@ QUICK_CLASSES = [
     'TestFlags',
     'TestInternalDecorators',
     'TestStdinBadfiledescriptor',
-    'TestTimeouts',
-    'TestInitializers',
-    'TestForkAwareThreadLock',
-    'TestResourceTracker',
-    'TestPoolNotLeakOnFailure',
-    'TestSyncManagerTypes',
-    'OtherTest',
 ]
 
 
@@ -864,6 +859,8 @@ def summarize(runner, ids, elapsed, args):
         tb = runner.import_error.get('tb') or ''
         for l in tb.strip().splitlines()[-6:]:
             p('    ' + l)
+        p('SUMMARY %s %s: import-error (no test ran): %s' % (
+            interp, runner.method, runner.import_error['reason']))
         return '\n'.join(lines), {}
     by_class = {}
     for tid in ids:
