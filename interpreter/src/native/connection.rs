@@ -1,0 +1,272 @@
+//! `Connection`: one end of a `Pipe()`, framed like CPython's (4-byte big-endian length).
+
+use super::{deadline, dumps_with_connections, loads_with, mp_exception, read_exact, retry, wait_readable, write_all, Record};
+use crate::{codec, ipc};
+use rustpython_vm::builtins::PyBytesRef;
+use rustpython_vm::function::{ArgBytesLike, ArgIntoFloat, ArgMemoryBuffer, FuncArgs, OptionalArg};
+use rustpython_vm::types::Representable;
+use rustpython_vm::{pyclass, FromArgs, Py, PyObjectRef, PyPayload, PyResult, VirtualMachine};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+#[pyclass(name = "Connection", module = "multiprocessing.connection")]
+#[derive(Debug, PyPayload)]
+pub struct Connection {
+    pub(crate) fd: AtomicI32,
+    pub(crate) readable: bool,
+    pub(crate) writable: bool,
+    /// A Unix socket (duplex Pipe) can carry descriptors; a pipe cannot.
+    socket: bool,
+}
+
+impl Connection {
+    pub(crate) fn new(fd: OwnedFd, readable: bool, writable: bool) -> Self {
+        let socket = ipc::is_socket(fd.as_raw_fd());
+        Connection { fd: AtomicI32::new(std::os::fd::IntoRawFd::into_raw_fd(fd)), readable, writable, socket }
+    }
+
+    pub(super) fn fd(&self, vm: &VirtualMachine) -> PyResult<RawFd> {
+        match self.fd.load(Ordering::Acquire) {
+            -1 => Err(vm.new_os_error("handle is closed".to_owned())),
+            fd => Ok(fd),
+        }
+    }
+
+    fn rfd(&self, vm: &VirtualMachine) -> PyResult<RawFd> {
+        let fd = self.fd(vm)?;
+        if !self.readable {
+            return Err(vm.new_os_error("connection is write-only".to_owned()));
+        }
+        Ok(fd)
+    }
+
+    fn wfd(&self, vm: &VirtualMachine) -> PyResult<RawFd> {
+        let fd = self.fd(vm)?;
+        if !self.writable {
+            return Err(vm.new_os_error("connection is read-only".to_owned()));
+        }
+        Ok(fd)
+    }
+
+    /// One frame: 4-byte big-endian length (or -1 and 8 bytes for huge ones), then bytes;
+    /// `fds` ride on the first byte (sockets only).
+    fn send_frame(&self, data: &[u8], fds: &[RawFd], vm: &VirtualMachine) -> PyResult<()> {
+        let fd = self.wfd(vm)?;
+        let mut head = Vec::with_capacity(12 + data.len().min(64 * 1024));
+        if data.len() <= 0x7fff_ffff {
+            head.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        } else {
+            head.extend_from_slice(&(-1i32).to_be_bytes());
+            head.extend_from_slice(&(data.len() as u64).to_be_bytes());
+        }
+        // Small frames go out in one write (as CPython does below 16 KiB).
+        let inline = data.len() <= 64 * 1024;
+        if inline {
+            head.extend_from_slice(data);
+        }
+        let mut sent = 0;
+        if !fds.is_empty() {
+            sent = retry(vm, || ipc::send_with_fds(fd, &head, fds, 0))?;
+        }
+        write_all(vm, fd, &head[sent..])?;
+        if !inline {
+            write_all(vm, fd, data)?;
+        }
+        Ok(())
+    }
+
+    /// Fill `buf`, collecting descriptors that arrive with it (sockets only).
+    fn read_exact_fds(&self, fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>, vm: &VirtualMachine) -> PyResult<bool> {
+        if !self.socket {
+            return read_exact(vm, fd, buf);
+        }
+        let mut got = 0;
+        while got < buf.len() {
+            let (n, more, _) = retry(vm, || ipc::recv_with_fds(fd, &mut buf[got..], 253, 0))?;
+            fds.extend(more);
+            if n == 0 {
+                if got == 0 {
+                    return Ok(false);
+                }
+                return Err(vm.new_os_error("got end of file during message".to_owned()));
+            }
+            got += n;
+        }
+        Ok(true)
+    }
+
+    fn recv_frame(&self, maxsize: Option<usize>, vm: &VirtualMachine) -> PyResult<Record> {
+        let fd = self.rfd(vm)?;
+        let mut fds = Vec::new();
+        let mut h = [0u8; 4];
+        if !self.read_exact_fds(fd, &mut h, &mut fds, vm)? {
+            return Err(vm.new_eof_error(String::new()));
+        }
+        let mut len = i32::from_be_bytes(h) as i64;
+        if len == -1 {
+            let mut h8 = [0u8; 8];
+            if !read_exact(vm, fd, &mut h8)? {
+                return Err(vm.new_os_error("got end of file during message".to_owned()));
+            }
+            len = u64::from_be_bytes(h8).min(i64::MAX as u64) as i64;
+        }
+        if len < 0 {
+            return Err(vm.new_os_error("bad message length".to_owned()));
+        }
+        let len = len as usize;
+        if maxsize.is_some_and(|m| len > m) {
+            self.do_close();
+            return Err(vm.new_os_error("bad message length".to_owned()));
+        }
+        let mut buf = vec![0u8; len];
+        if len > 0 && !self.read_exact_fds(fd, &mut buf, &mut fds, vm)? {
+            return Err(vm.new_os_error("got end of file during message".to_owned()));
+        }
+        Ok((buf, fds))
+    }
+
+    fn do_close(&self) {
+        let fd = self.fd.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.do_close();
+    }
+}
+
+#[derive(FromArgs)]
+struct SendBytesArgs {
+    #[pyarg(any)]
+    buf: ArgBytesLike,
+    #[pyarg(any, default = 0)]
+    offset: isize,
+    #[pyarg(any, default)]
+    size: Option<isize>,
+}
+
+#[pyclass(with(Representable))]
+impl Connection {
+    #[pymethod]
+    fn send(&self, obj: PyObjectRef, vm: &VirtualMachine) -> PyResult<()> {
+        self.wfd(vm)?;
+        if !self.socket {
+            let data = codec::dumps(vm, &obj, codec::Handles::Refuse)?;
+            return self.send_frame(&data, &[], vm);
+        }
+        let (data, fds) = dumps_with_connections(vm, &obj)?;
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        self.send_frame(&data, &raw, vm)
+    }
+
+    #[pymethod]
+    fn recv(&self, vm: &VirtualMachine) -> PyResult {
+        let (data, fds) = self.recv_frame(None, vm)?;
+        loads_with(vm, &data, fds)
+    }
+
+    #[pymethod]
+    fn send_bytes(&self, args: SendBytesArgs, vm: &VirtualMachine) -> PyResult<()> {
+        self.wfd(vm)?;
+        args.buf.with_ref(|b| {
+            let n = b.len() as isize;
+            if args.offset < 0 {
+                return Err(vm.new_value_error("offset is negative"));
+            }
+            if n < args.offset {
+                return Err(vm.new_value_error("buffer length < offset"));
+            }
+            let size = match args.size {
+                None => n - args.offset,
+                Some(s) if s < 0 => return Err(vm.new_value_error("size is negative")),
+                Some(s) if args.offset + s > n => return Err(vm.new_value_error("buffer length < offset + size")),
+                Some(s) => s,
+            };
+            self.send_frame(&b[args.offset as usize..(args.offset + size) as usize], &[], vm)
+        })
+    }
+
+    #[pymethod]
+    fn recv_bytes(&self, maxlength: OptionalArg<Option<isize>>, vm: &VirtualMachine) -> PyResult<PyBytesRef> {
+        let max = match maxlength.flatten() {
+            Some(m) if m < 0 => return Err(vm.new_value_error("negative maxlength")),
+            m => m.map(|m| m as usize),
+        };
+        Ok(vm.ctx.new_bytes(self.recv_frame(max, vm)?.0))
+    }
+
+    #[pymethod]
+    fn recv_bytes_into(&self, buf: ArgMemoryBuffer, offset: OptionalArg<isize>, vm: &VirtualMachine) -> PyResult<usize> {
+        let offset = offset.unwrap_or(0);
+        let cap = buf.len() as isize;
+        if offset < 0 {
+            return Err(vm.new_value_error("negative offset"));
+        }
+        if offset > cap {
+            return Err(vm.new_value_error("offset too large"));
+        }
+        let (data, _) = self.recv_frame(None, vm)?;
+        if data.len() as isize > cap - offset {
+            let cls = mp_exception(vm, "BufferTooShort");
+            return Err(vm.new_exception(cls, vec![vm.ctx.new_bytes(data).into()]));
+        }
+        let mut b = buf.borrow_buf_mut();
+        b[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
+        Ok(data.len())
+    }
+
+    #[pymethod]
+    fn poll(&self, timeout: OptionalArg<Option<ArgIntoFloat>>, vm: &VirtualMachine) -> PyResult<bool> {
+        let fd = self.rfd(vm)?;
+        let timeout = match timeout {
+            OptionalArg::Missing => Some(0.0),
+            OptionalArg::Present(t) => t.map(ArgIntoFloat::into_float),
+        };
+        wait_readable(vm, fd, deadline(timeout))
+    }
+
+    #[pymethod]
+    fn close(&self) {
+        self.do_close();
+    }
+
+    #[pymethod]
+    fn fileno(&self, vm: &VirtualMachine) -> PyResult<i32> {
+        self.fd(vm)
+    }
+
+    #[pygetset]
+    fn closed(&self) -> bool {
+        self.fd.load(Ordering::Acquire) == -1
+    }
+
+    #[pygetset]
+    fn readable(&self) -> bool {
+        self.readable
+    }
+
+    #[pygetset]
+    fn writable(&self) -> bool {
+        self.writable
+    }
+
+    #[pymethod]
+    fn __enter__(zelf: PyObjectRef) -> PyObjectRef {
+        zelf
+    }
+
+    #[pymethod]
+    fn __exit__(&self, _args: FuncArgs) {
+        self.do_close();
+    }
+}
+
+impl Representable for Connection {
+    fn repr_str(zelf: &Py<Self>, _vm: &VirtualMachine) -> PyResult<String> {
+        Ok(format!("<multiprocessing.connection.Connection fd={}>", zelf.fd.load(Ordering::Acquire)))
+    }
+}

@@ -1,0 +1,472 @@
+//! `_procpy`: the native half of procpy's `multiprocessing`.
+//!
+//! `connection` and `queue` hold the two channel types; this file holds what they share
+//! (syscall retries, codec hooks for descriptors) and the module's functions.
+//!
+//! Connections, queues, the codec entry points and the process-start primitives live here; the
+//! Python half (`py/multiprocessing/`) only shapes them into CPython's API.
+
+use crate::codec;
+use rustpython_vm::pymodule;
+use crate::ipc::{self, SharedCounters};
+use crate::wire::HandleKind;
+use rustpython_vm::builtins::{PyBaseExceptionRef, PyType, PyTypeRef};
+use rustpython_vm::{PyObject, PyObjectRef, PyPayload, PyResult, VirtualMachine};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(crate) use _procpy::module_def;
+
+mod connection;
+mod queue;
+
+pub(crate) use connection::Connection;
+pub(crate) use queue::{QueueBase, QueueShared};
+
+/// Turn an OS error into Python's `OSError` (with errno).
+fn os_err(vm: &VirtualMachine, e: io::Error) -> PyBaseExceptionRef {
+    use rustpython_vm::convert::ToPyException;
+    e.to_pyexception(vm)
+}
+
+/// Run a syscall, retrying after EINTR once Python signal handlers have run (they may raise,
+/// e.g. KeyboardInterrupt, which then propagates).
+fn retry<T>(vm: &VirtualMachine, mut f: impl FnMut() -> io::Result<T>) -> PyResult<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
+            r => return r.map_err(|e| os_err(vm, e)),
+        }
+    }
+}
+
+fn deadline(timeout: Option<f64>) -> Option<Instant> {
+    timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)))
+}
+
+/// Wait until `fd` is readable (or hung up). `false` on timeout.
+fn wait_readable(vm: &VirtualMachine, fd: RawFd, until: Option<Instant>) -> PyResult<bool> {
+    loop {
+        match ipc::poll(&[(fd, libc::POLLIN)], ipc::remaining(until)) {
+            Ok(r) => return Ok(r[0] != 0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
+            Err(e) => return Err(os_err(vm, e)),
+        }
+    }
+}
+
+fn write_all(vm: &VirtualMachine, fd: RawFd, mut buf: &[u8]) -> PyResult<()> {
+    while !buf.is_empty() {
+        let n = retry(vm, || ipc::write(fd, buf))?;
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// Fill `buf` completely. `Ok(false)` if end of file came before the first byte.
+fn read_exact(vm: &VirtualMachine, fd: RawFd, buf: &mut [u8]) -> PyResult<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = retry(vm, || ipc::read(fd, &mut buf[got..]))?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(false);
+            }
+            return Err(vm.new_os_error("got end of file during message".to_owned()));
+        }
+        got += n;
+    }
+    Ok(true)
+}
+
+/// Send `payload` on a stream socket with `fds` attached to its 8-byte length header.
+fn send_with_fds_stream(vm: &VirtualMachine, sock: RawFd, payload: &[u8], fds: &[RawFd]) -> PyResult<()> {
+    let header = (payload.len() as u64).to_be_bytes();
+    let n = retry(vm, || ipc::send_with_fds(sock, &header, fds, 0))?;
+    write_all(vm, sock, &header[n..])?;
+    write_all(vm, sock, payload)
+}
+
+/// Receive what [`send_with_fds_stream`] sent. `None` on end of file.
+fn recv_with_fds_stream(vm: &VirtualMachine, sock: RawFd) -> PyResult<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut header = [0u8; 8];
+    let (n, fds, _) = retry(vm, || ipc::recv_with_fds(sock, &mut header, 253, 0))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if n < 8 && !read_exact(vm, sock, &mut header[n..])? {
+        return Err(vm.new_os_error("got end of file during message".to_owned()));
+    }
+    let len = u64::from_be_bytes(header) as usize;
+    let mut payload = vec![0u8; len];
+    if len > 0 && !read_exact(vm, sock, &mut payload)? {
+        return Err(vm.new_os_error("got end of file during message".to_owned()));
+    }
+    Ok(Some((payload, fds)))
+}
+
+fn int_list(vm: &VirtualMachine, v: &[i32]) -> PyObjectRef {
+    vm.ctx.new_list(v.iter().map(|&i| vm.ctx.new_int(i).into()).collect()).into()
+}
+
+fn mp_exception(vm: &VirtualMachine, name: &'static str) -> PyTypeRef {
+    vm.import("multiprocessing", 0)
+        .and_then(|m| m.get_attr(name, vm))
+        .ok()
+        .and_then(|t| t.downcast::<PyType>().ok())
+        .unwrap_or_else(|| vm.ctx.exceptions.exception_type.to_owned())
+}
+
+fn queue_exception(vm: &VirtualMachine, name: &'static str) -> PyBaseExceptionRef {
+    let cls = vm
+        .import("queue", 0)
+        .and_then(|m| m.get_attr(name, vm))
+        .ok()
+        .and_then(|t| t.downcast::<PyType>().ok())
+        .unwrap_or_else(|| vm.ctx.exceptions.exception_type.to_owned());
+    vm.new_exception_empty(cls)
+}
+/// An encoded queue item and the descriptors of the Connections inside it (duplicated, so the
+/// sender may close its own before the feeder writes).
+type Record = (Vec<u8>, Vec<OwnedFd>);
+
+/// Encode for a channel that carries descriptors: Connections inside `obj` travel as dups.
+fn dumps_with_connections(vm: &VirtualMachine, obj: &PyObject) -> PyResult<Record> {
+    let mut raw = Vec::new();
+    let data = codec::dumps(vm, obj, codec::Handles::Connections(&mut raw))?;
+    let fds = raw.into_iter().map(|fd| ipc::dup(fd).map_err(|e| os_err(vm, e))).collect::<PyResult<Vec<_>>>()?;
+    Ok((data, fds))
+}
+
+/// Decode a message and release the descriptors that came with it (rebuilt handles hold dups).
+fn loads_with(vm: &VirtualMachine, data: &[u8], fds: Vec<OwnedFd>) -> PyResult {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    codec::loads(vm, data, &raw)
+}
+
+
+/// What `codec` needs to send a native handle to a child: its kind, descriptors and extras.
+pub(crate) fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i64>)> {
+    if let Some(c) = obj.downcast_ref::<Connection>() {
+        let fd = c.fd.load(Ordering::Acquire);
+        return Some((HandleKind::Connection, vec![fd], vec![c.readable as i64, c.writable as i64]));
+    }
+    if let Some(q) = obj.downcast_ref::<QueueBase>() {
+        let s = &q.shared;
+        return Some((
+            HandleKind::Queue,
+            vec![s.rfd.as_raw_fd(), s.wfd.as_raw_fd(), s.counters.fd()],
+            vec![q.maxsize as i64, q.kind as i64],
+        ));
+    }
+    None
+}
+
+/// Rebuild a native handle in the child from its (received) descriptors, which are duplicated.
+pub(crate) fn rebuild_handle(vm: &VirtualMachine, kind: HandleKind, fds: &[RawFd], extra: &[i64]) -> PyResult {
+    let dup = |fd: RawFd| ipc::dup(fd).map_err(|e| os_err(vm, e));
+    let bad = || codec::unpickling_error(vm, "malformed message: bad handle".into());
+    match kind {
+        HandleKind::Connection => {
+            let (&[fd], &[r, w]) = (fds, extra) else { return Err(bad()) };
+            let fd = dup(fd)?;
+            Ok(Connection::new(fd, r != 0, w != 0).into_pyobject(vm))
+        }
+        HandleKind::Queue => {
+            let (&[r, w, c], &[maxsize, kind]) = (fds, extra) else { return Err(bad()) };
+            let counters = SharedCounters::map(dup(c)?, 2).map_err(|e| os_err(vm, e))?;
+            let shared = Arc::new(QueueShared { rfd: dup(r)?, wfd: Arc::new(dup(w)?), counters });
+            let q = QueueBase::from_shared(shared, maxsize as u32, kind as u8);
+            let cls_name = match kind {
+                1 => "JoinableQueue",
+                2 => "SimpleQueue",
+                _ => "Queue",
+            };
+            let cls = vm
+                .import("multiprocessing.queues", 0)
+                .and_then(|_| codec::resolve_global(vm, "multiprocessing.queues", cls_name))?
+                .downcast::<PyType>()
+                .map_err(|_| bad())?;
+            Ok(q.into_ref_with_type(vm, cls)?.into())
+        }
+    }
+}
+#[pymodule]
+pub(crate) mod _procpy {
+    use super::*;
+    use rustpython_vm::builtins::{PyBytesRef, PyListRef};
+    use rustpython_vm::function::{ArgBytesLike, ArgIntoFloat, OptionalArg};
+
+    // ---------------------------------------------------------------- codec
+
+    /// Encode an object (no OS handles allowed).
+    #[pyfunction]
+    fn dumps(obj: PyObjectRef, vm: &VirtualMachine) -> PyResult<PyBytesRef> {
+        Ok(vm.ctx.new_bytes(codec::dumps(vm, &obj, codec::Handles::Refuse)?))
+    }
+
+    /// Decode bytes made by `dumps`.
+    #[pyfunction]
+    fn loads(data: ArgBytesLike, vm: &VirtualMachine) -> PyResult {
+        data.with_ref(|b| codec::loads(vm, b, &[]))
+    }
+
+    /// Encode an object for a starting child: handles allowed, their descriptors returned.
+    #[pyfunction]
+    fn dumps_for_child(obj: PyObjectRef, vm: &VirtualMachine) -> PyResult {
+        let mut fds = Vec::new();
+        let b = codec::dumps(vm, &obj, codec::Handles::All(&mut fds))?;
+        Ok(vm.new_tuple((vm.ctx.new_bytes(b), int_list(vm, &fds))).into())
+    }
+
+    /// Decode what `dumps_for_child` made, given the descriptors that came with it.
+    #[pyfunction]
+    fn loads_with_fds(data: ArgBytesLike, fds: Vec<i32>, vm: &VirtualMachine) -> PyResult {
+        data.with_ref(|b| codec::loads(vm, b, &fds))
+    }
+
+    #[pyattr(name = "Connection")]
+    fn connection_type(_vm: &VirtualMachine) -> PyTypeRef {
+        use rustpython_vm::class::PyClassImpl;
+        Connection::make_static_type()
+    }
+
+    /// `Pipe(duplex)` -> (conn1, conn2); with duplex=False conn1 only reads and conn2 only writes.
+    #[pyfunction]
+    fn pipe(duplex: OptionalArg<bool>, vm: &VirtualMachine) -> PyResult<(PyObjectRef, PyObjectRef)> {
+        let (a, b, duplex) = if duplex.unwrap_or(true) {
+            let (a, b) = ipc::socketpair(libc::SOCK_STREAM).map_err(|e| os_err(vm, e))?;
+            (a, b, true)
+        } else {
+            let (r, w) = ipc::pipe().map_err(|e| os_err(vm, e))?;
+            (r, w, false)
+        };
+        Ok((
+            Connection::new(a, true, duplex).into_pyobject(vm),
+            Connection::new(b, duplex, true).into_pyobject(vm),
+        ))
+    }
+
+    #[pyattr(name = "QueueBase")]
+    fn queue_type(_vm: &VirtualMachine) -> PyTypeRef {
+        use rustpython_vm::class::PyClassImpl;
+        QueueBase::make_static_type()
+    }
+
+    /// Flush every queue feeder of this process (called at process exit).
+    #[pyfunction]
+    fn _flush_queues() {
+        super::queue::flush_all();
+    }
+
+    // ---------------------------------------------------------------- waiting
+
+    /// `multiprocessing.connection.wait`: the objects (connections, queues' readers, sentinels,
+    /// anything with `fileno()`) that are ready, in the order given.
+    #[pyfunction]
+    fn wait(object_list: PyObjectRef, timeout: OptionalArg<Option<ArgIntoFloat>>, vm: &VirtualMachine) -> PyResult<PyListRef> {
+        let objs: Vec<PyObjectRef> = vm.extract_elements_with(&object_list, Ok)?;
+        let mut fds = Vec::with_capacity(objs.len());
+        for o in &objs {
+            let fd: i32 = if let Some(c) = o.downcast_ref::<Connection>() {
+                c.fd(vm)?
+            } else if let Ok(i) = o.clone().try_into_value::<i32>(vm) {
+                i
+            } else {
+                vm.call_method(o, "fileno", ())?.try_into_value(vm)?
+            };
+            fds.push((fd, libc::POLLIN));
+        }
+        let until = deadline(timeout.flatten().map(ArgIntoFloat::into_float));
+        loop {
+            match ipc::poll(&fds, ipc::remaining(until)) {
+                Ok(r) => {
+                    let ready = objs.iter().zip(r).filter(|(_, rev)| *rev != 0).map(|(o, _)| o.clone()).collect();
+                    return Ok(vm.ctx.new_list(ready));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
+                Err(e) => return Err(os_err(vm, e)),
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- processes
+
+    /// A descriptor readable once process `pid` has exited (a sentinel).
+    #[pyfunction]
+    fn pidfd_open(pid: i32, vm: &VirtualMachine) -> PyResult<i32> {
+        let fd = ipc::pidfd_open(pid).map_err(|e| os_err(vm, e))?;
+        Ok(std::os::fd::IntoRawFd::into_raw_fd(fd))
+    }
+
+    /// Start `exe args...` as a fresh process and send it `payload` with `fds` over a private
+    /// socket (its number in `PROCPY_BOOT_FD`). Returns (pid, our end of that socket), which the
+    /// child sees hang up when we exit.
+    #[pyfunction]
+    fn spawn_child(exe: String, args: Vec<String>, payload: ArgBytesLike, fds: Vec<i32>, vm: &VirtualMachine) -> PyResult<(i32, i32)> {
+        use std::os::unix::process::CommandExt;
+        let (ours, theirs) = ipc::socketpair(libc::SOCK_STREAM).map_err(|e| os_err(vm, e))?;
+        let child_fd = theirs.as_raw_fd();
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(&args).env("PROCPY_BOOT_FD", child_fd.to_string());
+        // Between fork and exec: keep the boot socket across exec (async-signal-safe calls only).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(child_fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            vm.new_os_error(format!("cannot start child process {}: {e} (see multiprocessing.set_executable)", exe))
+        })?;
+        drop(theirs);
+        let pid = child.id() as i32;
+        payload.with_ref(|p| send_with_fds_stream(vm, ours.as_raw_fd(), p, &fds))?;
+        Ok((pid, std::os::fd::IntoRawFd::into_raw_fd(ours)))
+    }
+
+    /// In a spawned child: the payload and descriptors the parent sent, plus the boot socket
+    /// (kept open: it hangs up when the parent exits).
+    #[pyfunction]
+    fn recv_boot(vm: &VirtualMachine) -> PyResult {
+        let fd: i32 = std::env::var("PROCPY_BOOT_FD")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| vm.new_runtime_error("PROCPY_BOOT_FD is not set: this process was not started by procpy".to_owned()))?;
+        // Grandchildren must not see our boot descriptor.
+        unsafe { std::env::remove_var("PROCPY_BOOT_FD") };
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        let (payload, fds) = recv_with_fds_stream(vm, fd)?
+            .ok_or_else(|| vm.new_eof_error("parent closed the boot channel before sending".to_owned()))?;
+        let fds: Vec<i32> = fds.into_iter().map(std::os::fd::IntoRawFd::into_raw_fd).collect();
+        Ok(vm.new_tuple((vm.ctx.new_bytes(payload), int_list(vm, &fds), fd)).into())
+    }
+
+    /// A listening socket for the fork server, on a fresh abstract-namespace address.
+    #[pyfunction]
+    fn forkserver_listen(vm: &VirtualMachine) -> PyResult<(i32, PyBytesRef)> {
+        let mut rnd = [0u8; 8];
+        getrandom::fill(&mut rnd).map_err(|e| vm.new_os_error(e.to_string()))?;
+        let name = format!("\0procpy-forkserver-{}-{:016x}", std::process::id(), u64::from_le_bytes(rnd));
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(os_err(vm, io::Error::last_os_error()));
+        }
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let (addr, len) = unix_addr(name.as_bytes());
+        if unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len) } < 0
+            || unsafe { libc::listen(fd, 128) } < 0
+        {
+            return Err(os_err(vm, io::Error::last_os_error()));
+        }
+        Ok((std::os::fd::IntoRawFd::into_raw_fd(owned), vm.ctx.new_bytes(name.into_bytes())))
+    }
+
+    /// Ask the fork server at `address` for a child running `payload`; returns (pid, sentinel):
+    /// the sentinel becomes readable when the server reports the child's exit status.
+    #[pyfunction]
+    fn forkserver_request(address: ArgBytesLike, payload: ArgBytesLike, fds: Vec<i32>, vm: &VirtualMachine) -> PyResult<(i32, i32)> {
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(os_err(vm, io::Error::last_os_error()));
+        }
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let (addr, len) = address.with_ref(unix_addr);
+        retry(vm, || {
+            if unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) } < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        })?;
+        payload.with_ref(|p| send_with_fds_stream(vm, fd, p, &fds))?;
+        let mut pid = [0u8; 8];
+        if !read_exact(vm, fd, &mut pid)? {
+            return Err(vm.new_os_error("the fork server closed the connection before starting the child".to_owned()));
+        }
+        Ok((i64::from_be_bytes(pid) as i32, std::os::fd::IntoRawFd::into_raw_fd(sock)))
+    }
+
+    fn unix_addr(name: &[u8]) -> (libc::sockaddr_un, libc::socklen_t) {
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let n = name.len().min(addr.sun_path.len());
+        for (d, s) in addr.sun_path.iter_mut().zip(&name[..n]) {
+            *d = *s as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sa_family_t>() + n;
+        (addr, len as libc::socklen_t)
+    }
+
+    /// Fork server: accept one request; returns (connection fd, payload, descriptors) or None
+    /// if the client went away before sending.
+    #[pyfunction]
+    fn forkserver_accept(listener: i32, vm: &VirtualMachine) -> PyResult {
+        let fd = retry(vm, || {
+            let r = unsafe { libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+            if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+        })?;
+        let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+        match recv_with_fds_stream(vm, fd)? {
+            None => Ok(vm.ctx.none()),
+            Some((payload, fds)) => {
+                let fds: Vec<i32> = fds.into_iter().map(std::os::fd::IntoRawFd::into_raw_fd).collect();
+                let conn = std::os::fd::IntoRawFd::into_raw_fd(conn);
+                Ok(vm.new_tuple((conn, vm.ctx.new_bytes(payload), int_list(vm, &fds))).into())
+            }
+        }
+    }
+
+    /// Write one big-endian i64 (a pid or an exit status) to `fd`.
+    #[pyfunction]
+    fn send_i64(fd: i32, value: i64, vm: &VirtualMachine) -> PyResult<()> {
+        write_all(vm, fd, &value.to_be_bytes())
+    }
+
+    /// Read one big-endian i64 from `fd`; None at end of file.
+    #[pyfunction]
+    fn recv_i64(fd: i32, vm: &VirtualMachine) -> PyResult<Option<i64>> {
+        let mut b = [0u8; 8];
+        Ok(read_exact(vm, fd, &mut b)?.then(|| i64::from_be_bytes(b)))
+    }
+
+    /// Close descriptors, ignoring ones already closed.
+    #[pyfunction]
+    fn close_fds(fds: Vec<i32>) {
+        for fd in fds {
+            if fd >= 0 {
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+
+    /// 32 random bytes (the default authkey).
+    #[pyfunction]
+    fn random_key(vm: &VirtualMachine) -> PyResult<PyBytesRef> {
+        let mut k = [0u8; 32];
+        getrandom::fill(&mut k).map_err(|e| vm.new_os_error(e.to_string()))?;
+        Ok(vm.ctx.new_bytes(k.to_vec()))
+    }
+
+    /// The path of the running procpy binary (the default executable for spawn).
+    #[pyfunction]
+    fn current_exe(vm: &VirtualMachine) -> PyResult<String> {
+        std::env::current_exe()
+            .map(|p| p.to_string_lossy().into_owned())
+            .map_err(|e| os_err(vm, e))
+    }
+
+    /// Kill this process with `signal` when its parent dies (Linux's parent-death signal).
+    #[pyfunction]
+    fn set_parent_death_signal(signal: i32, vm: &VirtualMachine) -> PyResult<()> {
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) } < 0 {
+            return Err(os_err(vm, io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,455 @@
+//! Queues: one `SOCK_SEQPACKET` pair shared by every process (a record per item, so no lock),
+//! counts in shared memory, and a feeder thread per process so `put` never blocks on the socket.
+
+use super::{deadline, dumps_with_connections, loads_with, os_err, queue_exception, retry, wait_readable, Record};
+use crate::ipc::{self, SharedCounters};
+use crossbeam_channel::{Receiver, Sender};
+use rustpython_vm::builtins::PyType;
+use rustpython_vm::common::lock::PyMutex;
+use rustpython_vm::function::ArgIntoFloat;
+use rustpython_vm::types::Constructor;
+use rustpython_vm::{pyclass, AsObject, FromArgs, Py, PyObjectRef, PyPayload, PyResult, VirtualMachine};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// Largest payload sent inline in one queue record; bigger ones travel in a memory file.
+const INLINE_MAX: usize = 32 * 1024;
+/// Counter slots of a queue: items in the queue, unfinished tasks (JoinableQueue).
+const COUNT: usize = 0;
+const UNFINISHED: usize = 1;
+
+
+/// Per-process writer thread of a queue, as CPython's feeder: `put` never blocks on the pipe.
+struct Feeder {
+    pid: u32,
+    tx: Mutex<Option<Sender<Record>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Records handed to the thread and not yet written.
+    pending: Arc<AtomicUsize>,
+    cancelled: AtomicBool,
+}
+
+impl Feeder {
+    fn start(wfd: Arc<OwnedFd>) -> Arc<Feeder> {
+        let (tx, rx): (Sender<Record>, Receiver<Record>) = crossbeam_channel::unbounded();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let p2 = pending.clone();
+        let thread = std::thread::Builder::new()
+            .name("procpy-queue-feeder".into())
+            .spawn(move || {
+                for (payload, fds) in rx {
+                    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                    let _ = send_record(wfd.as_raw_fd(), &payload, &raw);
+                    p2.fetch_sub(1, Ordering::AcqRel);
+                }
+            })
+            .expect("spawn queue feeder thread");
+        let f = Arc::new(Feeder {
+            pid: std::process::id(),
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            pending,
+            cancelled: AtomicBool::new(false),
+        });
+        FEEDERS.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&f));
+        f
+    }
+
+    /// Stop accepting records; the thread drains what it has and ends.
+    fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn join(&self) {
+        self.close();
+        let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        // A copy inherited through fork: its thread does not exist here, and its pthread handle
+        // may by now name one of *our* threads (glibc reuses descriptors), so detaching it
+        // (what dropping a JoinHandle does) would break a later join. Leak it instead.
+        if self.pid != std::process::id() {
+            if let Some(h) = self.thread.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+                std::mem::forget(h);
+            }
+        }
+    }
+}
+
+/// Every feeder started in this process (and, after a fork, the parent's stale ones: skipped by pid).
+static FEEDERS: Mutex<Vec<Weak<Feeder>>> = Mutex::new(Vec::new());
+
+
+
+/// Write one queue record: inline, or as a memory file when large, with `fds` attached.
+/// Blocks while the socket is full.
+fn send_record(fd: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        let r = if payload.len() <= INLINE_MAX {
+            let mut rec = Vec::with_capacity(payload.len() + 1);
+            rec.push(0u8);
+            rec.extend_from_slice(payload);
+            ipc::send_with_fds(fd, &rec, fds, 0)
+        } else {
+            let mem = ipc::memfd_with(payload)?;
+            let mut rec = vec![1u8];
+            rec.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+            let mut all = vec![mem.as_raw_fd()];
+            all.extend_from_slice(fds);
+            ipc::send_with_fds(fd, &rec, &all, 0)
+        };
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && tries < 1000 => tries += 1,
+            r => return r.map(drop),
+        }
+    }
+}
+
+/// Parse a queue record into its payload and the descriptors of the handles inside it.
+fn parse_record(buf: &[u8], mut fds: Vec<OwnedFd>) -> io::Result<Record> {
+    match buf.first() {
+        Some(0) => Ok((buf[1..].to_vec(), fds)),
+        Some(1) if buf.len() == 9 && !fds.is_empty() => {
+            let mem = fds.remove(0);
+            let len = u64::from_le_bytes(buf[1..9].try_into().unwrap_or_default()) as usize;
+            Ok((ipc::memfd_read(mem.as_raw_fd(), len)?, fds))
+        }
+        _ => Err(io::Error::new(io::ErrorKind::InvalidData, "malformed queue record")),
+    }
+}
+
+/// The OS side of a queue, shared by every `Queue` object (in any process) for the same queue.
+pub(crate) struct QueueShared {
+    pub(super) rfd: OwnedFd,
+    pub(super) wfd: Arc<OwnedFd>,
+    pub(super) counters: SharedCounters,
+}
+/// Base of Queue (kind 0), JoinableQueue (kind 1) and SimpleQueue (kind 2).
+#[pyclass(name = "QueueBase", module = "multiprocessing.queues")]
+#[derive(PyPayload)]
+pub struct QueueBase {
+    pub(crate) shared: Arc<QueueShared>,
+    pub(crate) maxsize: u32,
+    pub(crate) kind: u8,
+    closed: AtomicBool,
+    feeder: PyMutex<Option<Arc<Feeder>>>,
+}
+
+impl std::fmt::Debug for QueueBase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QueueBase(kind={})", self.kind)
+    }
+}
+
+impl QueueBase {
+    pub(crate) fn from_shared(shared: Arc<QueueShared>, maxsize: u32, kind: u8) -> Self {
+        QueueBase { shared, maxsize, kind, closed: AtomicBool::new(false), feeder: PyMutex::new(None) }
+    }
+
+    fn check_open(zelf: &Py<Self>, vm: &VirtualMachine) -> PyResult<()> {
+        if zelf.closed.load(Ordering::Acquire) {
+            if zelf.kind == 2 {
+                // SimpleQueue has no closed check of its own in CPython: its pipe says so.
+                return Err(vm.new_os_error("handle is closed".to_owned()));
+            }
+            let r = zelf.as_object().repr(vm)?;
+            return Err(vm.new_value_error(format!("Queue {} is closed", r.to_string_lossy())));
+        }
+        Ok(())
+    }
+
+    /// This process's feeder (a fork child starts its own; the parent's thread is not here).
+    fn feeder(&self) -> Arc<Feeder> {
+        let mut g = self.feeder.lock();
+        let pid = std::process::id();
+        match &*g {
+            Some(f) if f.pid == pid => f.clone(),
+            _ => {
+                let f = Feeder::start(self.shared.wfd.clone());
+                *g = Some(f.clone());
+                f
+            }
+        }
+    }
+
+    fn own_pending(&self) -> usize {
+        let g = self.feeder.lock();
+        match &*g {
+            Some(f) if f.pid == std::process::id() => f.pending.load(Ordering::Acquire),
+            _ => 0,
+        }
+    }
+
+    fn count(&self) -> &std::sync::atomic::AtomicU32 {
+        self.shared.counters.get(COUNT)
+    }
+
+    /// Take a slot for one item, waiting while the queue is full.
+    fn acquire_slot(&self, block: bool, until: Option<Instant>, vm: &VirtualMachine) -> PyResult<()> {
+        if self.maxsize == 0 {
+            self.count().fetch_add(1, Ordering::AcqRel);
+            return Ok(());
+        }
+        loop {
+            let c = self.count().load(Ordering::Acquire);
+            if c < self.maxsize {
+                if self.count().compare_exchange(c, c + 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    return Ok(());
+                }
+                continue;
+            }
+            let left = ipc::remaining(until);
+            if !block || left == Some(Duration::ZERO) {
+                return Err(queue_exception(vm, "Full"));
+            }
+            // Bounded naps so Ctrl-C is seen even if no wake-up comes.
+            let nap = left.map_or(Duration::from_millis(200), |l| l.min(Duration::from_millis(200)));
+            match self.shared.counters.wait(COUNT, c, Some(nap)) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
+                Err(e) => return Err(os_err(vm, e)),
+                Ok(()) => vm.check_signals()?,
+            }
+        }
+    }
+
+    fn release_slot(&self) {
+        self.count().fetch_sub(1, Ordering::AcqRel);
+        if self.maxsize > 0 {
+            self.shared.counters.wake_all(COUNT);
+        }
+    }
+
+    /// Receive one record, or `None` on timeout.
+    fn recv_record(&self, block: bool, until: Option<Instant>, vm: &VirtualMachine) -> PyResult<Option<Record>> {
+        let fd = self.shared.rfd.as_raw_fd();
+        let mut buf = vec![0u8; INLINE_MAX + 16];
+        let until = if block { until } else { Some(Instant::now()) };
+        loop {
+            // Our own feeder may still hold records we just put: keep looking in short steps
+            // (past the deadline) rather than report empty a queue this process filled.
+            let pending = self.own_pending() > 0;
+            let wait_until = if pending { Some(Instant::now() + Duration::from_millis(1)) } else { until };
+            if wait_readable(vm, fd, wait_until)? {
+                match ipc::recv_with_fds(fd, &mut buf, 253, libc::MSG_DONTWAIT) {
+                    Ok((n, fds, _)) => {
+                        return parse_record(&buf[..n], fds).map(Some).map_err(|e| os_err(vm, e));
+                    }
+                    // Another consumer took it first.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
+                    Err(e) => return Err(os_err(vm, e)),
+                }
+            }
+            if !pending && until.is_some_and(|u| Instant::now() >= u) {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+#[derive(FromArgs)]
+pub struct QueueNewArgs {
+    #[pyarg(any, default = 0)]
+    maxsize: i64,
+    #[pyarg(any, default = 0)]
+    kind: u8,
+}
+
+impl Constructor for QueueBase {
+    type Args = QueueNewArgs;
+
+    fn py_new(_cls: &Py<PyType>, args: Self::Args, vm: &VirtualMachine) -> PyResult<Self> {
+        let (r, w) = ipc::socketpair(libc::SOCK_SEQPACKET).map_err(|e| os_err(vm, e))?;
+        let counters = SharedCounters::create(2).map_err(|e| os_err(vm, e))?;
+        let maxsize = if args.maxsize <= 0 { 0 } else { args.maxsize.min(i32::MAX as i64) as u32 };
+        // Writers use one end, readers the other; records keep their boundaries.
+        let shared = Arc::new(QueueShared { rfd: w, wfd: Arc::new(r), counters });
+        Ok(QueueBase::from_shared(shared, maxsize, args.kind))
+    }
+}
+
+#[derive(FromArgs)]
+struct PutArgs {
+    #[pyarg(any)]
+    obj: PyObjectRef,
+    #[pyarg(any, default = true)]
+    block: bool,
+    #[pyarg(any, default)]
+    timeout: Option<ArgIntoFloat>,
+}
+
+#[derive(FromArgs)]
+struct GetArgs {
+    #[pyarg(any, default = true)]
+    block: bool,
+    #[pyarg(any, default)]
+    timeout: Option<ArgIntoFloat>,
+}
+
+#[pyclass(with(Constructor), flags(BASETYPE))]
+impl QueueBase {
+    #[pymethod]
+    fn put(zelf: &Py<Self>, args: PutArgs, vm: &VirtualMachine) -> PyResult<()> {
+        Self::check_open(zelf, vm)?;
+        let timeout = args.timeout.map(ArgIntoFloat::into_float);
+        if timeout.is_some_and(|t| t < 0.0) {
+            return Err(vm.new_value_error("'timeout' must be a non-negative number"));
+        }
+        // Encode first: an unencodable object raises here and leaves the queue untouched.
+        let (data, fds) = dumps_with_connections(vm, &args.obj)?;
+        zelf.acquire_slot(args.block, deadline(timeout), vm)?;
+        if zelf.kind == 1 {
+            zelf.shared.counters.get(UNFINISHED).fetch_add(1, Ordering::AcqRel);
+        }
+        if zelf.kind == 2 {
+            // SimpleQueue: written synchronously, as CPython's.
+            let fd = zelf.shared.wfd.as_raw_fd();
+            let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+            return retry(vm, || send_record(fd, &data, &raw)).inspect_err(|_| zelf.release_slot());
+        }
+        let f = zelf.feeder();
+        f.pending.fetch_add(1, Ordering::AcqRel);
+        let sent = f.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|tx| tx.send((data, fds)).is_ok());
+        if sent != Some(true) {
+            f.pending.fetch_sub(1, Ordering::AcqRel);
+            zelf.release_slot();
+            return Err(vm.new_value_error("Queue is closed"));
+        }
+        Ok(())
+    }
+
+    #[pymethod]
+    fn put_nowait(zelf: &Py<Self>, obj: PyObjectRef, vm: &VirtualMachine) -> PyResult<()> {
+        Self::put(zelf, PutArgs { obj, block: false, timeout: None }, vm)
+    }
+
+    #[pymethod]
+    fn get(zelf: &Py<Self>, args: GetArgs, vm: &VirtualMachine) -> PyResult {
+        Self::check_open(zelf, vm)?;
+        let timeout = args.timeout.map(ArgIntoFloat::into_float);
+        if timeout.is_some_and(|t| t < 0.0) {
+            return Err(vm.new_value_error("'timeout' must be a non-negative number"));
+        }
+        match zelf.recv_record(args.block, deadline(timeout), vm)? {
+            None => Err(queue_exception(vm, "Empty")),
+            Some((payload, fds)) => {
+                zelf.release_slot();
+                loads_with(vm, &payload, fds)
+            }
+        }
+    }
+
+    #[pymethod]
+    fn get_nowait(zelf: &Py<Self>, vm: &VirtualMachine) -> PyResult {
+        Self::get(zelf, GetArgs { block: false, timeout: None }, vm)
+    }
+
+    #[pymethod]
+    fn qsize(&self) -> u32 {
+        self.count().load(Ordering::Acquire)
+    }
+
+    #[pymethod]
+    fn empty(&self) -> bool {
+        self.qsize() == 0
+    }
+
+    #[pymethod]
+    fn full(&self) -> bool {
+        self.maxsize > 0 && self.qsize() >= self.maxsize
+    }
+
+    #[pymethod]
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(f) = &*self.feeder.lock() {
+            f.close();
+        }
+    }
+
+    #[pymethod]
+    fn join_thread(zelf: &Py<Self>, vm: &VirtualMachine) -> PyResult<()> {
+        if !zelf.closed.load(Ordering::Acquire) {
+            let r = zelf.as_object().repr(vm)?;
+            return Err(vm.new_exception_msg(
+                vm.ctx.exceptions.assertion_error.to_owned(),
+                format!("Queue {} not closed", r.to_string_lossy()).into(),
+            ));
+        }
+        let f = zelf.feeder.lock().clone();
+        if let Some(f) = f.filter(|f| f.pid == std::process::id()) {
+            f.join();
+        }
+        Ok(())
+    }
+
+    #[pymethod]
+    fn cancel_join_thread(&self) {
+        if let Some(f) = &*self.feeder.lock() {
+            f.cancelled.store(true, Ordering::Release);
+        }
+    }
+
+    #[pymethod]
+    fn _task_done(&self, vm: &VirtualMachine) -> PyResult<()> {
+        let u = self.shared.counters.get(UNFINISHED);
+        loop {
+            let c = u.load(Ordering::Acquire);
+            if c == 0 {
+                return Err(vm.new_value_error("task_done() called too many times"));
+            }
+            if u.compare_exchange(c, c - 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                if c == 1 {
+                    self.shared.counters.wake_all(UNFINISHED);
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    #[pymethod]
+    fn _join(&self, vm: &VirtualMachine) -> PyResult<()> {
+        loop {
+            let c = self.shared.counters.get(UNFINISHED).load(Ordering::Acquire);
+            if c == 0 {
+                return Ok(());
+            }
+            match self.shared.counters.wait(UNFINISHED, c, Some(Duration::from_millis(200))) {
+                Err(e) if e.kind() != io::ErrorKind::Interrupted => return Err(os_err(vm, e)),
+                _ => vm.check_signals()?,
+            }
+        }
+    }
+
+    #[pygetset]
+    fn _maxsize(&self) -> u32 {
+        self.maxsize
+    }
+}
+
+/// Flush every queue feeder of this process (at process exit, as CPython's finalizers do).
+pub(super) fn flush_all() {
+    let pid = std::process::id();
+    let feeders: Vec<Arc<Feeder>> = {
+        let mut g = FEEDERS.lock().unwrap_or_else(|e| e.into_inner());
+        g.retain(|w| w.strong_count() > 0);
+        g.iter().filter_map(|w| w.upgrade()).filter(|f| f.pid == pid).collect()
+    };
+    for f in feeders {
+        if f.cancelled.load(Ordering::Acquire) {
+            f.close();
+        } else {
+            f.join();
+        }
+    }
+}
