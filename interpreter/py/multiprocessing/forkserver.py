@@ -37,6 +37,29 @@ def ensure_running():
     return address
 
 
+def _preload_stdlib_imports(main_path):
+    '''Import, once, the standard-library modules the main script imports at top level, so each
+    forked child finds them in sys.modules. Only the standard library: its import has no effect
+    a script could see, unlike the script's own modules.'''
+    import ast
+    stdlib = getattr(sys, 'stdlib_module_names', ())
+    with open(main_path, 'rb') as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            if name.split('.')[0] in stdlib:
+                try:
+                    __import__(name)
+                except Exception:
+                    pass
+
+
 def _server_main():
     '''Entry point of `procpy --multiprocessing-forkserver`.'''
     payload, fds, boot = _procpy.recv_boot()
@@ -51,6 +74,7 @@ def _server_main():
     if main_path is not None and '__main__' in preload:
         try:
             spawn.precompile_main(main_path)
+            _preload_stdlib_imports(main_path)
         except (OSError, SyntaxError):
             pass
     for mod in preload:

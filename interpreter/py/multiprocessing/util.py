@@ -67,7 +67,9 @@ def _close_stdin():
         pass
     try:
         import os
-        sys.stdin = open(os.devnull)
+        # An explicit encoding: a default one would import `locale`, which costs RustPython
+        # ~15 ms in every forked child.
+        sys.stdin = open(os.devnull, encoding='utf-8')
     except (OSError, ValueError):
         pass
 
