@@ -1,5 +1,6 @@
 import os
-import threading
+# `_thread`, not `threading`: importing threading costs RustPython ~7 ms at start-up.
+import _thread
 
 from . import process
 
@@ -201,7 +202,7 @@ def _force_start_method(method):
 
 # The Popen that is pickling a process for a child right now (per thread); only then may
 # authkeys and handles be encoded.
-_tls = threading.local()
+_tls = _thread._local()
 
 
 def get_spawning_popen():

@@ -1,7 +1,7 @@
 # The fork server: a single-threaded process, started once, that has the main script
 # preloaded and forks a child for each request.
 import os
-import signal
+import _signal as signal
 import sys
 
 import _procpy

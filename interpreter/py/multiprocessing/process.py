@@ -1,7 +1,7 @@
 # The Process object model, with CPython 3.11's semantics and messages.
 import itertools
 import os
-import signal
+import _signal  # not `signal`: its enums cost ~9 ms to import in RustPython
 import sys
 
 import _procpy
@@ -241,8 +241,9 @@ class BaseProcess(object):
             traceback.print_exc()
         finally:
             try:
-                import threading
-                threading._shutdown()
+                # Only if the target used threads: importing threading is not free.
+                if 'threading' in sys.modules:
+                    sys.modules['threading']._shutdown()
             except Exception:
                 pass
             util._flush_std_streams()
@@ -307,7 +308,7 @@ _children = set()
 del _MainProcess
 
 _exitcode_to_name = {}
-for name, signum in list(signal.__dict__.items()):
+for name, signum in list(_signal.__dict__.items()):
     if name[:3] == 'SIG' and '_' not in name:
         _exitcode_to_name[-signum] = f'-{name}'
 del name, signum
