@@ -85,6 +85,7 @@ conformance!(
     process_exitcode_signals,
     process_subclass_run,
     queue_basics,
+    queue_many_producers_consumers,
     queue_timeouts_full_empty,
     simple_queue,
 );

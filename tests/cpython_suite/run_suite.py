@@ -756,7 +756,8 @@ class Runner:
                         continue
                     outcome = 'exit'
                     break
-                if time.time() - last_event > self.args.timeout:
+                limit = self.args.exit_timeout if done else self.args.timeout
+                if time.time() - last_event > limit:
                     outcome = 'timeout'
                     self.stop_worker(proc)
                     break
@@ -773,7 +774,7 @@ class Runner:
                         'what': 'worker exit after the last test', 'status': 'hung', 'tb': '',
                         'reason': 'interpreter did not exit within %ss after the tests finished; '
                                   'killed; alive after the last test: %s' % (
-                                      self.args.timeout, '; '.join(self.lingering) or 'nothing')})
+                                      self.args.exit_timeout, '; '.join(self.lingering) or 'nothing')})
                 elif rc != 0:
                     self.fixture_events.append({
                         'what': 'worker exit after the last test', 'status': 'crash', 'tb': '',
@@ -930,6 +931,8 @@ def main(argv=None):
                     help='only tests whose id contains this substring (repeatable)')
     ap.add_argument('--timeout', type=float, default=60.0,
                     help='seconds without progress before a test counts as hung (default 60)')
+    ap.add_argument('--exit-timeout', type=float, default=20.0,
+                    help='seconds the worker may take to exit after the last test (default 20)')
     ap.add_argument('--max-hangs-per-class', type=int, default=3,
                     help='after this many hung tests, the rest of the class is not run (default 3)')
     ap.add_argument('--strict', action='store_true', help='no compatibility shims')
