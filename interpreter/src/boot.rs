@@ -66,14 +66,13 @@ pub fn run(mode: RunMode, argv: Vec<String>) -> u32 {
 
 fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
     let scope = vm.new_scope_with_main()?;
+    // `site` only for user code: children and the fork server get their sys.path from the parent.
+    let import_site = || drop(vm.import("site", 0));
     match mode {
-        RunMode::SpawnChild => return call_glue(vm, "multiprocessing.spawn", "_child_main"),
-        RunMode::ForkServer => return call_glue(vm, "multiprocessing.forkserver", "_server_main"),
-        _ => {}
-    }
-    let _ = vm.import("site", 0);
-    match mode {
+        RunMode::SpawnChild => call_glue(vm, "multiprocessing.spawn", "_child_main"),
+        RunMode::ForkServer => call_glue(vm, "multiprocessing.forkserver", "_server_main"),
         RunMode::Script(path) => {
+            import_site();
             let dir = std::path::Path::new(path).parent().and_then(|p| p.to_str()).unwrap_or("");
             let dir = if dir.is_empty() { "." } else { dir };
             let abs = std::fs::canonicalize(dir).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| dir.to_owned());
@@ -81,15 +80,16 @@ fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
             vm.run_any_file(scope, path)
         }
         RunMode::Command(code) => {
+            import_site();
             vm.insert_sys_path(vm.new_pyobj(""))?;
             vm.run_string(scope, code, "<string>".to_owned()).map(drop)
         }
         RunMode::Module(name) => {
+            import_site();
             let cwd = std::env::current_dir().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
             vm.insert_sys_path(vm.new_pyobj(cwd))?;
             vm.run_module(name)
         }
-        RunMode::SpawnChild | RunMode::ForkServer => unreachable!("handled above"),
     }
 }
 
