@@ -350,8 +350,8 @@ def _emit_to(path, record):
 
 
 def _first_line_exc(e):
-    lines = traceback.format_exception_only(type(e), e)
-    return (lines[0] if lines else repr(e)).strip().splitlines()[0] if lines else repr(e)
+    text = ''.join(traceback.format_exception_only(type(e), e)).strip()
+    return text.splitlines()[0] if text else repr(e)
 
 
 def _reason(err):
