@@ -369,8 +369,13 @@ impl Decoder<'_> {
                 }
                 dict.into()
             }
-            Value::Global { module, qualname } => resolve_global(vm, module, qualname).map_err(|_| {
-                vm.new_attribute_error(format!("Can't get attribute '{qualname}' on module '{module}'"))
+            Value::Global { module, qualname } => resolve_global(vm, module, qualname).map_err(|e| {
+                // A module that fails to import says why; only a missing name is reworded.
+                if e.fast_isinstance(vm.ctx.exceptions.attribute_error) {
+                    vm.new_attribute_error(format!("Can't get attribute '{qualname}' on module '{module}'"))
+                } else {
+                    e
+                }
             })?,
             Value::Memo(i) => match self.memo.get(*i as usize) {
                 Some(Some(o)) => o.clone(),

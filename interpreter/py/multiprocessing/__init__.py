@@ -2,6 +2,10 @@
 # The public names are the default context's, as in CPython.
 import sys
 
+# Only procpy's frozen submodules: never RustPython's own pure-Python multiprocessing, which the
+# frozen importer would otherwise find on disk through this package's __path__.
+__path__ = []
+
 from . import context
 
 __all__ = [x for x in dir(context._default_context) if not x.startswith('_')]

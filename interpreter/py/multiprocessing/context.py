@@ -82,6 +82,30 @@ class BaseContext(object):
         from .forkserver import set_forkserver_preload
         set_forkserver_preload(module_names)
 
+    # Not implemented yet: a clear error rather than an AttributeError (or someone else's module).
+    def _missing(name, issue):
+        def missing(self, *args, **kwargs):
+            raise NotImplementedError(
+                'multiprocessing.%s is not available in procpy yet (tracked in issue %s); '
+                'Process, Queue, JoinableQueue, SimpleQueue and Pipe are.' % (name, issue))
+        missing.__name__ = missing.__qualname__ = name
+        return missing
+
+    Pool = _missing('Pool', 3)
+    Lock = _missing('Lock', 4)
+    RLock = _missing('RLock', 4)
+    Semaphore = _missing('Semaphore', 4)
+    BoundedSemaphore = _missing('BoundedSemaphore', 4)
+    Condition = _missing('Condition', 4)
+    Event = _missing('Event', 4)
+    Barrier = _missing('Barrier', 4)
+    Value = _missing('Value', 4)
+    Array = _missing('Array', 4)
+    RawValue = _missing('RawValue', 4)
+    RawArray = _missing('RawArray', 4)
+    Manager = _missing('Manager', 4)
+    del _missing
+
     def get_context(self, method=None):
         if method is None:
             return self

@@ -65,6 +65,10 @@ def get_preparation_data(name):
         authkey=bytes(process.current_process().authkey),
         parent_pid=os.getpid(),
     )
+    from . import util
+    if util._logger is not None:
+        d['log_level'] = util._logger.getEffectiveLevel()
+        d['log_to_stderr'] = util._log_to_stderr
     sys_path = sys.path.copy()
     try:
         i = sys_path.index('')
@@ -105,6 +109,12 @@ def prepare(data):
         process.current_process().name = data['name']
     if 'authkey' in data:
         process.current_process().authkey = data['authkey']
+    if 'log_to_stderr' in data and data['log_to_stderr']:
+        from . import util
+        util.log_to_stderr()
+    if 'log_level' in data:
+        from . import util
+        util.get_logger().setLevel(data['log_level'])
     if 'sys_path' in data:
         sys.path = data['sys_path']
     if 'sys_argv' in data:

@@ -11,6 +11,7 @@ SUBWARNING = 25
 
 LOGGER_NAME = 'multiprocessing'
 _logger = None
+_log_to_stderr = False
 _exiting = False
 
 
@@ -39,7 +40,9 @@ def get_logger():
 
 
 def log_to_stderr(level=None):
+    global _log_to_stderr
     import logging
+    _log_to_stderr = True
     logger = get_logger()
     formatter = logging.Formatter('[%(levelname)s/%(processName)s] %(message)s')
     handler = logging.StreamHandler()

@@ -4,9 +4,10 @@ use super::{deadline, dumps_with_connections, loads_with, mp_exception, read_exa
 use crate::{codec, ipc};
 use rustpython_vm::builtins::PyBytesRef;
 use rustpython_vm::function::{ArgBytesLike, ArgIntoFloat, ArgMemoryBuffer, FuncArgs, OptionalArg};
-use rustpython_vm::types::Representable;
+use rustpython_vm::builtins::PyType;
+use rustpython_vm::types::{Constructor, Representable};
 use rustpython_vm::{pyclass, FromArgs, Py, PyObjectRef, PyPayload, PyResult, VirtualMachine};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 #[pyclass(name = "Connection", module = "multiprocessing.connection")]
@@ -140,6 +141,40 @@ impl Drop for Connection {
 }
 
 #[derive(FromArgs)]
+struct PollArgs {
+    /// Seconds to wait (default 0.0); None waits forever.
+    #[pyarg(any, optional)]
+    timeout: OptionalArg<Option<ArgIntoFloat>>,
+}
+
+#[derive(FromArgs)]
+pub struct ConnectionArgs {
+    #[pyarg(any)]
+    handle: PyObjectRef,
+    #[pyarg(any, default = true)]
+    readable: bool,
+    #[pyarg(any, default = true)]
+    writable: bool,
+}
+
+/// `Connection(handle, readable=True, writable=True)`: adopt an open descriptor, as CPython's.
+impl Constructor for Connection {
+    type Args = ConnectionArgs;
+
+    fn py_new(_cls: &Py<PyType>, args: Self::Args, vm: &VirtualMachine) -> PyResult<Self> {
+        let handle: i64 = vm.call_method(&args.handle, "__index__", ())?.try_into_value(vm)?;
+        if handle < 0 || handle > i32::MAX as i64 {
+            return Err(vm.new_value_error("invalid handle"));
+        }
+        if !args.readable && !args.writable {
+            return Err(vm.new_value_error("at least one of `readable` and `writable` must be True"));
+        }
+        let fd = unsafe { OwnedFd::from_raw_fd(handle as RawFd) };
+        Ok(Connection::new(fd, args.readable, args.writable))
+    }
+}
+
+#[derive(FromArgs)]
 struct SendBytesArgs {
     #[pyarg(any)]
     buf: ArgBytesLike,
@@ -149,7 +184,7 @@ struct SendBytesArgs {
     size: Option<isize>,
 }
 
-#[pyclass(with(Representable))]
+#[pyclass(with(Constructor, Representable))]
 impl Connection {
     #[pymethod]
     fn send(&self, obj: PyObjectRef, vm: &VirtualMachine) -> PyResult<()> {
@@ -220,9 +255,9 @@ impl Connection {
     }
 
     #[pymethod]
-    fn poll(&self, timeout: OptionalArg<Option<ArgIntoFloat>>, vm: &VirtualMachine) -> PyResult<bool> {
+    fn poll(&self, args: PollArgs, vm: &VirtualMachine) -> PyResult<bool> {
         let fd = self.rfd(vm)?;
-        let timeout = match timeout {
+        let timeout = match args.timeout {
             OptionalArg::Missing => Some(0.0),
             OptionalArg::Present(t) => t.map(ArgIntoFloat::into_float),
         };
