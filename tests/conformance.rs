@@ -74,6 +74,7 @@ conformance!(
     context_api,
     current_parent_active,
     daemon_processes,
+    dummy_threads_api,
     join_at_exit,
     joinable_queue,
     main_errors,
