@@ -120,4 +120,8 @@ class PopenForkServer(_Popen):
                 return None
             code = _procpy.recv_i64(self.sentinel)
             self.returncode = 255 if code is None else code
+            if code is not None:
+                # The server closes the socket right after writing the status; wait for that
+                # close, so the sentinel is ready from now on (join() then wait() must agree).
+                _procpy.recv_i64(self.sentinel)
         return self.returncode

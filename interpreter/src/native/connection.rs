@@ -1,6 +1,6 @@
 //! `Connection`: one end of a `Pipe()`, framed like CPython's (4-byte big-endian length).
 
-use super::{deadline, dumps_with_connections, loads_with, mp_exception, read_exact, retry, wait_readable, write_all, Record};
+use super::{deadline, dumps_with_connections, fill, loads_with, mp_exception, read_exact, retry, wait_readable, write_all, Record};
 use crate::{codec, ipc};
 use rustpython_vm::builtins::PyBytesRef;
 use rustpython_vm::function::{ArgBytesLike, ArgIntoFloat, ArgMemoryBuffer, FuncArgs, OptionalArg};
@@ -81,19 +81,11 @@ impl Connection {
         if !self.socket {
             return read_exact(vm, fd, buf);
         }
-        let mut got = 0;
-        while got < buf.len() {
-            let (n, more, _) = retry(vm, || ipc::recv_with_fds(fd, &mut buf[got..], 253, 0))?;
+        fill(vm, buf, |b| {
+            let (n, more, _) = ipc::recv_with_fds(fd, b, 253, 0)?;
             fds.extend(more);
-            if n == 0 {
-                if got == 0 {
-                    return Ok(false);
-                }
-                return Err(vm.new_os_error("got end of file during message".to_owned()));
-            }
-            got += n;
-        }
-        Ok(true)
+            Ok(n)
+        })
     }
 
     fn recv_frame(&self, maxsize: Option<usize>, vm: &VirtualMachine) -> PyResult<Record> {

@@ -68,9 +68,15 @@ fn write_all(vm: &VirtualMachine, fd: RawFd, mut buf: &[u8]) -> PyResult<()> {
 
 /// Fill `buf` completely. `Ok(false)` if end of file came before the first byte.
 fn read_exact(vm: &VirtualMachine, fd: RawFd, buf: &mut [u8]) -> PyResult<bool> {
+    fill(vm, buf, |b| ipc::read(fd, b))
+}
+
+/// Fill `buf` by repeated `read`s (each may be short; 0 is end of file). `Ok(false)` if end of
+/// file came before the first byte.
+fn fill(vm: &VirtualMachine, buf: &mut [u8], mut read: impl FnMut(&mut [u8]) -> io::Result<usize>) -> PyResult<bool> {
     let mut got = 0;
     while got < buf.len() {
-        let n = retry(vm, || ipc::read(fd, &mut buf[got..]))?;
+        let n = retry(vm, || read(&mut buf[got..]))?;
         if n == 0 {
             if got == 0 {
                 return Ok(false);
