@@ -16,6 +16,13 @@ fn temp_script(name: &str, code: &str) -> std::path::PathBuf {
     script
 }
 
+/// Run a script file with `method` as the default start method.
+fn run_file(script: &std::path::Path, method: &str) -> common::Outcome {
+    let mut cmd = Command::new(procpy());
+    cmd.arg(script).env("PROCPY_START_METHOD", method);
+    run_with_deadline(cmd, Duration::from_secs(60))
+}
+
 fn run_code(code: &str, method: &str) -> common::Outcome {
     let mut cmd = Command::new(procpy());
     cmd.arg("-c").arg(code).env("PROCPY_START_METHOD", method);
@@ -97,9 +104,7 @@ if __name__ == '__main__':
     // A script file, not -c: spawn and forkserver children import the main module by path.
     let script = temp_script("large_items", code);
     for m in ["fork", "spawn", "forkserver"] {
-        let mut cmd = Command::new(procpy());
-        cmd.arg(&script).env("PROCPY_START_METHOD", m);
-        let out = run_with_deadline(cmd, Duration::from_secs(60));
+        let out = run_file(&script, m);
         assert_eq!(out.stdout, "True\n0\n", "{m}: {}", out.stderr);
     }
 }
@@ -175,9 +180,7 @@ if __name__ == '__main__':
 "#;
     let script = temp_script("conn_travel", code);
     for m in ["fork", "spawn", "forkserver"] {
-        let mut cmd = Command::new(procpy());
-        cmd.arg(&script).env("PROCPY_START_METHOD", m);
-        let out = run_with_deadline(cmd, Duration::from_secs(60));
+        let out = run_file(&script, m);
         assert_eq!(
             out.stdout,
             "('via queue', 'Process-1')\n0\nvia pipe\n0\nRuntimeError: Queue objects should only be shared between processes through inheritance\nsimplex pipe refuses descriptors\n",
