@@ -75,12 +75,17 @@ conformance!(
     current_parent_active,
     daemon_processes,
     dummy_threads_api,
+    futures_process_pool,
+    futures_process_pool_more,
     join_at_exit,
     joinable_queue,
     main_errors,
     nonguarded_main_spawn,
     pipe_basics,
     pipe_bytes_into_and_eof,
+    pool_basics,
+    pool_errors,
+    pool_lifecycle,
     process_basics,
     process_errors_messages,
     process_exitcode_signals,
@@ -89,6 +94,7 @@ conformance!(
     queue_many_producers_consumers,
     queue_timeouts_full_empty,
     simple_queue,
+    thread_pool,
 );
 
 macro_rules! examples {
@@ -104,5 +110,13 @@ macro_rules! examples {
 
 mod examples {
     use super::*;
-    examples!(args_kwargs, countdown_threads_vs_processes, daemon_and_sentinels, hello_process, queue_two_children);
+    examples!(
+        args_kwargs,
+        countdown_threads_vs_processes,
+        daemon_and_sentinels,
+        hello_process,
+        pi_async_results,
+        pool_map_speedup,
+        queue_two_children,
+    );
 }
