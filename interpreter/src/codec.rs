@@ -2,13 +2,15 @@
 //!
 //! Hot types (None, bool, int, float, str, bytes, tuple, list, dict) have fast paths; everything
 //! else goes through `__reduce_ex__(4)` exactly as pickle would, so user classes with
-//! `__reduce__`, `__getstate__`/`__setstate__` or copyreg registrations just work. Functions and
-//! classes travel by reference (module + qualname). Native handles (connection ends, queues)
+//! `__reduce__`, `__getstate__`/`__setstate__` or copyreg registrations just work. Functions,
+//! classes and modules travel by reference (module + qualname) when the receiver can find them
+//! by name; a function it cannot (a lambda, a closure, a function defined inside another) travels
+//! by value instead, like cloudpickle ships it, as a [`wire::Function`]. Native handles (connection ends, queues)
 //! travel as [`Value::Handle`] with their descriptors beside the bytes, but only while a child is
 //! being started: elsewhere they are refused with CPython's message.
 
 use crate::native;
-use crate::wire::{self, HandleKind, Reduce, Value};
+use crate::wire::{self, Function, HandleKind, Reduce, Value};
 use malachite_bigint::BigInt;
 use num_traits::ToPrimitive;
 use rustpython_vm::builtins::{
@@ -16,7 +18,7 @@ use rustpython_vm::builtins::{
 };
 use rustpython_vm::common::wtf8::Wtf8;
 use rustpython_vm::{AsObject, PyObject, PyObjectRef, PyResult, VirtualMachine};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::RawFd;
 
 /// Which native handles an encoding may carry; their descriptors are collected beside the bytes.
@@ -32,7 +34,16 @@ pub enum Handles<'a> {
 
 /// Encode `obj` to bytes; `handles` says which native handles may travel with them.
 pub fn dumps(vm: &VirtualMachine, obj: &PyObject, handles: Handles<'_>) -> PyResult<Vec<u8>> {
-    let mut enc = Encoder { vm, memo: HashMap::new(), keep: Vec::new(), next: 0, path: Vec::new(), err_path: None, handles };
+    let mut enc = Encoder {
+        vm,
+        memo: HashMap::new(),
+        keep: Vec::new(),
+        next: 0,
+        path: Vec::new(),
+        err_path: None,
+        handles,
+        globals_ref: HashMap::new(),
+    };
     match enc.enc(obj) {
         Ok(v) => Ok(wire::to_bytes(&v)),
         Err(e) => Err(with_path(vm, e, enc.err_path.as_deref().unwrap_or(""))),
@@ -89,7 +100,14 @@ struct Encoder<'a> {
     path: Vec<String>,
     err_path: Option<String>,
     handles: Handles<'a>,
+    /// For functions sent by value: id of the sender's `__globals__` -> the fresh dict that
+    /// stands for it in this message, so functions that shared globals share them on arrival.
+    globals_ref: HashMap<usize, PyObjectRef>,
 }
+
+/// Module attributes a by-value function's globals keep (relative imports and `__name__` checks
+/// inside the function still work), as cloudpickle keeps them.
+const MODULE_ATTRS: [&str; 4] = ["__package__", "__name__", "__path__", "__file__"];
 
 impl Encoder<'_> {
     fn memoize(&mut self, obj: &PyObject) {
@@ -182,6 +200,11 @@ impl Encoder<'_> {
         if let Some((kind, handle_fds, extra)) = native::as_handle(obj) {
             return self.handle(obj, kind, handle_fds, extra);
         }
+        if obj.fast_isinstance(t.module_type) {
+            if let Some(name) = importable_module_name(vm, obj) {
+                return Ok(Value::Global { module: name, qualname: String::new() });
+            }
+        }
         self.reduce(obj)
     }
 
@@ -211,9 +234,11 @@ impl Encoder<'_> {
     }
 
     /// A module-level function/class/builtin, found by reference; `name` overrides the qualname
-    /// (used when `__reduce__` returned a string).
+    /// (used when `__reduce__` returned a string). A Python function that cannot be found by
+    /// reference goes by value instead; anything else that cannot raises as pickle does.
     fn global(&mut self, obj: &PyObject, name: Option<String>) -> PyResult<Value> {
         let vm = self.vm;
+        let by_value_ok = obj.class().is(vm.ctx.types.function_type);
         let qualname = match name {
             Some(n) => n,
             None => match obj.get_attr("__qualname__", vm).and_then(|q| q.str(vm)) {
@@ -225,13 +250,19 @@ impl Encoder<'_> {
             Ok(m) if !vm.is_none(&m) => m.str(vm)?.to_string_lossy().into_owned(),
             _ => "builtins".to_owned(),
         };
-        if qualname.contains("<locals>") {
-            let e = vm.new_attribute_error(format!("Can't pickle local object '{qualname}'"));
-            return Err(self.fail(e));
+        if qualname.contains("<locals>") || qualname.contains("<lambda>") {
+            if by_value_ok {
+                return self.function(obj);
+            }
+            if qualname.contains("<locals>") {
+                let e = vm.new_attribute_error(format!("Can't pickle local object '{qualname}'"));
+                return Err(self.fail(e));
+            }
         }
         let repr = || obj.repr(vm).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         match resolve_global(vm, &module, &qualname) {
             Ok(found) if found.is(obj) => Ok(Value::Global { module, qualname }),
+            _ if by_value_ok => self.function(obj),
             Ok(_) => {
                 let e = pickling_error(vm, format!("Can't pickle {}: it's not the same object as {module}.{qualname}", repr()));
                 Err(self.fail(e))
@@ -241,6 +272,105 @@ impl Encoder<'_> {
                 Err(self.fail(e))
             }
         }
+    }
+
+    /// A function by value ([`wire::Function`]). Fields are written in the order the decoder
+    /// reads them, so the memo indexes both ends hand out agree.
+    fn function(&mut self, f: &PyObject) -> PyResult<Value> {
+        let r = self.function_inner(f);
+        r.map_err(|e| self.fail(e))
+    }
+
+    fn function_inner(&mut self, f: &PyObject) -> PyResult<Value> {
+        let vm = self.vm;
+        self.memoize(f);
+        let code_obj = f.get_attr("__code__", vm)?;
+        let marshalled = vm.import("marshal", 0)?.get_attr("dumps", vm)?.call((code_obj.clone(),), vm)?;
+        let code = match marshalled.downcast_ref::<PyBytes>() {
+            Some(b) => b.as_bytes().to_vec(),
+            None => return Err(pickling_error(vm, "marshal.dumps did not return bytes".to_owned())),
+        };
+        let sender_globals = f
+            .get_attr("__globals__", vm)?
+            .downcast::<PyDict>()
+            .map_err(|_| pickling_error(vm, "function __globals__ is not a dict".to_owned()))?;
+
+        // Phase 1: what the function is created from.
+        let base = match self.globals_ref.get(&sender_globals.get_id()) {
+            Some(b) => b.clone(),
+            None => {
+                let b = vm.ctx.new_dict();
+                for k in MODULE_ATTRS {
+                    if let Some(v) = sender_globals.get_item_opt(k, vm)? {
+                        b.set_item(k, v, vm)?;
+                    }
+                }
+                let b: PyObjectRef = b.into();
+                self.globals_ref.insert(sender_globals.get_id(), b.clone());
+                b
+            }
+        };
+        let globals = self.child(".__globals__".into(), &base)?;
+        let name_obj = f.get_attr("__name__", vm)?;
+        let name = self.child(".__name__".into(), &name_obj)?;
+        let cells: Vec<PyObjectRef> = match f.get_attr("__closure__", vm)? {
+            c if vm.is_none(&c) => Vec::new(),
+            c => c.try_to_value(vm)?,
+        };
+        let mut closure = Vec::with_capacity(cells.len());
+        let mut new_cells = Vec::new();
+        for (i, cell) in cells.iter().enumerate() {
+            match self.memo.get(&cell.get_id()) {
+                Some(&m) => closure.push(Some(m)),
+                None => {
+                    self.memoize(cell);
+                    closure.push(None);
+                    new_cells.push((i, cell));
+                }
+            }
+        }
+
+        // Phase 2: everything that may refer back to the function.
+        let mut names = Vec::new();
+        for n in code_global_names(vm, &code_obj)? {
+            if let Some(v) = sender_globals.get_item_opt(&*n, vm)? {
+                let seg = format!(".__globals__[{}]", n.as_object().repr(vm).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+                names.push((Value::Str(n.as_wtf8().as_bytes().to_vec()), self.child(seg, &v)?));
+            }
+        }
+        let mut contents = Vec::with_capacity(new_cells.len());
+        for (i, cell) in new_cells {
+            match cell.get_attr("cell_contents", vm) {
+                Ok(v) => contents.push(Some(self.child(format!(".__closure__[{i}].cell_contents"), &v)?)),
+                // An empty cell: a free variable not yet assigned in the enclosing function.
+                Err(e) if e.fast_isinstance(vm.ctx.exceptions.value_error) => contents.push(None),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut attrs = Vec::with_capacity(5);
+        for name in ["__defaults__", "__kwdefaults__", "__qualname__", "__module__", "__doc__"] {
+            let v = f.get_attr(name, vm)?;
+            attrs.push(self.child(format!(".{name}"), &v)?);
+        }
+        let [defaults, kwdefaults, qualname, module, doc] = <[Value; 5]>::try_from(attrs).expect("five attributes");
+        let dict = match f.dict() {
+            Some(d) if d.__len__() > 0 => self.child(".__dict__".into(), d.as_object())?,
+            _ => Value::None,
+        };
+        Ok(Value::Function(Box::new(Function {
+            code,
+            globals,
+            name,
+            closure,
+            names,
+            cells: contents,
+            defaults,
+            kwdefaults,
+            qualname,
+            module,
+            doc,
+            dict,
+        })))
     }
 
     fn reduce(&mut self, obj: &PyObject) -> PyResult<Value> {
@@ -295,7 +425,40 @@ impl Encoder<'_> {
     }
 }
 
-/// Import `module` and walk the dotted `qualname` inside it.
+/// The names a code object may look up as globals: `co_names` of it and of the code objects
+/// nested in its constants, in first-seen order. Attribute names are among them too; only those
+/// that exist in the function's globals are sent.
+fn code_global_names(vm: &VirtualMachine, code: &PyObject) -> PyResult<Vec<rustpython_vm::PyRef<PyStr>>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![code.to_owned()];
+    while let Some(c) = stack.pop() {
+        let names: Vec<PyObjectRef> = c.get_attr("co_names", vm)?.try_to_value(vm)?;
+        for n in names {
+            if let Ok(n) = n.downcast::<PyStr>() {
+                // The receiver supplies its own builtins.
+                if n.as_wtf8().as_bytes() != b"__builtins__" && seen.insert(n.as_wtf8().as_bytes().to_vec()) {
+                    out.push(n);
+                }
+            }
+        }
+        let consts: Vec<PyObjectRef> = c.get_attr("co_consts", vm)?.try_to_value(vm)?;
+        // Pushed in reverse so nested code is walked in source order.
+        stack.extend(consts.into_iter().rev().filter(|k| k.class().is(vm.ctx.types.code_type)));
+    }
+    Ok(out)
+}
+
+/// The name a module is importable under: its `__name__`, when `sys.modules` maps that name to
+/// this very module.
+fn importable_module_name(vm: &VirtualMachine, module: &PyObject) -> Option<String> {
+    let name = module.get_attr("__name__", vm).ok()?.downcast::<PyStr>().ok()?;
+    let modules = vm.sys_module.get_attr("modules", vm).ok()?;
+    let found = modules.get_item(&*name, vm).ok()?;
+    found.is(module).then(|| name.to_string_lossy().into_owned())
+}
+
+/// Import `module` and walk the dotted `qualname` inside it (an empty one: the module itself).
 pub fn resolve_global(vm: &VirtualMachine, module: &str, qualname: &str) -> PyResult {
     let module_name = vm.ctx.new_str(module);
     let mut obj = vm.import(&*module_name, 0)?;
@@ -304,7 +467,7 @@ pub fn resolve_global(vm: &VirtualMachine, module: &str, qualname: &str) -> PyRe
         let modules = vm.sys_module.get_attr("modules", vm)?;
         obj = modules.get_item(module, vm)?;
     }
-    for part in qualname.split('.') {
+    for part in qualname.split('.').filter(|_| !qualname.is_empty()) {
         let name = vm.ctx.new_str(part);
         obj = obj.get_attr(&*name, vm)?;
     }
@@ -395,7 +558,83 @@ impl Decoder<'_> {
                 h
             }
             Value::Reduce(r) => self.reduce(r, d)?,
+            Value::Function(f) => self.function(f, d)?,
         })
+    }
+
+    /// Rebuild a function sent by value, in the order [`Encoder::function`] wrote it.
+    fn function(&mut self, fv: &Function, d: usize) -> PyResult {
+        let vm = self.vm;
+        let malformed = |what: &str| unpickling_error(vm, format!("malformed message: {what}"));
+        let idx = self.reserve();
+        let code = vm.import("marshal", 0)?.get_attr("loads", vm)?.call((vm.ctx.new_bytes(fv.code.clone()),), vm)?;
+        if !code.class().is(vm.ctx.types.code_type) {
+            return Err(malformed("function code is not a code object"));
+        }
+        let globals = self
+            .dec(&fv.globals, d)?
+            .downcast::<PyDict>()
+            .map_err(|_| malformed("function globals are not a dict"))?;
+        // Builtins resolve through the globals' `__builtins__`, read when the function is made.
+        if globals.get_item_opt("__builtins__", vm)?.is_none() {
+            globals.set_item("__builtins__", vm.builtins.clone().into(), vm)?;
+        }
+        let name = self.dec(&fv.name, d)?;
+        let mut cells = Vec::with_capacity(fv.closure.len());
+        let mut new_cells = Vec::new();
+        for c in &fv.closure {
+            let cell = match c {
+                None => {
+                    let cell = vm.ctx.types.cell_type.as_object().call((), vm)?;
+                    self.memo.push(Some(cell.clone()));
+                    new_cells.push(cell.clone());
+                    cell
+                }
+                Some(i) => match self.memo.get(*i as usize) {
+                    Some(Some(o)) if o.class().is(vm.ctx.types.cell_type) => o.clone(),
+                    _ => return Err(malformed("closure cell not defined")),
+                },
+            };
+            cells.push(cell);
+        }
+        let closure: PyObjectRef = if cells.is_empty() { vm.ctx.none() } else { vm.ctx.new_tuple(cells).into() };
+        let func = vm.ctx.types.function_type.as_object().call((code, globals.clone(), name, vm.ctx.none(), closure), vm)?;
+        self.memo[idx] = Some(func.clone());
+
+        // Phase 2: the parts that may refer back to the function.
+        for (k, x) in &fv.names {
+            let k = self.dec(k, d)?;
+            let x = self.dec(x, d)?;
+            globals.set_item(&*k, x, vm)?;
+        }
+        if fv.cells.len() != new_cells.len() {
+            return Err(malformed("closure cell contents do not match the cells"));
+        }
+        for (cell, contents) in new_cells.iter().zip(&fv.cells) {
+            if let Some(c) = contents {
+                let x = self.dec(c, d)?;
+                cell.set_attr("cell_contents", x, vm)?;
+            }
+        }
+        for (attr, v) in [("__defaults__", &fv.defaults), ("__kwdefaults__", &fv.kwdefaults)] {
+            let x = self.dec(v, d)?;
+            if !vm.is_none(&x) {
+                func.set_attr(attr, x, vm)?;
+            }
+        }
+        for (attr, v) in [("__qualname__", &fv.qualname), ("__module__", &fv.module), ("__doc__", &fv.doc)] {
+            let x = self.dec(v, d)?;
+            func.set_attr(attr, x, vm)?;
+        }
+        let dict = self.dec(&fv.dict, d)?;
+        if !vm.is_none(&dict) {
+            let items = dict.downcast::<PyDict>().map_err(|_| malformed("function __dict__ is not a dict"))?.items_vec();
+            let fdict = func.dict().ok_or_else(|| malformed("function without __dict__"))?;
+            for (k, x) in items {
+                fdict.set_item(&*k, x, vm)?;
+            }
+        }
+        Ok(func)
     }
 
     fn reduce(&mut self, r: &Reduce, d: usize) -> PyResult {

@@ -7,6 +7,12 @@
 //! index, in pre-order, when it is first written; a later occurrence is written as [`Value::Memo`].
 //! The decoder hands out indexes in the same order, so `[a, a]` arrives with `x[0] is x[1]` and a
 //! list that contains itself arrives whole.
+//!
+//! Functions that cannot be found by reference (lambdas, closures, functions defined inside
+//! other functions) travel by value as [`Value::Function`]: their code object (marshal bytes of
+//! the same procpy binary on both ends), the globals the code names, closure cells, defaults and
+//! attributes. They are rebuilt in two phases, like a memoized reduce, so a function may reach
+//! itself (recursion through its globals or a closure cell) or another function of the message.
 
 use serde::{Deserialize, Serialize};
 
@@ -33,11 +39,12 @@ pub enum Value {
     List(Vec<Value>),
     /// A dict (memoized; may contain itself), in insertion order.
     Dict(Vec<(Value, Value)>),
-    /// A module-level object found by reference: `module` + dotted `qualname`.
+    /// A module-level object found by reference: `module` + dotted `qualname`; an empty
+    /// `qualname` is the module itself (modules travel by name, as cloudpickle sends them).
     Global {
         /// Module name (`__main__` resolves to the child's main module).
         module: String,
-        /// Dotted qualified name inside the module.
+        /// Dotted qualified name inside the module; empty for the module itself.
         qualname: String,
     },
     /// The `__reduce_ex__` protocol: `obj = func(*args)`, then state and items (memoized).
@@ -53,6 +60,48 @@ pub enum Value {
         /// Extra integers the type needs (flags, maxsize, ...).
         extra: Vec<i64>,
     },
+    /// A function shipped by value (memoized); see [`Function`].
+    Function(Box<Function>),
+}
+
+/// What a [`Value::Function`] node holds, in the order both ends process it.
+///
+/// Phase 1 (before the function exists, so nothing here may refer to it): `code`, `globals`,
+/// `name`, `closure`. The function is then created and takes the memo index reserved for it
+/// before phase 1, so phase 2 (`names` onwards) may refer to it, which is how recursive and
+/// mutually recursive functions arrive whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Function {
+    /// `marshal.dumps(f.__code__)`.
+    pub code: Vec<u8>,
+    /// The globals dict the function gets: a [`Value::Dict`] holding only the module attributes
+    /// `__name__`, `__package__`, `__path__`, `__file__` (the decoder adds `__builtins__`), or a
+    /// [`Value::Memo`] of the one an earlier function of the same message got, when both shared
+    /// one globals dict in the sender (cloudpickle's per-message sharing).
+    pub globals: Value,
+    /// `__name__` (given to the constructor).
+    pub name: Value,
+    /// One entry per free variable: `None` makes a new empty cell, which takes the next memo
+    /// index and is filled from `cells`; `Some(i)` is the memo index of a cell already made in
+    /// this message (cells shared between closures stay shared).
+    pub closure: Vec<Option<u32>>,
+    /// Phase 2: the globals the code names (`co_names` of the code and its nested code objects)
+    /// that exist in the sender's `__globals__`, set into `globals`.
+    pub names: Vec<(Value, Value)>,
+    /// The contents of the new cells of `closure`, in order; `None` leaves a cell empty.
+    pub cells: Vec<Option<Value>>,
+    /// `__defaults__` (None or a tuple).
+    pub defaults: Value,
+    /// `__kwdefaults__` (None or a dict).
+    pub kwdefaults: Value,
+    /// `__qualname__`.
+    pub qualname: Value,
+    /// `__module__`.
+    pub module: Value,
+    /// `__doc__`.
+    pub doc: Value,
+    /// The function's `__dict__` (a dict), or None when it is empty.
+    pub dict: Value,
 }
 
 /// What a [`Value::Reduce`] node holds.
@@ -195,6 +244,28 @@ impl Reader<'_> {
                 }
                 Some(())
             }
+            14 => {
+                self.blob()?;
+                self.value(depth + 1, max)?;
+                self.value(depth + 1, max)?;
+                let n = self.varint()?;
+                for _ in 0..n {
+                    if self.byte()? == 1 {
+                        self.varint()?;
+                    }
+                }
+                self.seq(depth, max, true)?;
+                let n = self.varint()?;
+                for _ in 0..n {
+                    if self.byte()? == 1 {
+                        self.value(depth + 1, max)?;
+                    }
+                }
+                for _ in 0..6 {
+                    self.value(depth + 1, max)?;
+                }
+                Some(())
+            }
             _ => None,
         }
     }
@@ -233,6 +304,31 @@ mod tests {
                 ),
                 (proptest::collection::vec(any::<u32>(), 0..3), proptest::collection::vec(any::<i64>(), 0..3))
                     .prop_map(|(fds, extra)| Value::Handle { kind: HandleKind::Queue, fds, extra }),
+                (
+                    proptest::collection::vec(any::<u8>(), 0..40),
+                    (inner.clone(), inner.clone()),
+                    proptest::collection::vec(proptest::option::of(any::<u32>()), 0..3),
+                    proptest::collection::vec((inner.clone(), inner.clone()), 0..3),
+                    proptest::collection::vec(proptest::option::of(inner.clone()), 0..3),
+                    proptest::collection::vec(inner.clone(), 6),
+                )
+                    .prop_map(|(code, (globals, name), closure, names, cells, rest)| {
+                        let [defaults, kwdefaults, qualname, module, doc, dict] = <[Value; 6]>::try_from(rest).unwrap();
+                        Value::Function(Box::new(Function {
+                            code,
+                            globals,
+                            name,
+                            closure,
+                            names,
+                            cells,
+                            defaults,
+                            kwdefaults,
+                            qualname,
+                            module,
+                            doc,
+                            dict,
+                        }))
+                    }),
             ]
         })
     }
