@@ -58,6 +58,13 @@ class BaseContext(object):
         from .queues import SimpleQueue
         return SimpleQueue(ctx=self.get_context())
 
+    def Pool(self, processes=None, initializer=None, initargs=(),
+             maxtasksperchild=None):
+        '''Returns a process pool object'''
+        from .pool import Pool
+        return Pool(processes, initializer, initargs, maxtasksperchild,
+                    context=self.get_context())
+
     def freeze_support(self):
         '''Nothing to do: procpy children re-enter the procpy binary.'''
 
@@ -91,7 +98,6 @@ class BaseContext(object):
         missing.__name__ = missing.__qualname__ = name
         return missing
 
-    Pool = _missing('Pool', 3)
     Lock = _missing('Lock', 4)
     RLock = _missing('RLock', 4)
     Semaphore = _missing('Semaphore', 4)

@@ -84,6 +84,11 @@ def _exit_function():
         return
     _exiting = True
     from . import process
+    # Pools first (CPython's pool finalizer has priority 15): their managers must not
+    # replace the workers terminated below.
+    pool = sys.modules.get('multiprocessing.pool')
+    if pool is not None:
+        pool._terminate_at_exit()
     for p in process.active_children():
         if p.daemon:
             info('calling terminate() for daemon %s', p.name)

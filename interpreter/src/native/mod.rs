@@ -467,12 +467,28 @@ pub(crate) mod _procpy {
             .map_err(|e| os_err(vm, e))
     }
 
-    /// Kill this process with `signal` when its parent dies (Linux's parent-death signal).
+    /// Die (SIGKILL) as soon as the process behind `sentinel` (a pidfd) exits: daemonic
+    /// children and pool workers must not outlive a parent killed without clean-up (CPython
+    /// orphans them: gh-111873). A Rust thread rather than PR_SET_PDEATHSIG, which fires when
+    /// the forking *thread* exits and would not cover fork-server children at all.
     #[pyfunction]
-    fn set_parent_death_signal(signal: i32, vm: &VirtualMachine) -> PyResult<()> {
-        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) } < 0 {
+    fn watch_parent(sentinel: i32, vm: &VirtualMachine) -> PyResult<()> {
+        let fd = unsafe { libc::fcntl(sentinel, libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
             return Err(os_err(vm, io::Error::last_os_error()));
         }
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        std::thread::Builder::new()
+            .name("procpy-parent-watch".into())
+            .spawn(move || loop {
+                match ipc::poll(&[(fd.as_raw_fd(), libc::POLLIN)], None) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    _ => unsafe {
+                        libc::kill(libc::getpid(), libc::SIGKILL);
+                    },
+                }
+            })
+            .map_err(|e| os_err(vm, e))?;
         Ok(())
     }
 }

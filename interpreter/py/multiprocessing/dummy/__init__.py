@@ -108,5 +108,5 @@ def shutdown():
 
 
 def Pool(processes=None, initializer=None, initargs=()):
-    raise NotImplementedError(
-        'multiprocessing.dummy.Pool (ThreadPool) is not available in procpy yet (tracked in issue 3)')
+    from ..pool import ThreadPool
+    return ThreadPool(processes, initializer, initargs)
