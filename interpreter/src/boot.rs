@@ -29,7 +29,7 @@ pub const SPAWN_CHILD_FLAG: &str = "--multiprocessing-spawn-child";
 pub const FORK_SERVER_FLAG: &str = "--multiprocessing-forkserver";
 
 fn is_replaced(name: &str) -> bool {
-    name == "multiprocessing" || name.starts_with("multiprocessing.")
+    name == "multiprocessing" || name.starts_with("multiprocessing.") || name == "concurrent.futures.process"
 }
 
 /// A builder for an interpreter with procpy's modules; `argv` becomes `sys.argv`.

@@ -160,8 +160,11 @@ def worker(conn, initializer=None, initargs=(), maxtasks=None, wrap_exception=Fa
         try:
             out = dumps(result)
         except Exception as e:
-            wrapped = MaybeEncodingError(e, result[1])
-            out = dumps((False, wrapped))
+            if wrap_exception == 'futures':
+                # concurrent.futures reports the encoding error itself.
+                out = dumps((True, (False, ExceptionWithTraceback(e, e.__traceback__))))
+            else:
+                out = dumps((False, MaybeEncodingError(e, result[1])))
         send(out)
         data = func = args = kwds = result = out = None
         completed += 1
@@ -630,7 +633,10 @@ _live_cores = set()
 
 def _terminate_at_exit():
     '''Called by util._exit_function before daemonic children are terminated.'''
+    pid = os.getpid()
     for core in list(_live_cores):
+        if core.owner_pid != pid:
+            continue        # inherited through fork: its manager thread is not here
         try:
             core.terminate()
         except Exception:
@@ -640,7 +646,12 @@ def _terminate_at_exit():
 class _ProcessCore(object):
     '''Workers, the tasks waiting for one, and the manager thread (see the top of the file).'''
 
-    def __init__(self, pool):
+    def __init__(self, pool, on_lost=None):
+        # on_lost(name, pid, exitcode): a worker died unexpectedly; instead of replacing it
+        # the pool breaks (ProcessPoolExecutor's BrokenProcessPool). Returns the exception
+        # for the task it was running.
+        self._on_lost = on_lost
+        self.owner_pid = os.getpid()
         self._ctx = pool._ctx
         self._size = pool._processes
         self._initializer = pool._initializer
@@ -732,6 +743,9 @@ class _ProcessCore(object):
         while self._pending and self._idle:
             task = self._pending.popleft()
             result, i, func, args, kwds = task
+            start = getattr(result, '_start', None)
+            if start is not None and not start():
+                continue        # a cancelled future
             if func is _helper_reraises_exception:
                 self._failed.append((result, i, (False, args[0])))
                 continue
@@ -753,6 +767,12 @@ class _ProcessCore(object):
             w.sent += 1
             if self._maxtasks is not None and w.sent >= self._maxtasks:
                 w.retired = True
+
+    def take_pending(self):
+        '''Remove and return the results of tasks no worker has taken yet.'''
+        with self._lock:
+            tasks, self._pending = list(self._pending), collections.deque()
+        return [t[0] for t in tasks]
 
     def _take_failed(self):
         failed, self._failed = self._failed, []
@@ -836,13 +856,30 @@ class _ProcessCore(object):
             if w in self._idle:
                 self._idle.remove(w)
         # Results it sent before it died still count.
-        while w.task is not None and w.conn.poll(0):
-            self._on_result(w, dispatch=False)
-            if w.task is None:
-                break
+        try:
+            if w.task is not None and w.conn.poll(0):
+                self._on_result(w, dispatch=False)
+        except OSError:
+            pass
         w.process.join()
         w.conn.close()
         exitcode = w.process.exitcode
+        broken = self._on_lost is not None and (w.task is not None or not w.retired) \
+            and self.state != TERMINATE
+        if broken:
+            with self._lock:
+                self.workers.remove(w)
+                lost, w.task = w.task, None
+                self.state = TERMINATE
+            exc = self._on_lost(w.process.name, w.process.pid, exitcode)
+            if lost is not None:
+                _deliver(lost[0], lost[1], (False, exc))
+            for other in list(self.workers):
+                try:
+                    other.process.terminate()
+                except Exception:
+                    pass
+            return
         with self._lock:
             self.workers.remove(w)
             lost, w.task = w.task, None
