@@ -115,6 +115,22 @@ def _signal_name(signum):
     return 'signal %d' % signum
 
 
+# A waiter that expects an answer within microseconds polls for a short while before it
+# sleeps: on virtual machines a sleeping thread takes tens of microseconds to wake, longer
+# than a small task's whole round trip.
+_SPIN_SECONDS = 0.0002
+
+
+def _spin(poll, *args):
+    if poll(*args):
+        return True
+    end = _now() + _SPIN_SECONDS
+    while _now() < end:
+        if poll(*args):
+            return True
+    return False
+
+
 def _helper_reraises_exception(ex):
     raise ex
 
@@ -141,10 +157,11 @@ def worker(conn, initializer=None, initargs=(), maxtasks=None, wrap_exception=Fa
     if initializer is not None:
         initializer(*initargs)
     dumps, loads = _procpy.dumps, _procpy.loads
-    recv, send = conn.recv_bytes, conn.send_bytes
+    recv, send, poll = conn.recv_bytes, conn.send_bytes, conn.poll
     completed = 0
     while maxtasks is None or completed < maxtasks:
         try:
+            _spin(poll)
             data = recv()
         except (EOFError, OSError):
             break
@@ -218,9 +235,7 @@ def _wait_lock(lock, timeout, release=False):
     return got
 
 
-def _now():
-    import time
-    return time.monotonic()
+from time import monotonic as _now
 
 
 class ApplyResult(object):
@@ -242,7 +257,18 @@ class ApplyResult(object):
             raise ValueError("{0!r} not ready".format(self))
         return self._success
 
+    _direct = None      # (pool core, worker) once dispatched
+
     def wait(self, timeout=None):
+        if self._event.is_set():
+            return
+        direct = self._direct
+        if direct is not None and self._callback is None and self._error_callback is None:
+            deadline = None if timeout is None else _now() + timeout
+            if direct[0].wait_direct(self, direct[1], deadline):
+                return
+            if deadline is not None:
+                timeout = max(0, deadline - _now())
         self._event.wait(timeout)
 
     def get(self, timeout=None):
@@ -263,6 +289,7 @@ class ApplyResult(object):
         self._event.set()
         self._cache.pop(self._job, None)
         self._pool = None
+        self._direct = None
 
     def _abort(self, exc):
         if not self._event.is_set():
@@ -616,7 +643,8 @@ class Pool(object):
 
 
 class _Worker(object):
-    __slots__ = ('process', 'conn', 'sentinel', 'task', 'sent', 'retired', 'dead')
+    __slots__ = ('process', 'conn', 'sentinel', 'task', 'sent', 'retired', 'dead',
+                 'owner', 'reading')
 
     def __init__(self, process, conn):
         self.process = process
@@ -626,6 +654,8 @@ class _Worker(object):
         self.sent = 0           # tasks handed to it (maxtasksperchild)
         self.retired = False    # has its last task: it exits after that
         self.dead = False
+        self.owner = None       # a thread waiting in get() that reads this worker's result
+        self.reading = False    # the manager is reading a result from it
 
 
 _live_cores = set()
@@ -671,6 +701,8 @@ class _ProcessCore(object):
         self._manager_done = threading.Lock()
         self._manager_done.acquire()
         self._manager = None
+        self._version = 0           # bumped whenever the set of workers to watch changes
+        self._watch_version = -1
         try:
             for _ in range(self._size):
                 self._add_worker(self._new_worker())
@@ -701,6 +733,7 @@ class _ProcessCore(object):
     def _add_worker(self, w):
         self.workers.append(w)
         self._idle.append(w)
+        self._version += 1
 
     # -- handing out tasks
 
@@ -761,9 +794,12 @@ class _ProcessCore(object):
                 # It died before taking the task: the task was not run; its sentinel tells
                 # the manager, which replaces it.
                 w.dead = True
+                self._version += 1
                 self._pending.appendleft(task)
                 continue
             w.task = (result, i)
+            if type(result) is ApplyResult:
+                result._direct = (self, w)
             w.sent += 1
             if self._maxtasks is not None and w.sent >= self._maxtasks:
                 w.retired = True
@@ -805,19 +841,29 @@ class _ProcessCore(object):
                 if self.state == CLOSE and not self._pending and not self._feeders \
                         and all(w.task is None for w in self.workers):
                     break
-                watch = {self._wake_r: None}
-                for w in self.workers:
-                    watch[w.sentinel] = w
-                    if not w.dead:
-                        watch[w.conn] = w
-            for obj in _procpy.wait(list(watch)):
+                if self._watch_version != self._version:
+                    # Rebuilt only when workers come, go or die: this loop is the hot path.
+                    watch = {self._wake_r: None}
+                    for w in self.workers:
+                        watch[w.sentinel] = w
+                        if not w.dead and w.owner is None:
+                            watch[w.conn] = w
+                    watch_list = list(watch)
+                    self._watch_version = self._version
+            for obj in _procpy.wait(watch_list):
                 w = watch[obj]
                 if w is None:
                     os.read(self._wake_r, 4096)
                 elif obj is w.conn:
-                    if not w.dead:
-                        self._on_result(w, dispatch=True)
-                elif w in self.workers:
+                    with self._lock:
+                        mine = not w.dead and w.owner is None
+                        w.reading = mine
+                    if mine:
+                        try:
+                            self._on_result(w, dispatch=True)
+                        finally:
+                            w.reading = False
+                elif w in self.workers and w.owner is None:
                     self._on_exit(w)
         # Closed and all work done: let the workers exit, then reap them.
         for w in list(self.workers):
@@ -834,7 +880,9 @@ class _ProcessCore(object):
         try:
             data = w.conn.recv_bytes()
         except (EOFError, OSError):
-            w.dead = True           # the sentinel follows
+            with self._lock:
+                w.dead = True       # the sentinel follows
+                self._version += 1
             return
         try:
             outcome = _procpy.loads(data)
@@ -850,9 +898,43 @@ class _ProcessCore(object):
             _deliver(task[0], task[1], outcome)
         self._report(failed)
 
+    def wait_direct(self, result, w, deadline):
+        '''get() of a lone apply_async: the waiting thread reads the worker's answer itself,
+        saving the hop through the manager thread (one thread wake-up, about half the round
+        trip). Returns False when it could not, and the caller waits for the manager.'''
+        with self._lock:
+            if w.task is None or w.task[0] is not result or w.owner is not None \
+                    or w.reading or w.dead:
+                return False
+            w.owner = _thread.get_ident()
+            self._version += 1
+        # No wake-up for the manager here: if the answer arrives while it still watches this
+        # connection, it sees the owner, leaves the answer to us and stops watching.
+        try:
+            watch = [w.conn, w.sentinel]
+            _spin(_procpy.wait, watch, 0)
+            while True:
+                step = _SIGNAL_POLL
+                if deadline is not None:
+                    step = min(step, deadline - _now())
+                    if step <= 0:
+                        return True
+                ready = _procpy.wait(watch, step)
+                if w.sentinel in ready and w.conn not in ready:
+                    return False    # it died: the manager reports it
+                if w.conn in ready:
+                    self._on_result(w, dispatch=True)
+                    return not w.dead
+        finally:
+            with self._lock:
+                w.owner = None
+                self._version += 1
+            self._wake()
+
     def _on_exit(self, w):
         with self._lock:
             w.dead = True
+            self._version += 1
             if w in self._idle:
                 self._idle.remove(w)
         # Results it sent before it died still count.
@@ -869,6 +951,7 @@ class _ProcessCore(object):
         if broken:
             with self._lock:
                 self.workers.remove(w)
+                self._version += 1
                 lost, w.task = w.task, None
                 self.state = TERMINATE
             exc = self._on_lost(w.process.name, w.process.pid, exitcode)
@@ -882,6 +965,7 @@ class _ProcessCore(object):
             return
         with self._lock:
             self.workers.remove(w)
+            self._version += 1
             lost, w.task = w.task, None
             replace = self.state == RUN or (
                 self.state == CLOSE and (self._pending or self._feeders or lost
@@ -901,6 +985,7 @@ class _ProcessCore(object):
                     if self.state == TERMINATE:
                         new.process.terminate()
                         self.workers.append(new)
+                        self._version += 1
                     else:
                         self._add_worker(new)
                         self._dispatch_locked()
