@@ -60,6 +60,12 @@ pub fn builder(argv: Vec<String>) -> InterpreterBuilder {
 
 /// Run `mode` in a fresh interpreter and return the process exit status, as `python3` would.
 pub fn run(mode: RunMode, argv: Vec<String>) -> u32 {
+    // Rust's runtime catches SIGSEGV/SIGBUS to report stack overflows, and a SIGSEGV sent
+    // with kill() (no fault to repeat) would then be survived. python3 dies of it; so do we.
+    unsafe {
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::signal(libc::SIGBUS, libc::SIG_DFL);
+    }
     let interp: Interpreter = builder(argv).build();
     interp.run(|vm| run_in(vm, &mode))
 }

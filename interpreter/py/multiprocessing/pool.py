@@ -282,14 +282,17 @@ class ApplyResult(object):
 
     def _set(self, i, obj):
         self._success, self._value = obj
-        if self._callback and self._success:
-            self._callback(self._value)
-        if self._error_callback and not self._success:
-            self._error_callback(self._value)
-        self._event.set()
-        self._cache.pop(self._job, None)
-        self._pool = None
-        self._direct = None
+        try:
+            if self._callback and self._success:
+                self._callback(self._value)
+            if self._error_callback and not self._success:
+                self._error_callback(self._value)
+        finally:
+            # A raising callback is reported by the caller; the result is ready regardless.
+            self._event.set()
+            self._cache.pop(self._job, None)
+            self._pool = None
+            self._direct = None
 
     def _abort(self, exc):
         if not self._event.is_set():
@@ -331,14 +334,16 @@ class MapResult(ApplyResult):
             done = self._number_left == 0
         if done:
             # Ready only once every chunk is back, as in CPython.
-            if self._success:
-                if self._callback:
-                    self._callback(self._value)
-            elif self._error_callback:
-                self._error_callback(self._value)
-            self._cache.pop(self._job, None)
-            self._event.set()
-            self._pool = None
+            try:
+                if self._success:
+                    if self._callback:
+                        self._callback(self._value)
+                elif self._error_callback:
+                    self._error_callback(self._value)
+            finally:
+                self._cache.pop(self._job, None)
+                self._event.set()
+                self._pool = None
 
     def _abort(self, exc):
         with self._lock:
@@ -860,7 +865,10 @@ class _ProcessCore(object):
                         w.reading = mine
                     if mine:
                         try:
-                            self._on_result(w, dispatch=True)
+                            # The readiness may be stale: a get() that owned the connection
+                            # meanwhile may have read that answer itself.
+                            if w.conn.poll(0):
+                                self._on_result(w, dispatch=True)
                         finally:
                             w.reading = False
                 elif w in self.workers and w.owner is None:

@@ -33,10 +33,12 @@ fn os_err(vm: &VirtualMachine, e: io::Error) -> PyBaseExceptionRef {
 }
 
 /// Run a syscall, retrying after EINTR once Python signal handlers have run (they may raise,
-/// e.g. KeyboardInterrupt, which then propagates).
+/// e.g. KeyboardInterrupt, which then propagates). The thread is detached from the VM while
+/// it blocks (`allow_threads`): RustPython's `os.fork` stops the world and would otherwise wait
+/// forever for a thread blocked here.
 fn retry<T>(vm: &VirtualMachine, mut f: impl FnMut() -> io::Result<T>) -> PyResult<T> {
     loop {
-        match f() {
+        match vm.allow_threads(&mut f) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
             r => return r.map_err(|e| os_err(vm, e)),
         }
@@ -50,7 +52,7 @@ fn deadline(timeout: Option<f64>) -> Option<Instant> {
 /// Wait until `fd` is readable (or hung up). `false` on timeout.
 fn wait_readable(vm: &VirtualMachine, fd: RawFd, until: Option<Instant>) -> PyResult<bool> {
     loop {
-        match ipc::poll(&[(fd, libc::POLLIN)], ipc::remaining(until)) {
+        match vm.allow_threads(|| ipc::poll(&[(fd, libc::POLLIN)], ipc::remaining(until))) {
             Ok(r) => return Ok(r[0] != 0),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
             Err(e) => return Err(os_err(vm, e)),
@@ -288,7 +290,7 @@ pub(crate) mod _procpy {
         }
         let until = deadline(timeout.flatten().map(ArgIntoFloat::into_float));
         loop {
-            match ipc::poll(&fds, ipc::remaining(until)) {
+            match vm.allow_threads(|| ipc::poll(&fds, ipc::remaining(until))) {
                 Ok(r) => {
                     let ready = objs.iter().zip(r).filter(|(_, rev)| *rev != 0).map(|(o, _)| o.clone()).collect();
                     return Ok(vm.ctx.new_list(ready));

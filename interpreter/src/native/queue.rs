@@ -214,7 +214,7 @@ impl QueueBase {
             }
             // Bounded naps so Ctrl-C is seen even if no wake-up comes.
             let nap = left.map_or(Duration::from_millis(200), |l| l.min(Duration::from_millis(200)));
-            match self.shared.counters.wait(COUNT, c, Some(nap)) {
+            match vm.allow_threads(|| self.shared.counters.wait(COUNT, c, Some(nap))) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
                 Err(e) => return Err(os_err(vm, e)),
                 Ok(()) => vm.check_signals()?,
@@ -424,7 +424,7 @@ impl QueueBase {
             if c == 0 {
                 return Ok(());
             }
-            match self.shared.counters.wait(UNFINISHED, c, Some(Duration::from_millis(200))) {
+            match vm.allow_threads(|| self.shared.counters.wait(UNFINISHED, c, Some(Duration::from_millis(200)))) {
                 Err(e) if e.kind() != io::ErrorKind::Interrupted => return Err(os_err(vm, e)),
                 _ => vm.check_signals()?,
             }
