@@ -988,6 +988,10 @@ class _ProcessCore(object):
             except Exception as e:
                 util.debug('cannot replace pool worker: %r' % e)
                 new = None
+                if not self.workers:
+                    # Nobody left to run what is queued: fail it rather than hang.
+                    for result in self.take_pending():
+                        result._abort(e)
             with self._lock:
                 if new is not None:
                     if self.state == TERMINATE:

@@ -17,7 +17,11 @@ def set_executable(exe):
 
 
 def get_executable():
-    return _executable or _procpy.current_exe()
+    # /proc/self/exe still runs this binary after it was replaced or deleted on disk (a
+    # rebuild, an upgrade) where its path would fail.
+    if _executable:
+        return _executable
+    return '/proc/self/exe' if os.path.exists('/proc/self/exe') else _procpy.current_exe()
 
 
 def child_args():
