@@ -546,38 +546,26 @@ class Pool(object):
             yield (result, i + 1, _helper_reraises_exception, (e,), {})
 
     def imap(self, func, iterable, chunksize=1):
-        self._check_running()
-        if chunksize == 1:
-            result = IMapIterator(self)
-            self._core.feed(self._guarded_task_generation(result, func, iterable),
-                            result._set_length)
-            return result
-        else:
-            if chunksize < 1:
-                raise ValueError(
-                    "Chunksize must be 1+, not {0:n}".format(chunksize))
-            task_batches = Pool._get_tasks(func, iterable, chunksize)
-            result = IMapIterator(self)
-            self._core.feed(self._guarded_task_generation(result, mapstar, task_batches),
-                            result._set_length)
-            return (item for chunk in result for item in chunk)
+        return self._imap(IMapIterator, func, iterable, chunksize, "{0:n}")
 
     def imap_unordered(self, func, iterable, chunksize=1):
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, "{0!r}")
+
+    def _imap(self, iterator_class, func, iterable, chunksize, fmt):
+        # CPython words the chunksize error differently for imap and imap_unordered.
         self._check_running()
+        if chunksize != 1 and chunksize < 1:
+            raise ValueError(("Chunksize must be 1+, not " + fmt).format(chunksize))
+        result = iterator_class(self)
         if chunksize == 1:
-            result = IMapUnorderedIterator(self)
-            self._core.feed(self._guarded_task_generation(result, func, iterable),
-                            result._set_length)
-            return result
+            tasks = self._guarded_task_generation(result, func, iterable)
         else:
-            if chunksize < 1:
-                raise ValueError(
-                    "Chunksize must be 1+, not {0!r}".format(chunksize))
             task_batches = Pool._get_tasks(func, iterable, chunksize)
-            result = IMapUnorderedIterator(self)
-            self._core.feed(self._guarded_task_generation(result, mapstar, task_batches),
-                            result._set_length)
-            return (item for chunk in result for item in chunk)
+            tasks = self._guarded_task_generation(result, mapstar, task_batches)
+        self._core.feed(tasks, result._set_length)
+        if chunksize == 1:
+            return result
+        return (item for chunk in result for item in chunk)
 
     def apply_async(self, func, args=(), kwds={}, callback=None,
                     error_callback=None):
