@@ -61,7 +61,14 @@ if __name__ == '__main__':
     for p in procs:
         p.join()
     print('exitcodes:', [p.exitcode for p in procs])
-    print('finished sentinels stay ready:', idx(sentinels, wait(sentinels, timeout=0)))
+    # A joined sentinel becomes ready (EOF) once its writer closes; under
+    # CPython's forkserver that close comes just after the exit status is
+    # written, so wait for all three instead of sampling once.
+    seen = set()
+    while len(seen) < n:
+        seen.update(idx(sentinels, wait(sentinels, timeout=10)))
+    print('finished sentinels become ready:', sorted(seen))
+    print('and stay ready:', idx(sentinels, wait(sentinels, timeout=0)))
     print('and again:', idx(sentinels, wait(sentinels)))
 
     # mixed Connection + sentinel
