@@ -93,7 +93,10 @@ conformance!(
     queue_basics,
     queue_many_producers_consumers,
     queue_timeouts_full_empty,
+    shared_value_array,
     simple_queue,
+    sync_condition_event_barrier,
+    sync_locks,
     thread_pool,
 );
 

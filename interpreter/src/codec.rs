@@ -214,8 +214,9 @@ impl Encoder<'_> {
         self.memoize(obj);
         let fds = match (&mut self.handles, kind) {
             (Handles::All(fds), _) | (Handles::Connections(fds), HandleKind::Connection) => fds,
-            (_, HandleKind::Queue) => {
-                let e = self.vm.new_runtime_error("Queue objects should only be shared between processes through inheritance".to_owned());
+            (_, HandleKind::Queue | HandleKind::SemLock | HandleKind::SharedBuffer) => {
+                let name = obj.class().name().to_string();
+                let e = self.vm.new_runtime_error(format!("{name} objects should only be shared between processes through inheritance"));
                 return Err(self.fail(e));
             }
             (Handles::Refuse, HandleKind::Connection) => {

@@ -218,6 +218,11 @@ impl SharedCounters {
         Ok(())
     }
 
+    /// Wake one process sleeping on counter `i`.
+    pub fn wake_one(&self, i: usize) {
+        unsafe { libc::syscall(libc::SYS_futex, self.get(i).as_ptr(), libc::FUTEX_WAKE, 1) };
+    }
+
     /// Wake every process sleeping on counter `i`.
     pub fn wake_all(&self, i: usize) {
         unsafe { libc::syscall(libc::SYS_futex, self.get(i).as_ptr(), libc::FUTEX_WAKE, i32::MAX) };

@@ -126,6 +126,10 @@ pub enum HandleKind {
     Connection,
     /// A `Queue`/`JoinableQueue`/`SimpleQueue`.
     Queue,
+    /// A `SemLock` (the state under Lock, RLock, Semaphore, BoundedSemaphore).
+    SemLock,
+    /// Shared memory under `Value`/`Array`/`RawValue`/`RawArray`.
+    SharedBuffer,
 }
 
 /// Why bytes could not be turned back into a [`Value`].

@@ -94,23 +94,67 @@ class BaseContext(object):
         def missing(self, *args, **kwargs):
             raise NotImplementedError(
                 'multiprocessing.%s is not available in procpy yet (tracked in issue %s); '
-                'Process, Queue, JoinableQueue, SimpleQueue and Pipe are.' % (name, issue))
+                'Process, Queue, Pipe, Pool, the locks and Value/Array are.' % (name, issue))
         missing.__name__ = missing.__qualname__ = name
         return missing
 
-    Lock = _missing('Lock', 4)
-    RLock = _missing('RLock', 4)
-    Semaphore = _missing('Semaphore', 4)
-    BoundedSemaphore = _missing('BoundedSemaphore', 4)
-    Condition = _missing('Condition', 4)
-    Event = _missing('Event', 4)
-    Barrier = _missing('Barrier', 4)
-    Value = _missing('Value', 4)
-    Array = _missing('Array', 4)
-    RawValue = _missing('RawValue', 4)
-    RawArray = _missing('RawArray', 4)
     Manager = _missing('Manager', 4)
     del _missing
+
+    def Lock(self):
+        """Returns a non-recursive lock object"""
+        from .synchronize import Lock
+        return Lock(ctx=self.get_context())
+
+    def RLock(self):
+        """Returns a recursive lock object"""
+        from .synchronize import RLock
+        return RLock(ctx=self.get_context())
+
+    def Condition(self, lock=None):
+        """Returns a condition object"""
+        from .synchronize import Condition
+        return Condition(lock, ctx=self.get_context())
+
+    def Semaphore(self, value=1):
+        """Returns a semaphore object"""
+        from .synchronize import Semaphore
+        return Semaphore(value, ctx=self.get_context())
+
+    def BoundedSemaphore(self, value=1):
+        """Returns a bounded semaphore object"""
+        from .synchronize import BoundedSemaphore
+        return BoundedSemaphore(value, ctx=self.get_context())
+
+    def Event(self):
+        """Returns an event object"""
+        from .synchronize import Event
+        return Event(ctx=self.get_context())
+
+    def Barrier(self, parties, action=None, timeout=None):
+        """Returns a barrier object"""
+        from .synchronize import Barrier
+        return Barrier(parties, action, timeout, ctx=self.get_context())
+
+    def RawValue(self, typecode_or_type, *args):
+        """Returns a shared object"""
+        from .sharedctypes import RawValue
+        return RawValue(typecode_or_type, *args)
+
+    def RawArray(self, typecode_or_type, size_or_initializer):
+        """Returns a shared array"""
+        from .sharedctypes import RawArray
+        return RawArray(typecode_or_type, size_or_initializer)
+
+    def Value(self, typecode_or_type, *args, lock=True):
+        """Returns a synchronized shared object"""
+        from .sharedctypes import Value
+        return Value(typecode_or_type, *args, lock=lock, ctx=self.get_context())
+
+    def Array(self, typecode_or_type, size_or_initializer, *, lock=True):
+        """Returns a synchronized shared array"""
+        from .sharedctypes import Array
+        return Array(typecode_or_type, size_or_initializer, lock=lock, ctx=self.get_context())
 
     def get_context(self, method=None):
         if method is None:
@@ -241,3 +285,9 @@ def get_spawning_popen():
 
 def set_spawning_popen(popen):
     _tls.spawning_popen = popen
+
+
+def assert_spawning(obj):
+    if get_spawning_popen() is None:
+        raise RuntimeError(
+            '%s objects should only be shared between processes through inheritance' % type(obj).__name__)

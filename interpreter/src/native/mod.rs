@@ -22,9 +22,13 @@ pub(crate) use _procpy::module_def;
 
 mod connection;
 mod queue;
+mod shared_buffer;
+mod sync;
 
 pub(crate) use connection::Connection;
 pub(crate) use queue::{QueueBase, QueueShared};
+pub(crate) use shared_buffer::SharedBuffer;
+pub(crate) use sync::SemLock;
 
 /// Turn an OS error into Python's `OSError` (with errno).
 fn os_err(vm: &VirtualMachine, e: io::Error) -> PyBaseExceptionRef {
@@ -170,6 +174,19 @@ pub(crate) fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i
             vec![q.maxsize as i64, q.kind as i64],
         ));
     }
+    {
+        use rustpython_vm::class::StaticType;
+        use rustpython_vm::AsObject;
+        // Exactly these types: subclasses (Lock, RLock, ...) travel through their `__reduce__`.
+        if obj.class().is(SemLock::static_type()) {
+            let s = obj.downcast_ref::<SemLock>()?;
+            return Some((HandleKind::SemLock, vec![s.shared.fd()], vec![s.kind as i64, s.maxvalue as i64]));
+        }
+        if obj.class().is(SharedBuffer::static_type()) {
+            let b = obj.downcast_ref::<SharedBuffer>()?;
+            return Some((HandleKind::SharedBuffer, vec![b.fd()], vec![b.len() as i64]));
+        }
+    }
     None
 }
 
@@ -199,6 +216,16 @@ pub(crate) fn rebuild_handle(vm: &VirtualMachine, kind: HandleKind, fds: &[RawFd
                 .downcast::<PyType>()
                 .map_err(|_| bad())?;
             Ok(q.into_ref_with_type(vm, cls)?.into())
+        }
+        HandleKind::SemLock => {
+            let (&[fd], &[kind, maxvalue]) = (fds, extra) else { return Err(bad()) };
+            let shared = SharedCounters::map(dup(fd)?, sync::SLOTS).map_err(|e| os_err(vm, e))?;
+            Ok(SemLock::from_shared(Arc::new(shared), kind as i32, maxvalue as i32).into_pyobject(vm))
+        }
+        HandleKind::SharedBuffer => {
+            let (&[fd], &[len]) = (fds, extra) else { return Err(bad()) };
+            let b = SharedBuffer::from_fd(dup(fd)?, len as usize).map_err(|e| os_err(vm, e))?;
+            Ok(b.into_pyobject(vm))
         }
     }
 }
@@ -256,6 +283,18 @@ pub(crate) mod _procpy {
             Connection::new(a, true, duplex).into_pyobject(vm),
             Connection::new(b, duplex, true).into_pyobject(vm),
         ))
+    }
+
+    #[pyattr(name = "SemLock")]
+    fn semlock_type(_vm: &VirtualMachine) -> PyTypeRef {
+        use rustpython_vm::class::PyClassImpl;
+        SemLock::make_static_type()
+    }
+
+    #[pyattr(name = "SharedBuffer")]
+    fn shared_buffer_type(_vm: &VirtualMachine) -> PyTypeRef {
+        use rustpython_vm::class::PyClassImpl;
+        SharedBuffer::make_static_type()
     }
 
     #[pyattr(name = "QueueBase")]

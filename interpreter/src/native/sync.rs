@@ -1,0 +1,368 @@
+//! `SemLock`: the one native primitive under Lock, RLock, Semaphore and BoundedSemaphore (and,
+//! through them, Condition, Event and Barrier). Its state lives in a small memory file mapped by
+//! every process that holds it, and waiters sleep on a futex there: an uncontended acquire or
+//! release is one atomic operation, with no system call and no server round trip.
+//!
+//! Ownership (`_is_mine`, RLock depth) is per process, as in CPython: a count of this object's
+//! acquisitions here and the last thread that acquired. A lock (maxvalue 1) also records the
+//! holding pid in the shared state, so a blocked acquirer notices when the holder died: it then
+//! takes the lock over with a RuntimeWarning instead of waiting forever (CPython waits forever).
+
+use super::os_err;
+use crate::ipc::{self, SharedCounters};
+use rustpython_vm::builtins::{PyType, PyTypeRef};
+use rustpython_vm::function::{ArgIntoFloat, FuncArgs};
+use rustpython_vm::types::Constructor;
+use rustpython_vm::{pyclass, FromArgs, Py, PyObjectRef, PyPayload, PyRef, PyResult, VirtualMachine};
+use std::io;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Slots of the shared state.
+const VALUE: usize = 0;
+const WAITERS: usize = 1;
+/// The process holding a lock (maxvalue 1), so a waiter can tell when it died.
+const OWNER_PID: usize = 2;
+pub(crate) const SLOTS: usize = 3;
+
+pub(crate) const RECURSIVE_MUTEX: i32 = 0;
+pub(crate) const SEMAPHORE: i32 = 1;
+/// As CPython's `SemLock.SEM_VALUE_MAX` on Linux.
+const SEM_VALUE_MAX: i32 = i32::MAX;
+
+/// How long a blocked acquire sleeps before it looks at signals and at the holder's health.
+const NAP: Duration = Duration::from_millis(100);
+
+fn my_ids() -> (u32, u32) {
+    (std::process::id(), unsafe { libc::gettid() } as u32)
+}
+
+/// Whether `pid` is gone or a zombie (dead, not yet reaped: it will never release anything).
+fn process_is_dead(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    if unsafe { libc::kill(pid as i32, 0) } != 0 {
+        return io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the parenthesised command name.
+        Ok(s) => s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|c| c == 'Z' || c == 'X'),
+        Err(_) => true,
+    }
+}
+
+/// A process-shared semaphore or (recursive) mutex, as CPython's `_multiprocessing.SemLock`.
+#[pyclass(name = "SemLock", module = "_procpy")]
+#[derive(PyPayload)]
+pub struct SemLock {
+    pub(crate) shared: Arc<SharedCounters>,
+    pub(crate) kind: i32,
+    pub(crate) maxvalue: i32,
+    /// Acquisitions minus releases made through this object in process `local_pid` (CPython
+    /// keeps the same per-process count: it decides `_is_mine`, RLock depth and the reprs).
+    count: AtomicI64,
+    last_tid: AtomicU32,
+    local_pid: AtomicU32,
+}
+
+impl std::fmt::Debug for SemLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SemLock(kind={}, maxvalue={})", self.kind, self.maxvalue)
+    }
+}
+
+impl SemLock {
+    pub(crate) fn from_shared(shared: Arc<SharedCounters>, kind: i32, maxvalue: i32) -> Self {
+        SemLock { shared, kind, maxvalue, count: AtomicI64::new(0), last_tid: AtomicU32::new(0), local_pid: AtomicU32::new(std::process::id()) }
+    }
+
+    /// This process's count (a fork child starts from zero, as after CPython's `_after_fork`).
+    fn local_count(&self) -> i64 {
+        if self.local_pid.load(SeqCst) == std::process::id() {
+            self.count.load(SeqCst)
+        } else {
+            0
+        }
+    }
+
+    fn add_count(&self, delta: i64) {
+        let pid = std::process::id();
+        if self.local_pid.load(SeqCst) != pid {
+            self.count.store(0, SeqCst);
+            self.local_pid.store(pid, SeqCst);
+        }
+        self.count.fetch_add(delta, SeqCst);
+    }
+
+    fn slot(&self, i: usize) -> &AtomicU32 {
+        self.shared.get(i)
+    }
+
+    fn is_lock(&self) -> bool {
+        self.maxvalue == 1
+    }
+
+    fn is_mine(&self) -> bool {
+        self.local_count() > 0 && self.last_tid.load(SeqCst) == my_ids().1
+    }
+
+    fn try_take(&self) -> bool {
+        let v = self.slot(VALUE);
+        let mut cur = v.load(SeqCst);
+        while cur > 0 {
+            match v.compare_exchange_weak(cur, cur - 1, SeqCst, SeqCst) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+        false
+    }
+
+    fn note_owner(&self) {
+        let (pid, tid) = my_ids();
+        self.add_count(1);
+        self.last_tid.store(tid, SeqCst);
+        if self.is_lock() {
+            self.slot(OWNER_PID).store(pid, SeqCst);
+        }
+    }
+
+    /// The holder of a lock died: take the lock over (one waiter wins the race for it).
+    fn take_over_from_dead(&self, vm: &VirtualMachine) -> PyResult<bool> {
+        if !self.is_lock() || self.slot(VALUE).load(SeqCst) != 0 {
+            return Ok(false);
+        }
+        let holder = self.slot(OWNER_PID).load(SeqCst);
+        if holder == 0 || !process_is_dead(holder) {
+            return Ok(false);
+        }
+        let pid = std::process::id();
+        if self.slot(OWNER_PID).compare_exchange(holder, pid, SeqCst, SeqCst).is_err() {
+            return Ok(false);
+        }
+        self.note_owner();
+        let msg = format!(
+            "the lock was held by process {holder}, which died without releasing it; \
+             process {pid} took it over (the data it guarded may be inconsistent)"
+        );
+        let warnings = vm.import("warnings", 0)?;
+        let warn = warnings.get_attr("warn", vm)?;
+        warn.call((msg, vm.ctx.exceptions.runtime_warning.to_owned(), 2), vm)?;
+        Ok(true)
+    }
+
+    /// Acquire, waiting until `until` (None: forever). Returns whether it was acquired.
+    fn acquire_impl(&self, block: bool, until: Option<Instant>, vm: &VirtualMachine) -> PyResult<bool> {
+        if self.kind == RECURSIVE_MUTEX && self.is_mine() {
+            self.add_count(1);
+            return Ok(true);
+        }
+        if self.try_take() {
+            self.note_owner();
+            return Ok(true);
+        }
+        if !block {
+            return Ok(false);
+        }
+        // A short spin: a holder in another process often releases within microseconds.
+        for i in 0..64 {
+            if i % 16 == 15 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+            if self.slot(VALUE).load(SeqCst) > 0 && self.try_take() {
+                self.note_owner();
+                return Ok(true);
+            }
+        }
+        loop {
+            let left = ipc::remaining(until);
+            if left == Some(Duration::ZERO) {
+                return Ok(false);
+            }
+            let nap = left.map_or(NAP, |l| l.min(NAP));
+            self.slot(WAITERS).fetch_add(1, SeqCst);
+            let r = vm.allow_threads(|| self.shared.wait(VALUE, 0, Some(nap)));
+            self.slot(WAITERS).fetch_sub(1, SeqCst);
+            match r {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(os_err(vm, e)),
+            }
+            vm.check_signals()?;
+            if self.try_take() {
+                self.note_owner();
+                return Ok(true);
+            }
+            if self.take_over_from_dead(vm)? {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn release_impl(&self, vm: &VirtualMachine) -> PyResult<()> {
+        if self.kind == RECURSIVE_MUTEX {
+            if !self.is_mine() {
+                return Err(vm.new_exception_msg(
+                    vm.ctx.exceptions.assertion_error.to_owned(),
+                    "attempt to release recursive lock not owned by thread".into(),
+                ));
+            }
+            if self.local_count() > 1 {
+                self.add_count(-1);
+                return Ok(());
+            }
+        } else if self.maxvalue != SEM_VALUE_MAX && self.slot(VALUE).load(SeqCst) >= self.maxvalue as u32 {
+            return Err(vm.new_value_error("semaphore or lock released too many times"));
+        }
+        if self.is_lock() {
+            // Forget the holder before the lock becomes free, so a new holder's mark stays.
+            self.slot(OWNER_PID).store(0, SeqCst);
+        }
+        self.add_count(-1);
+        self.slot(VALUE).fetch_add(1, SeqCst);
+        if self.slot(WAITERS).load(SeqCst) > 0 {
+            self.shared.wake_one(VALUE);
+        }
+        Ok(())
+    }
+}
+
+#[derive(FromArgs)]
+pub struct SemLockArgs {
+    #[pyarg(any)]
+    kind: i32,
+    #[pyarg(any)]
+    value: i64,
+    #[pyarg(any)]
+    maxvalue: i64,
+}
+
+impl Constructor for SemLock {
+    type Args = SemLockArgs;
+
+    fn py_new(_cls: &Py<PyType>, args: Self::Args, vm: &VirtualMachine) -> PyResult<Self> {
+        if args.kind != RECURSIVE_MUTEX && args.kind != SEMAPHORE {
+            return Err(vm.new_value_error("unrecognized kind"));
+        }
+        if args.value < 0 || args.value > SEM_VALUE_MAX as i64 || args.maxvalue < 1 || args.maxvalue > SEM_VALUE_MAX as i64 {
+            // What sem_open says of a value it cannot hold.
+            return Err(os_err(vm, io::Error::from_raw_os_error(libc::EINVAL)));
+        }
+        let shared = SharedCounters::create(SLOTS).map_err(|e| os_err(vm, e))?;
+        shared.get(VALUE).store(args.value as u32, SeqCst);
+        Ok(SemLock::from_shared(Arc::new(shared), args.kind, args.maxvalue as i32))
+    }
+}
+
+#[derive(FromArgs)]
+struct AcquireArgs {
+    #[pyarg(any, default = true)]
+    block: bool,
+    #[pyarg(any, default)]
+    timeout: Option<ArgIntoFloat>,
+}
+
+#[pyclass(with(Constructor), flags(BASETYPE))]
+impl SemLock {
+    #[extend_class]
+    fn extend_class(ctx: &rustpython_vm::Context, class: &Py<PyType>) {
+        class.set_attr(ctx.intern_str("SEM_VALUE_MAX"), ctx.new_int(SEM_VALUE_MAX).into());
+        class.set_attr(ctx.intern_str("RECURSIVE_MUTEX"), ctx.new_int(RECURSIVE_MUTEX).into());
+        class.set_attr(ctx.intern_str("SEMAPHORE"), ctx.new_int(SEMAPHORE).into());
+    }
+
+    /// `acquire(block=True, timeout=None)` -> bool
+    #[pymethod]
+    fn acquire(&self, args: AcquireArgs, vm: &VirtualMachine) -> PyResult<bool> {
+        let until = match args.timeout {
+            Some(t) if args.block => Some(Instant::now() + Duration::from_secs_f64(t.into_float().max(0.0))),
+            _ => None,
+        };
+        self.acquire_impl(args.block, until, vm)
+    }
+
+    #[pymethod]
+    fn release(&self, vm: &VirtualMachine) -> PyResult<()> {
+        self.release_impl(vm)
+    }
+
+    #[pymethod]
+    fn __enter__(&self, vm: &VirtualMachine) -> PyResult<bool> {
+        self.acquire_impl(true, None, vm)
+    }
+
+    #[pymethod]
+    fn __exit__(&self, _args: FuncArgs, vm: &VirtualMachine) -> PyResult<()> {
+        self.release_impl(vm)
+    }
+
+    /// Acquisitions held by this process (the recursion depth when a thread of it holds a lock).
+    #[pymethod]
+    fn _count(&self) -> i64 {
+        self.local_count()
+    }
+
+    #[pymethod]
+    fn _is_mine(&self) -> bool {
+        self.is_mine()
+    }
+
+    #[pymethod]
+    fn _get_value(&self) -> u32 {
+        self.slot(VALUE).load(SeqCst)
+    }
+
+    #[pymethod]
+    fn _is_zero(&self) -> bool {
+        self.slot(VALUE).load(SeqCst) == 0
+    }
+
+    #[pymethod]
+    fn _after_fork(&self) {
+        self.count.store(0, SeqCst);
+        self.local_pid.store(std::process::id(), SeqCst);
+    }
+
+    /// A plain `SemLock` sharing this one's state: what travels to a child for a subclass.
+    #[pymethod]
+    fn _raw(&self) -> SemLock {
+        SemLock::from_shared(self.shared.clone(), self.kind, self.maxvalue)
+    }
+
+    /// `cls` sharing `raw`'s state: how a subclass is rebuilt in the child.
+    #[pyclassmethod]
+    fn _from_raw(cls: PyTypeRef, raw: PyRef<SemLock>, vm: &VirtualMachine) -> PyResult<PyObjectRef> {
+        Ok(raw._raw().into_ref_with_type(vm, cls)?.into())
+    }
+
+    #[pygetset]
+    fn handle(&self) -> i32 {
+        self.shared.fd()
+    }
+
+    #[pygetset]
+    fn kind(&self) -> i32 {
+        self.kind
+    }
+
+    #[pygetset]
+    fn maxvalue(&self) -> i32 {
+        self.maxvalue
+    }
+
+    /// Unnamed: the state is a memory file passed by descriptor, never a name in /dev/shm.
+    #[pygetset]
+    fn name(&self) -> Option<String> {
+        None
+    }
+
+    /// CPython's wrappers keep the native object here; ours are the native object.
+    #[pygetset]
+    fn _semlock(zelf: PyRef<Self>) -> PyRef<Self> {
+        zelf
+    }
+}
