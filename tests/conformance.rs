@@ -121,5 +121,6 @@ mod examples {
         pi_async_results,
         pool_map_speedup,
         queue_two_children,
+        shared_counter_lock,
     );
 }

@@ -108,6 +108,11 @@ if __name__ == '__main__':
         p.join()
     print('4 x 1500 under get_lock():', total.value)
 
+    import ctypes
+    cd = multiprocessing.Value(ctypes.c_double, 2.5)
+    ca = multiprocessing.Array(ctypes.c_short, [1, -1])
+    print('ctypes types:', cd, cd.value, ca[:], multiprocessing.RawValue(ctypes.c_ubyte, 3))
+
     cp = sharedctypes.copy(multiprocessing.RawArray('i', [7, 8]))
     print('copy:', cp[:])
     sync = sharedctypes.synchronized(multiprocessing.RawValue('i', 9))
