@@ -30,10 +30,14 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Whether `fd` is a socket (and so can carry descriptors).
-pub fn is_socket(fd: RawFd) -> bool {
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    unsafe { libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK }
+/// Whether `fd` is a Unix-domain socket (and so can carry descriptors).
+pub fn is_unix_socket(fd: RawFd) -> bool {
+    // Only Unix-domain sockets carry descriptors (SCM_RIGHTS); a TCP connection from
+    // `Listener`/`Client` is a socket too, but cannot.
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, (&mut domain as *mut libc::c_int).cast(), &mut len) };
+    r == 0 && domain == libc::AF_UNIX
 }
 
 /// Duplicate a descriptor (close-on-exec).

@@ -219,6 +219,9 @@ class BaseProcess(object):
             _process_counter = itertools.count(1)
             _children = set()
             util._close_stdin()
+            # A forked child owns none of its parent's finalizers, and resets fork-aware state.
+            util._finalizer_registry.clear()
+            util._run_after_forkers()
             _current_process = self
             _parent_process = _ParentProcess(self._parent_name, self._parent_pid, parent_sentinel)
             if self.daemon and parent_sentinel is not None:

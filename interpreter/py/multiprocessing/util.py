@@ -1,6 +1,10 @@
 # Exit-time housekeeping and logging helpers.
 import atexit
+import itertools
+import os
 import sys
+import weakref
+import _thread
 
 import _procpy
 
@@ -77,13 +81,202 @@ def _close_stdin():
         pass
 
 
+#
+# Finalizers: callbacks run when an object is garbage collected, or at exit by priority.
+#
+
+_finalizer_registry = {}
+_finalizer_counter = itertools.count()
+
+
+class Finalize(object):
+    '''Calls `callback(*args, **kwargs)` once: when `obj` is collected, when called, or at
+    exit if `exitpriority` is not None (higher priorities first).'''
+
+    def __init__(self, obj, callback, args=(), kwargs=None, exitpriority=None):
+        if (exitpriority is not None) and not isinstance(exitpriority, int):
+            raise TypeError(
+                "Exitpriority ({0!r}) must be None or int, not {1!s}".format(
+                    exitpriority, type(exitpriority)))
+        if obj is not None:
+            self._weakref = weakref.ref(obj, self)
+        elif exitpriority is None:
+            raise ValueError("Without object, exitpriority cannot be None")
+        self._callback = callback
+        self._args = args
+        self._kwargs = kwargs or {}
+        self._key = (exitpriority, next(_finalizer_counter))
+        self._pid = os.getpid()
+        _finalizer_registry[self._key] = self
+
+    def __call__(self, wr=None):
+        '''Run the callback unless it already ran or was cancelled.'''
+        try:
+            del _finalizer_registry[self._key]
+        except KeyError:
+            sub_debug('finalizer no longer registered')
+            return None
+        if self._pid != os.getpid():
+            # A forked copy: the resource belongs to the parent.
+            sub_debug('finalizer ignored because different process')
+            res = None
+        else:
+            sub_debug('finalizer calling %s with args %s and kwargs %s',
+                      self._callback, self._args, self._kwargs)
+            res = self._callback(*self._args, **self._kwargs)
+        self._weakref = self._callback = self._args = \
+            self._kwargs = self._key = None
+        return res
+
+    def cancel(self):
+        '''Cancel the finalizer without running it.'''
+        try:
+            del _finalizer_registry[self._key]
+        except KeyError:
+            pass
+        else:
+            self._weakref = self._callback = self._args = \
+                self._kwargs = self._key = None
+
+    def still_active(self):
+        return self._key in _finalizer_registry
+
+    def __repr__(self):
+        try:
+            obj = self._weakref()
+        except (AttributeError, TypeError):
+            obj = None
+        if obj is None:
+            return '<%s object, dead>' % self.__class__.__name__
+        x = '<%s object, callback=%s' % (
+            self.__class__.__name__, getattr(self._callback, '__name__', self._callback))
+        if self._args:
+            x += ', args=' + str(self._args)
+        if self._kwargs:
+            x += ', kwargs=' + str(self._kwargs)
+        if self._key[0] is not None:
+            x += ', exitpriority=' + str(self._key[0])
+        return x + '>'
+
+
+def _run_finalizers(minpriority=None):
+    '''Run finalizers with priority >= minpriority (all with a priority if None), highest
+    first, newest first within a priority.'''
+    if _finalizer_registry is None:
+        return
+    if minpriority is None:
+        f = lambda p: p[0] is not None
+    else:
+        f = lambda p: p[0] is not None and p[0] >= minpriority
+    keys = [key for key in list(_finalizer_registry) if f(key)]
+    keys.sort(reverse=True)
+    for key in keys:
+        finalizer = _finalizer_registry.get(key)
+        if finalizer is not None:
+            sub_debug('calling %s', finalizer)
+            try:
+                finalizer()
+            except Exception:
+                import traceback
+                traceback.print_exc()
+    if minpriority is None:
+        _finalizer_registry.clear()
+
+
+#
+# After-fork hooks and fork-aware helpers (managers use them).
+#
+
+_afterfork_registry = weakref.WeakValueDictionary()
+_afterfork_counter = itertools.count()
+
+
+def register_after_fork(obj, func):
+    '''Call `func(obj)` in every child started by fork (while obj is alive).'''
+    _afterfork_registry[(next(_afterfork_counter), id(obj), func)] = obj
+
+
+def _run_after_forkers():
+    items = list(_afterfork_registry.items())
+    items.sort()
+    for (index, ident, func), obj in items:
+        try:
+            func(obj)
+        except Exception as e:
+            info('after forker raised exception %s', e)
+
+
+class ForkAwareThreadLock(object):
+    '''A threading lock that a forked child gets fresh (the parent's may be held).'''
+
+    def __init__(self):
+        self._lock = _thread.allocate_lock()
+        self.acquire = self._lock.acquire
+        self.release = self._lock.release
+        register_after_fork(self, ForkAwareThreadLock._at_fork_reinit)
+
+    def _at_fork_reinit(self):
+        self._lock = _thread.allocate_lock()
+        self.acquire = self._lock.acquire
+        self.release = self._lock.release
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *args):
+        return self._lock.__exit__(*args)
+
+
+class ForkAwareLocal(_thread._local):
+    '''Thread-local data that a forked child starts without.'''
+
+    def __init__(self):
+        register_after_fork(self, lambda obj: obj.__dict__.clear())
+
+    def __reduce__(self):
+        return type(self), ()
+
+
+#
+# Temporary directory and socket addresses (Listener, managers).
+#
+
+abstract_sockets_supported = sys.platform == 'linux'
+
+
+def is_abstract_socket_namespace(address):
+    if not address:
+        return False
+    if isinstance(address, bytes):
+        return address[0] == 0
+    elif isinstance(address, str):
+        return address[0] == "\0"
+    raise TypeError('address type of {address!r} unrecognized')
+
+
+def get_temp_dir():
+    '''A private directory for this process tree's sockets, removed at exit.'''
+    from . import process
+    tempdir = process.current_process()._config.get('tempdir')
+    if tempdir is None:
+        import shutil
+        import tempfile
+        tempdir = tempfile.mkdtemp(prefix='pymp-')
+        info('created temp directory %s', tempdir)
+        Finalize(None, shutil.rmtree, args=(tempdir, True), exitpriority=-100)
+        process.current_process()._config['tempdir'] = tempdir
+    return tempdir
+
+
 def _exit_function():
-    '''At exit: terminate daemonic children, join the others, flush queue feeders.'''
+    '''At exit: run finalizers, terminate daemonic children, join the others, flush queue
+    feeders.'''
     global _exiting
     if _exiting:
         return
     _exiting = True
     from . import process
+    _run_finalizers(0)
     # Pools first (CPython's pool finalizer has priority 15): their managers must not
     # replace the workers terminated below.
     pool = sys.modules.get('multiprocessing.pool')
@@ -96,6 +289,7 @@ def _exit_function():
     for p in process.active_children():
         info('calling join() for process %s', p.name)
         p.join()
+    _run_finalizers()
     _procpy._flush_queues()
 
 

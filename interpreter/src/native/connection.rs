@@ -22,7 +22,7 @@ pub struct Connection {
 
 impl Connection {
     pub(crate) fn new(fd: OwnedFd, readable: bool, writable: bool) -> Self {
-        let socket = ipc::is_socket(fd.as_raw_fd());
+        let socket = ipc::is_unix_socket(fd.as_raw_fd());
         Connection { fd: AtomicI32::new(std::os::fd::IntoRawFd::into_raw_fd(fd)), readable, writable, socket }
     }
 
