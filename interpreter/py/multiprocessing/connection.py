@@ -80,8 +80,8 @@ class Listener(object):
 
     def __init__(self, address=None, family=None, backlog=1, authkey=None):
         family = family or (address and address_type(address)) or default_family
-        address = address or arbitrary_address(family)
         _validate_family(family)
+        address = address or arbitrary_address(family)
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError('authkey should be a byte string')
         self._listener = SocketListener(address, family, backlog)
