@@ -22,6 +22,29 @@ pub enum Invocation {
     Usage(String),
 }
 
+/// procpy's own switches (they come before the script, like python3's options).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Features {
+    /// `--trace FILE`: write a Chrome trace-event file of every process.
+    pub trace: Option<String>,
+    /// `--emulate-gil`: Python threads take turns on one global lock, as under CPython's GIL.
+    pub emulate_gil: bool,
+    /// `--progress`: a progress line for long `Pool.map`/`imap` runs when stderr is a terminal.
+    pub progress: bool,
+}
+
+/// A parsed command line: procpy's switches and what to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// procpy's own switches.
+    pub features: Features,
+    /// What to do.
+    pub invocation: Invocation,
+}
+
+/// The demos `--demo NAME` runs (each a frozen module `_procpy_demo_NAME`).
+pub const DEMOS: &[(&str, &str)] = &[("gil", "the same CPU-bound job serially, in threads (with and without an emulated GIL) and in processes, with a timeline picture")];
+
 /// Usage text.
 pub const USAGE: &str = "usage: procpy [option] ... [-c cmd | -m mod | file | -] [arg] ...
 Runs Python 3 code on RustPython, with a native multi-process `multiprocessing`.
@@ -32,6 +55,12 @@ Options:
   -B, -E, -s, -S, -I, -O, -q   accepted for python3 compatibility and ignored
   -h       print this help message and exit (also --help)
   -V       print the version and exit (also --version)
+procpy's own options (before the script):
+  --trace FILE    write a Chrome trace-event file (Perfetto, chrome://tracing) of every process
+  --emulate-gil   make Python threads take turns on one global lock, like CPython's GIL
+                  (sys.setswitchinterval sets the hand-over interval)
+  --progress      show tasks done/total, rate and ETA of long Pool.map/imap runs on a terminal
+  --demo NAME [arg ...]   run a teaching demo: gil (try `procpy --demo gil --help`)
 file       program read from script file
 -          program read from stdin
 arg ...    arguments passed to program in sys.argv[1:]
@@ -39,11 +68,47 @@ Environment: PYTHONPATH (extra module search path), PROCPY_START_METHOD (default
 forkserver, spawn or fork).";
 
 /// Parse `args` (without the program name).
-pub fn parse(args: &[String]) -> Invocation {
+pub fn parse(args: &[String]) -> Parsed {
+    let mut features = Features::default();
+    let invocation = parse_into(args, &mut features);
+    Parsed { features, invocation }
+}
+
+fn parse_into(args: &[String], features: &mut Features) -> Invocation {
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
         match a.as_str() {
+            "--emulate-gil" => {
+                features.emulate_gil = true;
+                i += 1
+            }
+            "--progress" => {
+                features.progress = true;
+                i += 1
+            }
+            "--trace" => match args.get(i + 1) {
+                Some(f) => {
+                    features.trace = Some(f.clone());
+                    i += 2
+                }
+                None => return Invocation::Usage("Argument expected for the --trace option (the trace file to write)".into()),
+            },
+            _ if a.starts_with("--trace=") => {
+                features.trace = Some(a["--trace=".len()..].to_owned());
+                i += 1
+            }
+            "--demo" => {
+                let Some(name) = args.get(i + 1) else {
+                    return Invocation::Usage(format!("Argument expected for the --demo option: one of {}", demo_names()));
+                };
+                if !DEMOS.iter().any(|(n, _)| n == name) {
+                    return Invocation::Usage(format!("unknown demo '{name}': the demos are {}", demo_names()));
+                }
+                let mut argv = vec![format!("procpy --demo {name}")];
+                argv.extend_from_slice(&args[i + 2..]);
+                return Invocation::Run { mode: RunMode::Module(format!("_procpy_demo_{name}")), argv };
+            }
             SPAWN_CHILD_FLAG => return Invocation::Run { mode: RunMode::SpawnChild, argv: vec![String::new()] },
             FORK_SERVER_FLAG => return Invocation::Run { mode: RunMode::ForkServer, argv: vec![String::new()] },
             "-h" | "--help" | "-?" => return Invocation::Print(USAGE.to_owned()),
@@ -96,6 +161,10 @@ pub fn parse(args: &[String]) -> Invocation {
     }
 }
 
+fn demo_names() -> String {
+    DEMOS.iter().map(|(n, what)| format!("'{n}' ({what})")).collect::<Vec<_>>().join(", ")
+}
+
 fn read_stdin() -> String {
     use std::io::Read;
     let mut s = String::new();
@@ -109,6 +178,28 @@ mod tests {
 
     fn v(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn parse(args: &[String]) -> Invocation {
+        super::parse(args).invocation
+    }
+
+    #[test]
+    fn procpy_switches_come_before_the_script() {
+        let p = super::parse(&v(&["--trace", "t.json", "--emulate-gil", "--progress", "s.py", "--trace", "x"]));
+        assert_eq!(p.features, Features { trace: Some("t.json".into()), emulate_gil: true, progress: true });
+        assert_eq!(p.invocation, Invocation::Run { mode: RunMode::Script("s.py".into()), argv: v(&["s.py", "--trace", "x"]) });
+        assert_eq!(super::parse(&v(&["--trace=a.json", "-c", "1"])).features.trace.as_deref(), Some("a.json"));
+        assert!(matches!(parse(&v(&["--trace"])), Invocation::Usage(m) if m.contains("--trace")));
+    }
+
+    #[test]
+    fn demo_runs_its_frozen_module_with_the_remaining_arguments() {
+        assert_eq!(
+            parse(&v(&["--demo", "gil", "--threads", "4"])),
+            Invocation::Run { mode: RunMode::Module("_procpy_demo_gil".into()), argv: v(&["procpy --demo gil", "--threads", "4"]) }
+        );
+        assert!(matches!(parse(&v(&["--demo", "nope"])), Invocation::Usage(m) if m.contains("unknown demo 'nope'") && m.contains("'gil'")));
     }
 
     #[test]

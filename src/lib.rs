@@ -27,3 +27,16 @@ pub fn run_script(path: &str, args: &[String]) -> u32 {
 pub fn run(mode: RunMode, argv: Vec<String>) -> u32 {
     procpy_interpreter::run(mode, argv)
 }
+
+/// Run `mode` with procpy's switches. They reach every child process through the environment
+/// (children of every start method inherit it): `PROCPY_EMULATE_GIL`, `PROCPY_PROGRESS`.
+pub fn run_with(mode: RunMode, argv: Vec<String>, features: &cli::Features) -> u32 {
+    // Set before the interpreter (and any thread) exists, so setting the environment is sound.
+    if features.emulate_gil {
+        std::env::set_var("PROCPY_EMULATE_GIL", "1");
+    }
+    if features.progress {
+        std::env::set_var("PROCPY_PROGRESS", "1");
+    }
+    procpy_interpreter::run(mode, argv)
+}

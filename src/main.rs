@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match cli::parse(&args) {
+    let parsed = cli::parse(&args);
+    match parsed.invocation {
         Invocation::Print(text) => {
             println!("{text}");
             ExitCode::SUCCESS
@@ -24,7 +25,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
-            let status = procpy::run(mode, argv);
+            let status = procpy::run_with(mode, argv, &parsed.features);
             ExitCode::from(status.min(255) as u8)
         }
     }
