@@ -47,9 +47,11 @@ pub fn builder(argv: Vec<String>) -> InterpreterBuilder {
     let builder = InterpreterBuilder::new().settings(settings);
     let defs = rustpython_stdlib::stdlib_module_defs(&builder.ctx);
     let ours = native::module_def(&builder.ctx);
+    let gil = native::gil::module_def(&builder.ctx);
     builder
         .add_native_modules(&defs)
         .add_native_module(ours)
+        .add_native_module(gil)
         .add_frozen_modules(rustpython_pylib::FROZEN_STDLIB.into_iter().filter(|(n, _)| !is_replaced(n)))
         .add_frozen_modules(OUR_PYLIB)
         .init_hook(|vm| {
@@ -72,6 +74,10 @@ pub fn run(mode: RunMode, argv: Vec<String>) -> u32 {
 
 fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
     let scope = vm.new_scope_with_main()?;
+    // `procpy --emulate-gil`: every process of the run (children inherit the environment).
+    if std::env::var_os("PROCPY_EMULATE_GIL").is_some_and(|v| v == "1") {
+        call_glue(vm, "procpy_gil", "enable")?;
+    }
     // `site` only for user code: children and the fork server get their sys.path from the parent.
     let import_site = || drop(vm.import("site", 0));
     match mode {

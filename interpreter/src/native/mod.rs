@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 pub(crate) use _procpy::module_def;
 
 mod connection;
+pub(crate) mod gil;
 mod queue;
 mod shared_buffer;
 mod sync;
