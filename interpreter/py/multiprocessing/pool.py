@@ -238,6 +238,48 @@ def _wait_lock(lock, timeout, release=False):
 from time import monotonic as _now
 
 
+class _Progress(object):
+    '''`procpy --progress`: a progress line on stderr (a terminal only) for a map or imap job
+    that runs longer than a second; tasks are chunks, as the workers see them.'''
+    __slots__ = ('_label', '_total', '_done', '_start', '_bar')
+
+    def __init__(self, label, total):
+        self._label, self._total, self._done = label, total, 0
+        self._start = _now()
+        self._bar = None
+
+    @staticmethod
+    def maybe(label, total=None):
+        if os.environ.get('PROCPY_PROGRESS') != '1':
+            return None
+        try:
+            import sys
+            if not sys.stderr.isatty():
+                return None
+        except (AttributeError, ValueError):
+            return None
+        return _Progress(label, total)
+
+    def step(self):
+        self._done += 1
+        if self._bar is None:
+            if _now() - self._start < 1.0:
+                return
+            import _procpy_progress
+            self._bar = _procpy_progress.Progress(self._total, self._label, self._done, _now() - self._start)
+        self._bar.set(self._done)
+
+    def set_total(self, total):
+        self._total = total
+        if self._bar is not None:
+            self._bar.set_total(total)
+
+    def finish(self):
+        if self._bar is not None:
+            self._bar.set(self._done)
+            self._bar.finish()
+
+
 class ApplyResult(object):
 
     def __init__(self, pool, callback, error_callback):
@@ -318,6 +360,7 @@ class MapResult(ApplyResult):
             del self._cache[self._job]
         else:
             self._number_left = length // chunksize + bool(length % chunksize)
+        self._progress = _Progress.maybe('map', self._number_left) if self._number_left else None
 
     def _set(self, i, success_result):
         success, result = success_result
@@ -325,6 +368,10 @@ class MapResult(ApplyResult):
             if self._number_left == 0:
                 return
             self._number_left -= 1
+            if self._progress is not None:
+                self._progress.step()
+                if self._number_left == 0:
+                    self._progress.finish()
             if success and self._success:
                 self._value[i * self._chunksize:(i + 1) * self._chunksize] = result
             elif not success and self._success:
@@ -365,6 +412,7 @@ class IMapIterator(object):
         self._length = None
         self._unsorted = {}
         self._cache[self._job] = self
+        self._progress = _Progress.maybe('imap')
 
     def __iter__(self):
         return self
@@ -405,6 +453,8 @@ class IMapIterator(object):
             self._cond.wait(step)
 
     def _set(self, i, obj):
+        if self._progress is not None:
+            self._progress.step()
         with self._cond:
             if self._index == i:
                 self._items.append(obj)
@@ -420,14 +470,20 @@ class IMapIterator(object):
             if self._index == self._length:
                 self._cache.pop(self._job, None)
                 self._pool = None
+                if self._progress is not None:
+                    self._progress.finish()
 
     def _set_length(self, length):
+        if self._progress is not None:
+            self._progress.set_total(length)
         with self._cond:
             self._length = length
             if self._index == self._length:
                 self._cond.notify()
                 self._cache.pop(self._job, None)
                 self._pool = None
+                if self._progress is not None:
+                    self._progress.finish()
 
     def _abort(self, exc):
         with self._cond:
@@ -451,6 +507,8 @@ class IMapUnorderedIterator(IMapIterator):
             if self._index == self._length:
                 self._cache.pop(self._job, None)
                 self._pool = None
+                if self._progress is not None:
+                    self._progress.finish()
 
 
 #

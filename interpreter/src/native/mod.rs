@@ -22,6 +22,7 @@ pub(crate) use _procpy::module_def;
 
 mod connection;
 pub(crate) mod gil;
+pub(crate) mod progress;
 mod queue;
 mod shared_buffer;
 mod sync;
