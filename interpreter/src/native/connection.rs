@@ -1,6 +1,6 @@
 //! `Connection`: one end of a `Pipe()`, framed like CPython's (4-byte big-endian length).
 
-use super::{deadline, dumps_with_connections, fill, loads_with, mp_exception, read_exact, retry, wait_readable, write_all, Record};
+use super::{deadline, dumps_with_connections, fill, loads_with, mp_exception, read_exact, retry, wait_readable, wait_readable_spin, write_all, Record};
 use crate::{codec, ipc};
 use rustpython_vm::builtins::PyBytesRef;
 use rustpython_vm::function::{ArgBytesLike, ArgIntoFloat, ArgMemoryBuffer, FuncArgs, OptionalArg};
@@ -92,6 +92,8 @@ impl Connection {
         let fd = self.rfd(vm)?;
         let mut fds = Vec::new();
         let mut h = [0u8; 4];
+        // A reply often comes within microseconds: poll briefly before the read sleeps.
+        wait_readable_spin(vm, fd, None)?;
         if !self.read_exact_fds(fd, &mut h, &mut fds, vm)? {
             return Err(vm.new_eof_error(String::new()));
         }

@@ -55,6 +55,47 @@ fn deadline(timeout: Option<f64>) -> Option<Instant> {
     timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)))
 }
 
+/// How long a reader polls before it sleeps: `PROCPY_SPIN_US` microseconds, default 0 (off).
+/// Waking a sleeping process costs tens of microseconds on these virtual machines, and a peer
+/// that answers at once (a ping-pong) usually does within ~100 µs; but on a loaded machine the
+/// poller takes the core its peer needs, and round trips got up to 10x slower in the runs
+/// recorded in docs/performance.md, so it stays an opt-in.
+fn spin_window() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var("PROCPY_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0u64);
+        Duration::from_micros(us)
+    })
+}
+
+/// Poll `fd` without sleeping for up to [`spin_window`] (never past `until`); `true` once readable.
+fn spin_readable(fd: RawFd, until: Option<Instant>) -> bool {
+    let spin = spin_window();
+    if spin.is_zero() {
+        return false;
+    }
+    let start = Instant::now();
+    let stop = until.map_or(start + spin, |u| u.min(start + spin));
+    loop {
+        if matches!(ipc::poll(&[(fd, libc::POLLIN)], Some(Duration::ZERO)), Ok(r) if r[0] != 0) {
+            return true;
+        }
+        if Instant::now() >= stop {
+            return false;
+        }
+        // Yield rather than burn: on a busy machine the peer may need this very core to answer.
+        unsafe { libc::sched_yield() };
+    }
+}
+
+/// Like [`wait_readable`], but polls briefly before it sleeps ([`spin_window`]).
+fn wait_readable_spin(vm: &VirtualMachine, fd: RawFd, until: Option<Instant>) -> PyResult<bool> {
+    if vm.allow_threads(|| spin_readable(fd, until)) {
+        return Ok(true);
+    }
+    wait_readable(vm, fd, until)
+}
+
 /// Wait until `fd` is readable (or hung up). `false` on timeout.
 fn wait_readable(vm: &VirtualMachine, fd: RawFd, until: Option<Instant>) -> PyResult<bool> {
     loop {
