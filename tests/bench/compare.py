@@ -22,12 +22,14 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-BENCHES = ['ipc_basics.py', 'pool.py', 'threads.py', 'sync.py']
+BENCHES = ['boot', 'ipc_basics.py', 'pool.py', 'threads.py', 'sync.py']
 
 # workload: (label, 'time' (lower is better) or 'rate' (higher is better), target, issue).
 # A target is a bound on procpy/CPython ('<= x' for times, '>= x' for rates); targets on an
 # absolute procpy number (a speedup) say 'abs'.
 WORKLOADS = {
+    'boot_ms': ('bare start: -c pass, ms (evidence)', 'time', None, 6),
+    'raw_fork_ms': ('os.fork+_exit+waitpid, ms (evidence)', 'time', None, 6),
     'start_join_ms_fork': ('fork start+join, ms', 'time', ('<=', 0.5), 6),
     'start_join_ms_forkserver': ('forkserver start+join, ms', 'time', ('<=', 0.5), 6),
     'start_join_ms_spawn': ('spawn start+join, ms', 'time', ('<=', 1.0), 6),
@@ -55,7 +57,17 @@ END = '<!-- benchmark suite: generated up to here -->'
 
 
 def run_one(exe, script, scale):
-    """One run of one script; its last stdout line is the JSON result (None if it failed)."""
+    """One run of one script; its last stdout line is the JSON result (None if it failed).
+    The pseudo-script 'boot' times the interpreter starting and exiting (`-c pass`): what every
+    spawned child pays before it can run anything."""
+    if script == 'boot':
+        import time
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            subprocess.run([exe, '-c', 'pass'], check=True)
+            times.append((time.perf_counter() - t) * 1e3)
+        return {'boot_ms': statistics.median(times)}
     proc = subprocess.run([exe, os.path.join(HERE, script), str(scale)],
                           capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:

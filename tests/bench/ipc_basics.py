@@ -2,6 +2,7 @@
     <interpreter> ipc_basics.py [scale]
 scale (default 1.0) shrinks or grows every workload."""
 import json
+import os
 import multiprocessing as mp
 import sys
 import time
@@ -43,6 +44,16 @@ def main():
     scale = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
     ctx = mp.get_context('fork')
     out = {}
+    # The floor under fork start+join: the OS fork of this interpreter, an immediate _exit and
+    # the parent's waitpid, with no multiprocessing at all.
+    n = max(5, int(100 * scale))
+    t = time.perf_counter()
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    out['raw_fork_ms'] = (time.perf_counter() - t) / n * 1e3
     for method in ('fork', 'forkserver', 'spawn'):
         out['start_join_ms_' + method] = start_join(method, max(2, int(20 * scale)))
 
