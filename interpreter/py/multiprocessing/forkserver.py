@@ -83,6 +83,12 @@ def _server_main():
                 __import__(mod)
             except ImportError:
                 pass
+    # Everything loaded so far lives as long as the server: keep it out of the children's
+    # collections (they would walk, and so copy, every page of it), as CPython's docs advise
+    # before forking (gc.freeze).
+    import gc
+    gc.collect()
+    gc.freeze()
     # Ctrl-C goes to the whole process group: the parent handles it, the server carries on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     children = {}   # pidfd -> (pid, connection to the requesting parent)

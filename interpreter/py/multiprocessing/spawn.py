@@ -109,6 +109,9 @@ def _start_method():
 
 def prepare(data):
     '''Make this interpreter look like the parent before the process object is decoded.'''
+    # procpy boots children with cyclic collection off (see boot.rs); user code gets it on.
+    import gc
+    gc.enable()
     if 'name' in data:
         process.current_process().name = data['name']
     if 'authkey' in data:
