@@ -87,6 +87,7 @@ conformance!(
     pool_basics,
     pool_errors,
     pool_lifecycle,
+    pool_reentry,
     process_basics,
     process_errors_messages,
     process_exitcode_signals,

@@ -319,8 +319,8 @@ fn worker_killed_by_sigsegv_raises_worker_lost() {
 // ------------------------------------------------------------------------------------------
 // 2. The parent killed with SIGKILL
 
-/// Pool workers and daemonic processes end when their parent is killed with SIGKILL (they
-/// watch its pidfd); CPython leaves them running (gh-111873). A non-daemonic process keeps
+/// Pool and ProcessPoolExecutor workers and daemonic processes end when their parent is killed
+/// with SIGKILL (they watch its pidfd); CPython leaves them running (gh-111873). A non-daemonic process keeps
 /// running, as in CPython. Under forkserver the server goes too.
 #[test]
 fn parent_sigkill_leaves_no_daemon_or_worker_behind() {
@@ -337,6 +337,12 @@ if __name__ == '__main__':
     assert pool.apply(sum, ([1, 2],)) == 3
     for p in pool._pool:
         print('worker', p.pid)
+    # ProcessPoolExecutor workers are not daemonic (as in CPython) but go with the pool too.
+    from concurrent.futures import ProcessPoolExecutor
+    ex = ProcessPoolExecutor(1)
+    assert ex.submit(sum, [1, 2]).result() == 3
+    for pid in ex._processes:
+        print('worker', pid)
     print('daemon', d.pid)
     print('nondaemon', nd.pid)
     if mp.get_start_method() == 'forkserver':
@@ -354,7 +360,7 @@ if __name__ == '__main__':
         doomed.extend(run.pids("server"));
         let survivor = run.pids("nondaemon");
         run.reported = doomed.iter().chain(&survivor).copied().collect();
-        assert_eq!(doomed.len(), if m == "forkserver" { 4 } else { 3 }, "{m}: {:?}", run.stdout_seen);
+        assert_eq!(doomed.len(), if m == "forkserver" { 5 } else { 4 }, "{m}: {:?}", run.stdout_seen);
         assert_eq!(survivor.len(), 1);
         assert!(doomed.iter().chain(&survivor).all(|&p| !is_gone(p)), "{m}: a child ended early");
 

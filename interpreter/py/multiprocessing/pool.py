@@ -300,6 +300,7 @@ class ApplyResult(object):
         return self._success
 
     _direct = None      # (pool core, worker) once dispatched
+    _settled = False    # the outcome is fixed (its callbacks may still be running)
 
     def wait(self, timeout=None):
         if self._event.is_set():
@@ -323,6 +324,7 @@ class ApplyResult(object):
             raise self._value
 
     def _set(self, i, obj):
+        self._settled = True
         self._success, self._value = obj
         try:
             if self._callback and self._success:
@@ -337,7 +339,8 @@ class ApplyResult(object):
             self._direct = None
 
     def _abort(self, exc):
-        if not self._event.is_set():
+        # A callback that terminates the pool must not overwrite its own result.
+        if not self._settled and not self._event.is_set():
             self._set(0, (False, exc))
 
     __class_getitem__ = classmethod(types.GenericAlias)
@@ -393,6 +396,10 @@ class MapResult(ApplyResult):
                 self._pool = None
 
     def _abort(self, exc):
+        if not hasattr(self, '_number_left'):
+            # Construction failed (e.g. a chunksize of the wrong type): nothing to report.
+            self._cache.pop(self._job, None)
+            return
         with self._lock:
             if self._number_left == 0:
                 return
@@ -572,6 +579,9 @@ class Pool(object):
         # Like CPython 3.8+: a running pool that is garbage collected stops its workers.
         core = getattr(self, '_core', None)
         if core is not None and self._state == RUN:
+            import warnings
+            warnings.warn(f"unclosed running multiprocessing pool {self!r}",
+                          ResourceWarning, source=self)
             self._state = TERMINATE
             core.stop_soon()
 
@@ -726,6 +736,7 @@ def _terminate_at_exit():
 
 class _ProcessCore(object):
     '''Workers, the tasks waiting for one, and the manager thread (see the top of the file).'''
+    _terminated = False
 
     def __init__(self, pool, on_lost=None):
         # on_lost(name, pid, exitcode): a worker died unexpectedly; instead of replacing it
@@ -740,6 +751,9 @@ class _ProcessCore(object):
         self._maxtasks = pool._maxtasksperchild
         self._wrap = pool._wrap_exception
         self._process_factory = pool.Process
+        # Pool workers are daemonic `*PoolWorker-N`s; ProcessPoolExecutor's are plain
+        # processes (CPython's), so a task may start processes of its own.
+        self._pool_workers = getattr(pool, '_pool_workers', True)
         self._cache = pool._cache
         self._lock = threading.Lock()
         self.state = RUN
@@ -771,8 +785,12 @@ class _ProcessCore(object):
             w = self._process_factory(
                 self._ctx, target=worker,
                 args=(theirs, self._initializer, self._initargs, self._maxtasks, self._wrap))
-            w.name = w.name.replace('Process', 'PoolWorker')
-            w.daemon = True
+            if self._pool_workers:
+                w.name = w.name.replace('Process', 'PoolWorker')
+                w.daemon = True
+            else:
+                # Not daemonic, yet it must die with the pool's owner like the others.
+                w._watch_parent = True
             w.start()
         except BaseException:
             ours.close()
@@ -1071,7 +1089,8 @@ class _ProcessCore(object):
 
     def terminate(self):
         with self._lock:
-            already = self.state == TERMINATE and self._manager is None
+            already = self._terminated
+            self._terminated = True
             self.state = TERMINATE
             self._pending.clear()
         self._wake()
@@ -1208,6 +1227,8 @@ class _ThreadCore(object):
         self.join()
 
     def join(self):
+        me = threading.current_thread()
         for t in self.workers:
-            while t.is_alive():
+            # terminate() from a result callback runs in a worker thread: not itself.
+            while t is not me and t.is_alive():
                 t.join(_SIGNAL_POLL)

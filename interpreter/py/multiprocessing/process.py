@@ -224,7 +224,7 @@ class BaseProcess(object):
             util._run_after_forkers()
             _current_process = self
             _parent_process = _ParentProcess(self._parent_name, self._parent_pid, parent_sentinel)
-            if self.daemon and parent_sentinel is not None:
+            if (self.daemon or getattr(self, '_watch_parent', False)) and parent_sentinel is not None:
                 # Daemons (pool workers among them) die with their parent, even a SIGKILLed one.
                 _procpy.watch_parent(parent_sentinel)
             try:

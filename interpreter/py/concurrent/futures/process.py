@@ -140,6 +140,7 @@ class _Item(object):
 class _CoreOwner(object):
     '''The attributes the pool engine reads from its owner.'''
     _wrap_exception = 'futures'
+    _pool_workers = False
 
     def __init__(self, ctx, processes, initializer, initargs, maxtasks, cache):
         self._ctx = ctx
