@@ -85,6 +85,7 @@ conformance!(
     pipe_basics,
     pipe_bytes_into_and_eof,
     pool_basics,
+    pool_callables,
     pool_errors,
     pool_lifecycle,
     pool_reentry,

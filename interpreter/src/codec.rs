@@ -231,6 +231,15 @@ impl Encoder<'_> {
             }
             return Ok(Value::Dict(out));
         }
+        if cls.is(t.builtin_function_or_method_type) {
+            // A builtin bound to an object (`d.get`, `", ".join`, `dict.fromkeys`) is that
+            // object's attribute, as pickle sends it: `getattr(obj, name)`.
+            if let Ok(owner) = obj.get_attr("__self__", vm) {
+                if !vm.is_none(&owner) && !owner.fast_isinstance(t.module_type) {
+                    return self.reduce(obj);
+                }
+            }
+        }
         if cls.is(t.function_type) || cls.is(t.builtin_function_or_method_type) || obj.downcast_ref::<PyType>().is_some() {
             return self.global(obj, None);
         }
