@@ -79,6 +79,7 @@ conformance!(
     futures_process_pool_more,
     join_at_exit,
     joinable_queue,
+    keyboard_interrupt_exit,
     listener_client,
     main_errors,
     nonguarded_main_spawn,

@@ -76,7 +76,29 @@ pub fn run(mode: RunMode, argv: Vec<String>) -> u32 {
     let gc = rustpython_vm::gc_state::gc_state();
     gc.disable();
     let interp: Interpreter = builder(argv).build();
-    interp.run(|vm| run_in(vm, &mode))
+    let res = interp.enter(|vm| run_in(vm, &mode));
+    // An uncaught KeyboardInterrupt: like CPython, print it, finalize (threads joined, atexit
+    // handlers run: pools and children are cleaned up), and only then die of SIGINT.
+    // RustPython's own handling kills the process before atexit runs.
+    if let Err(exc) = &res {
+        let interrupted = interp.enter(|vm| {
+            use rustpython_vm::AsObject;
+            let yes = exc.fast_isinstance(vm.ctx.exceptions.keyboard_interrupt);
+            if yes {
+                vm.print_exception(exc.clone());
+            }
+            yes
+        });
+        if interrupted {
+            interp.finalize(None);
+            unsafe {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::kill(libc::getpid(), libc::SIGINT);
+            }
+            return 128 + libc::SIGINT as u32;
+        }
+    }
+    interp.finalize(res.err())
 }
 
 fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
@@ -101,7 +123,9 @@ fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
             let dir = if dir.is_empty() { "." } else { dir };
             let abs = std::fs::canonicalize(dir).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| dir.to_owned());
             vm.insert_sys_path(vm.new_pyobj(abs))?;
-            vm.run_any_file(scope, path)
+            // CPython 3.9+ gives the main script an absolute `__file__` (and tracebacks show it).
+            let file = std::path::absolute(path).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| path.clone());
+            vm.run_any_file(scope, &file)
         }
         RunMode::Command(code) => {
             import_site();
