@@ -22,6 +22,7 @@ import types
 import _signal
 
 import _procpy
+import _procpy_trace as _trace
 
 from . import util
 from .context import ProcessError, TimeoutError
@@ -31,6 +32,10 @@ CLOSE = "CLOSE"
 TERMINATE = "TERMINATE"
 
 job_counter = itertools.count()
+
+# procpy --trace (fixed for the life of the process): tasks then carry their index, and
+# workers record a span per task.
+_tracing = _trace.enabled()
 
 # How often a blocked wait in the main thread wakes to let signal handlers (Ctrl-C) run:
 # RustPython does not interrupt a lock wait for a signal.
@@ -168,8 +173,11 @@ def worker(conn, initializer=None, initargs=(), maxtasks=None, wrap_exception=Fa
         if not data:          # the pool's "exit now"
             break
         try:
-            func, args, kwds = loads(data)
-            result = (True, func(*args, **kwds))
+            if _tracing:
+                result = _traced_task(loads(data))
+            else:
+                func, args, kwds = loads(data)
+                result = (True, func(*args, **kwds))
         except Exception as e:
             if wrap_exception:
                 e = ExceptionWithTraceback(e, e.__traceback__)
@@ -186,6 +194,45 @@ def worker(conn, initializer=None, initargs=(), maxtasks=None, wrap_exception=Fa
         data = func = args = kwds = result = out = None
         completed += 1
     conn.close()
+
+
+def _traced_task(task):
+    '''Run a task inside a trace span named after the user's function, with the task (or
+    chunk) index and the number of items it covers.'''
+    func, args, kwds, index = task
+    try:
+        name, items = _task_label(func, args)
+    except Exception:
+        name, items = 'task', 1
+    _trace.begin(name, 'task', {'index': index, 'items': items})
+    try:
+        return (True, func(*args, **kwds))
+    finally:
+        _trace.end(name, 'task')
+
+
+def _is_futures(func, name):
+    return getattr(func, '__name__', None) == name and \
+        getattr(func, '__module__', None) == 'concurrent.futures.process'
+
+
+def _task_label(func, args):
+    items = 1
+    if func is mapstar or func is starmapstar:
+        func, chunk = args[0]
+        items = len(chunk)
+    # ProcessPoolExecutor: submit() runs _call(fn, args, kwargs); map() submits
+    # partial(_process_chunk, fn) with a chunk.
+    if _is_futures(func, '_call') and args:
+        func, args = args[0], args[1] if len(args) > 1 else ()
+    inner = getattr(func, 'func', None)
+    if _is_futures(inner, '_process_chunk') and func.args:
+        func = func.args[0]
+        if args and hasattr(args[0], '__len__'):
+            items = len(args[0])
+    name = getattr(func, '__qualname__', None) or getattr(func, '__name__', None) \
+        or type(func).__name__
+    return name, items
 
 
 #
@@ -776,7 +823,7 @@ class _ProcessCore(object):
                 self._failed.append((result, i, (False, args[0])))
                 continue
             try:
-                data = _procpy.dumps((func, args, kwds))
+                data = _procpy.dumps((func, args, kwds, i) if _tracing else (func, args, kwds))
             except Exception as e:
                 self._failed.append((result, i, (False, e)))
                 continue

@@ -24,6 +24,9 @@ mod connection;
 mod queue;
 mod shared_buffer;
 mod sync;
+mod trace_py;
+
+pub(crate) use trace_py::module_def as trace_module_def;
 
 pub(crate) use connection::Connection;
 pub(crate) use queue::{QueueBase, QueueShared};
