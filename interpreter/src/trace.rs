@@ -227,6 +227,10 @@ fn name_thread() {
 /// Emit a line `tag<TAB>fields<TAB>event`, where `event` is `head` + `rest` (which closes it).
 fn emit(tag: &str, fields: &str, head: String, rest: &str) {
     name_thread();
+    write_line(&line(tag, fields, head, rest));
+}
+
+fn line(tag: &str, fields: &str, head: String, rest: &str) -> String {
     let mut line = String::with_capacity(tag.len() + fields.len() + head.len() + rest.len() + 4);
     line.push_str(tag);
     line.push('\t');
@@ -237,7 +241,7 @@ fn emit(tag: &str, fields: &str, head: String, rest: &str) {
     line.push_str(&head);
     line.push_str(rest);
     line.push('\n');
-    write_line(&line);
+    line
 }
 
 fn args_part(args: Option<&str>) -> String {
@@ -311,7 +315,21 @@ pub fn flow_key(channel: u64, data: &[u8]) -> u64 {
     // DefaultHasher::new() has fixed keys: every procpy process computes the same value.
     let mut h = std::collections::hash_map::DefaultHasher::new();
     channel.hash(&mut h);
-    data.hash(&mut h);
+    data.len().hash(&mut h);
+    // A big message is known by its ends and 64 samples between them: hashing megabytes per
+    // message would slow a traced run down far more than the events do.
+    const EDGE: usize = 4096;
+    if data.len() <= 4 * EDGE {
+        data.hash(&mut h);
+    } else {
+        data[..EDGE].hash(&mut h);
+        data[data.len() - EDGE..].hash(&mut h);
+        let step = (data.len() - 2 * EDGE) / 64;
+        for i in 0..64 {
+            let at = EDGE + i * step;
+            data[at..at + 16].hash(&mut h);
+        }
+    }
     h.finish()
 }
 
@@ -328,15 +346,33 @@ pub fn inode(fd: RawFd) -> u64 {
 
 /// A message sent (`send: true`) or received between `t0` and now: a `send`/`recv` slice on
 /// this thread, with the flow's start or end inside it. `cat` names the channel kind
-/// (`pipe`, `queue`).
+/// (`pipe`, `queue`); `key` is [`flow_key`]'s.
 pub fn message(send: bool, cat: &str, key: u64, t0: f64, bytes: usize) {
     if !enabled() {
         return;
     }
-    let t1 = now();
     let slice = if send { "send" } else { "recv" };
-    span_between(slice, cat, t0, t1, Some(&format!("{{\"bytes\":{bytes}}}")));
-    flow(send, cat, key, t0, t1);
+    span_with_flow(slice, cat, t0, now(), Some(&format!("{{\"bytes\":{bytes}}}")), send, key);
+}
+
+/// A complete span from `t0` to `t1` on this thread with one end of a flow bound to it (the
+/// start when `send`), written in one `write`.
+pub fn span_with_flow(name: &str, cat: &str, t0: f64, t1: f64, args: Option<&str>, send: bool, key: u64) {
+    if !enabled() {
+        return;
+    }
+    name_thread();
+    let (p, t) = (pid(), tid());
+    let dur = (t1 - t0).max(0.0);
+    let mut out = line("E", "", head("X", name, cat, p, t, t0), &format!(",\"dur\":{dur:.3}{}", args_part(args)));
+    // Strictly inside the slice, so viewers bind the flow to it.
+    let mid = t0 + dur / 2.0;
+    let (tag, ph, extra) = if send { ("S", "s", "") } else { ("F", "f", ",\"bp\":\"e\"") };
+    // The pairing time: a message is in the channel from its send's start, and a receive
+    // has it by its end.
+    let pair_ts = if send { t0 } else { t1 };
+    out.push_str(&line(tag, &format!("{key:016x}\t{pair_ts:.3}"), head(ph, "message", cat, p, t, mid), &format!("{extra}}}")));
+    write_line(&out);
 }
 
 /// A complete span from `t0` to `t1` on this thread.
@@ -347,21 +383,6 @@ pub fn span_between(name: &str, cat: &str, t0: f64, t1: f64, args: Option<&str>)
     let dur = (t1 - t0).max(0.0);
     let h = head("X", name, cat, pid(), tid(), t0);
     emit("E", "", h, &format!(",\"dur\":{dur:.3}{}", args_part(args)));
-}
-
-/// One end of a flow, bound to this thread's slice spanning `t0`..`t1` (the send or receive).
-pub fn flow(send: bool, cat: &str, key: u64, t0: f64, t1: f64) {
-    if !enabled() {
-        return;
-    }
-    // Strictly inside the slice, so viewers bind the flow to it.
-    let mid = t0 + (t1 - t0).max(0.0) / 2.0;
-    let (tag, ph, extra) = if send { ("S", "s", "") } else { ("F", "f", ",\"bp\":\"e\"") };
-    // The pairing time: a message is in the channel from its send's start, and a receive
-    // has it by its end.
-    let pair_ts = if send { t0 } else { t1 };
-    let h = head(ph, "message", cat, pid(), tid(), mid);
-    emit(tag, &format!("{key:016x}\t{pair_ts:.3}"), h, &format!("{extra}}}"));
 }
 
 // ------------------------------------------------------------------ the final file

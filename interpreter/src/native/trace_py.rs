@@ -89,8 +89,7 @@ mod _procpy_trace {
         }
         let args = format!("{{\"child\":{},\"pid\":{pid},\"method\":{}}}", quoted(&child), quoted(&method));
         let t1 = trace::now();
-        trace::span_between(&format!("start {child}"), "process", t0, t1, Some(&args));
-        trace::flow(true, "process", start_key(pid), t0, t1);
+        trace::span_with_flow(&format!("start {child}"), "process", t0, t1, Some(&args), true, start_key(pid));
         Ok(())
     }
 
@@ -104,8 +103,7 @@ mod _procpy_trace {
         let t0 = trace::boot_t0();
         let args = format!("{{\"method\":{}}}", quoted(trace::start_method().unwrap_or("?")));
         let t1 = trace::now();
-        trace::span_between("boot", "process", t0, t1, Some(&args));
-        trace::flow(false, "process", start_key(unsafe { libc::getpid() }), t0, t1);
+        trace::span_with_flow("boot", "process", t0, t1, Some(&args), false, start_key(unsafe { libc::getpid() }));
     }
 
     /// The exit of this process (`pid` None) or, seen by its parent, of child `pid`.
