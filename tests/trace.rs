@@ -365,6 +365,11 @@ fn a_run_becomes_a_timeline_under_every_start_method() {
             exitcode(&ev, *w);
         }
 
+        // Threads are named; the pool's manager thread too.
+        let thread_names: Vec<(i64, String)> = ev.iter().filter(|e| e.str("ph") == Some("M") && e.str("name") == Some("thread_name"))
+            .map(|e| (e.num("pid").unwrap() as i64, match e.arg("name") { Some(Json::Str(s)) => s.clone(), _ => String::new() })).collect();
+        assert!(thread_names.contains(&(main, "MainThread".into())) && thread_names.contains(&(main, "pool manager".into())), "{method}: {thread_names:?}");
+
         // Flows: complete, and the messages of the script among them.
         let pairs = flows(&ev);
         let pid = |e: &Json| e.num("pid").unwrap() as i64;
@@ -473,4 +478,34 @@ fn without_trace_nothing_is_recorded_and_no_variable_leaks() {
     let o = run_with_deadline(cmd, Duration::from_secs(60));
     assert_eq!(o.stdout, "None False\n", "{o:?}");
     let _ = Path::new(&dir);
+}
+
+/// Conformance scripts print under `--trace` exactly what they print under CPython, and their
+/// traces are complete: tracing changes what a run records, never what it does.
+#[test]
+fn traced_scripts_behave_as_under_cpython() {
+    let scripts = ["pool_basics", "queue_many_producers_consumers", "pipe_basics", "process_exitcode_signals", "futures_process_pool"];
+    let out_dir = temp_dir("conformance");
+    let mut failures = Vec::new();
+    for name in scripts {
+        let script = common::root().join("tests/scripts").join(format!("{name}.py"));
+        for method in METHODS {
+            let want = common::run_script(Path::new("python3"), &script, &[method], Duration::from_secs(90));
+            let out = out_dir.join(format!("{name}-{method}.json"));
+            let mut cmd = Command::new(procpy());
+            cmd.arg("--trace").arg(&out).arg(&script).arg(method).current_dir(script.parent().unwrap());
+            let got = run_with_deadline(cmd, Duration::from_secs(90));
+            if got.timed_out || got.stdout != want.stdout || got.status != want.status {
+                failures.push(format!("{name} under {method}: status {:?} (CPython {:?})\n{}\n--- CPython:\n{}", got.status, want.status, got.stdout, want.stdout));
+                continue;
+            }
+            let text = std::fs::read_to_string(&out).unwrap();
+            let doc = parse_json(&text).unwrap_or_else(|e| panic!("{name} under {method}: {e}"));
+            let Some(Json::Arr(ev)) = doc.get("traceEvents") else { panic!("no traceEvents") };
+            let names = process_names(ev);
+            pid_named(&names, "MainProcess");
+            flows(ev);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -206,7 +206,7 @@ fn head(ph: &str, name: &str, cat: &str, pid: i32, tid: i32, ts: f64) -> String 
 
 fn name_thread() {
     let (p, t) = (pid(), tid());
-    if NAMED.with(|n| n.replace(p)) == p {
+    if NAMED.with(|n| n.get()) == p {
         return;
     }
     let name = if p == t {
@@ -217,6 +217,16 @@ fn name_thread() {
             _ => format!("Thread {t}"),
         }
     };
+    thread_name(&name);
+}
+
+/// `thread_name` metadata for this thread (a later name replaces an earlier one).
+pub fn thread_name(name: &str) {
+    if !enabled() {
+        return;
+    }
+    let (p, t) = (pid(), tid());
+    NAMED.with(|n| n.set(p));
     let mut s = String::from("E\t{\"ph\":\"M\",\"name\":\"thread_name\"");
     let _ = write!(s, ",\"pid\":{p},\"tid\":{t},\"args\":{{\"name\":");
     json_str(&mut s, &name);
@@ -352,12 +362,13 @@ pub fn message(send: bool, cat: &str, key: u64, t0: f64, bytes: usize) {
         return;
     }
     let slice = if send { "send" } else { "recv" };
-    span_with_flow(slice, cat, t0, now(), Some(&format!("{{\"bytes\":{bytes}}}")), send, key);
+    span_with_flow(slice, cat, t0, now(), Some(&format!("{{\"bytes\":{bytes}}}")), send, "message", key);
 }
 
 /// A complete span from `t0` to `t1` on this thread with one end of a flow bound to it (the
-/// start when `send`), written in one `write`.
-pub fn span_with_flow(name: &str, cat: &str, t0: f64, t1: f64, args: Option<&str>, send: bool, key: u64) {
+/// start when `send`) named `flow_name`, written in one `write`.
+#[allow(clippy::too_many_arguments)]
+pub fn span_with_flow(name: &str, cat: &str, t0: f64, t1: f64, args: Option<&str>, send: bool, flow_name: &str, key: u64) {
     if !enabled() {
         return;
     }
@@ -371,7 +382,7 @@ pub fn span_with_flow(name: &str, cat: &str, t0: f64, t1: f64, args: Option<&str
     // The pairing time: a message is in the channel from its send's start, and a receive
     // has it by its end.
     let pair_ts = if send { t0 } else { t1 };
-    out.push_str(&line(tag, &format!("{key:016x}\t{pair_ts:.3}"), head(ph, "message", cat, p, t, mid), &format!("{extra}}}")));
+    out.push_str(&line(tag, &format!("{key:016x}\t{pair_ts:.3}"), head(ph, flow_name, cat, p, t, mid), &format!("{extra}}}")));
     write_line(&out);
 }
 
@@ -479,6 +490,15 @@ fn convert(lines: &[String]) -> Vec<String> {
         }
     }
     let kept_exits: HashSet<usize> = exit_line.values().map(|&(_, i)| i).collect();
+    // Names: the last one given to a process or thread wins (viewers differ on duplicates).
+    let mut last_name: HashMap<(bool, &str, &str), usize> = HashMap::new();
+    for (i, (tag, _, ev)) in parsed.iter().enumerate() {
+        if *tag == "E" && ev.starts_with("{\"ph\":\"M\"") {
+            let thread = ev.contains("\"name\":\"thread_name\"");
+            last_name.insert((thread, field(ev, "\"pid\":").unwrap_or(""), field(ev, "\"tid\":").unwrap_or("")), i);
+        }
+    }
+    let kept_names: HashSet<usize> = last_name.values().copied().collect();
     let mut named: HashSet<String> = HashSet::new();
     let mut pids: Vec<String> = Vec::new();
     let mut out = Vec::with_capacity(parsed.len());
@@ -489,6 +509,7 @@ fn convert(lines: &[String]) -> Vec<String> {
                 None => continue,
             },
             "X" if !kept_exits.contains(&i) => continue,
+            "E" if ev.starts_with("{\"ph\":\"M\"") && !kept_names.contains(&i) => continue,
             _ => out.push((*ev).to_owned()),
         }
         if let Some(p) = field(ev, "\"pid\":") {
@@ -593,6 +614,18 @@ mod tests {
         let closes: Vec<&String> = out.iter().filter(|e| e.contains("ended_by")).collect();
         assert_eq!(closes.len(), 1, "{out:#?}");
         assert!(closes[0].contains("\"pid\":7") && closes[0].contains("\"ts\":9.500"));
+    }
+
+    #[test]
+    fn the_last_name_of_a_thread_wins() {
+        let lines = vec![
+            "E\t{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":1,\"tid\":2,\"args\":{\"name\":\"Thread 2\"}}".to_owned(),
+            "E\t{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":1,\"tid\":2,\"args\":{\"name\":\"pool manager\"}}".to_owned(),
+            "E\t{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":1,\"tid\":1,\"args\":{\"name\":\"MainThread\"}}".to_owned(),
+        ];
+        let out = convert(&lines);
+        assert_eq!(out.iter().filter(|e| e.contains("thread_name")).count(), 2, "{out:#?}");
+        assert!(!out.iter().any(|e| e.contains("Thread 2")));
     }
 
     #[test]

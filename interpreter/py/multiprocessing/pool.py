@@ -868,6 +868,8 @@ class _ProcessCore(object):
     # -- the manager thread
 
     def _manage(self):
+        if _tracing:
+            _trace.thread_name('pool manager')
         try:
             self._manage_loop()
         finally:

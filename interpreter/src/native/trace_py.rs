@@ -56,6 +56,12 @@ mod _procpy_trace {
         trace::now()
     }
 
+    /// Name the current thread's track.
+    #[pyfunction]
+    fn thread_name(name: String) {
+        trace::thread_name(&name);
+    }
+
     /// Name this process's track (its start method is appended).
     #[pyfunction]
     fn process_name(name: String) {
@@ -89,7 +95,7 @@ mod _procpy_trace {
         }
         let args = format!("{{\"child\":{},\"pid\":{pid},\"method\":{}}}", quoted(&child), quoted(&method));
         let t1 = trace::now();
-        trace::span_with_flow(&format!("start {child}"), "process", t0, t1, Some(&args), true, start_key(pid));
+        trace::span_with_flow(&format!("start {child}"), "process", t0, t1, Some(&args), true, "start", start_key(pid));
         Ok(())
     }
 
@@ -103,7 +109,7 @@ mod _procpy_trace {
         let t0 = trace::boot_t0();
         let args = format!("{{\"method\":{}}}", quoted(trace::start_method().unwrap_or("?")));
         let t1 = trace::now();
-        trace::span_with_flow("boot", "process", t0, t1, Some(&args), false, start_key(unsafe { libc::getpid() }));
+        trace::span_with_flow("boot", "process", t0, t1, Some(&args), false, "start", start_key(unsafe { libc::getpid() }));
     }
 
     /// The exit of this process (`pid` None) or, seen by its parent, of child `pid`.
