@@ -509,3 +509,51 @@ fn traced_scripts_behave_as_under_cpython() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+const THREADS_AND_TCP: &str = r#"
+import multiprocessing as mp, sys
+from multiprocessing.pool import ThreadPool
+from multiprocessing.connection import Listener, Client
+
+def inc(x):
+    return x + 1
+
+def client(addr):
+    with Client(addr, authkey=b'k') as c:
+        c.send(c.recv() + 1)
+
+if __name__ == '__main__':
+    mp.set_start_method(sys.argv[1])
+    with ThreadPool(2) as tp:
+        print(tp.map(inc, range(4), chunksize=1))
+    with Listener(('127.0.0.1', 0), authkey=b'k') as l:
+        p = mp.Process(target=client, args=(l.address,))
+        p.start()
+        with l.accept() as c:
+            c.send(41)
+            print(c.recv())
+        p.join()
+"#;
+
+/// ThreadPool tasks are spans on the worker threads (named as threading names them); messages
+/// over TCP (whose two ends share no identity) still pair into flows.
+#[test]
+fn thread_pool_tasks_and_tcp_messages_are_traced() {
+    let (o, ev) = traced("threads_tcp", "fork", THREADS_AND_TCP);
+    assert_eq!(o.stdout, "[1, 2, 3, 4]\n42\n", "{o:?}");
+    let names = process_names(&ev);
+    let main = pid_named(&names, "MainProcess");
+    let child = pid_named(&names, "Process-1 (fork)");
+    let worker_tids: Vec<f64> = ev.iter()
+        .filter(|e| e.str("name") == Some("thread_name") && matches!(e.arg("name"), Some(Json::Str(s)) if s.ends_with("(worker)")))
+        .map(|e| e.num("tid").unwrap()).collect();
+    assert_eq!(worker_tids.len(), 2, "{ev:?}");
+    let tasks: Vec<&Json> = ev.iter().filter(|e| e.str("ph") == Some("B") && e.str("cat") == Some("task")).collect();
+    assert_eq!(tasks.len(), 4);
+    assert!(tasks.iter().all(|e| e.str("name") == Some("inc") && e.num("pid") == Some(main as f64) && worker_tids.contains(&e.num("tid").unwrap())));
+    let pairs = flows(&ev);
+    let pid = |e: &Json| e.num("pid").unwrap() as i64;
+    // The authentication challenge and the two messages, both ways.
+    assert!(pairs.iter().filter(|(s, f)| s.str("cat") == Some("pipe") && pid(s) == main && pid(f) == child).count() >= 2);
+    assert!(pairs.iter().filter(|(s, f)| s.str("cat") == Some("pipe") && pid(s) == child && pid(f) == main).count() >= 2);
+}

@@ -343,11 +343,13 @@ pub fn flow_key(channel: u64, data: &[u8]) -> u64 {
     h.finish()
 }
 
-/// A channel identity both ends can see: the inode behind `fd` (a pipe's two ends share one;
-/// so does every process's mapping of a queue's counters). 0 when unknown.
+/// A channel identity both ends can see: the inode behind `fd` when it is a pipe (both ends
+/// share it) or a file (every process's mapping of a queue's counters). 0 otherwise: each end
+/// of a socket has an inode of its own.
 pub fn inode(fd: RawFd) -> u64 {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd, &mut st) } == 0 {
+    let shared = |m: libc::mode_t| matches!(m & libc::S_IFMT, libc::S_IFIFO | libc::S_IFREG);
+    if unsafe { libc::fstat(fd, &mut st) } == 0 && shared(st.st_mode) {
         st.st_ino as u64 ^ ((st.st_dev as u64) << 48)
     } else {
         0

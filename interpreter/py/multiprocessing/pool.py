@@ -1124,6 +1124,8 @@ class _ThreadCore(object):
 
         def worker(initializer, initargs):
             # Named `worker` so threads are called 'Thread-N (worker)', as in CPython.
+            if _tracing:
+                _trace.thread_name(threading.current_thread().name)
             if initializer is not None:
                 initializer(*initargs)
             while True:
@@ -1132,7 +1134,10 @@ class _ThreadCore(object):
                     return
                 result, i, func, args, kwds = task
                 try:
-                    outcome = (True, func(*args, **kwds))
+                    if _tracing:
+                        outcome = _traced_task((func, args, kwds, i))
+                    else:
+                        outcome = (True, func(*args, **kwds))
                 except Exception as e:
                     outcome = (False, e)
                 _deliver(result, i, outcome)

@@ -119,12 +119,12 @@ impl Connection {
     }
 
     /// `procpy --trace`: a message sent or received since `t0` (hooks pass `trace::clock()`,
-    /// `None` when tracing is off). A pipe's two ends share an inode; a socket pair's do not,
+    /// `None` when tracing is off). A pipe's two ends share an inode; a socket's ends do not,
     /// so its messages are told apart by their bytes alone.
     fn traced(&self, send: bool, t0: Option<f64>, data: &[u8]) {
         if let Some(t0) = t0 {
             let fd = self.fd.load(Ordering::Acquire);
-            let chan = if self.socket || fd < 0 { 0 } else { trace::inode(fd) };
+            let chan = if fd < 0 { 0 } else { trace::inode(fd) };
             trace::message(send, "pipe", trace::flow_key(chan, data), t0, data.len());
         }
     }
