@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
-use std::io::{self, BufRead, Write};
+use std::io::{self, Write};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering::Relaxed};
@@ -404,10 +404,14 @@ pub fn span_between(name: &str, cat: &str, t0: f64, t1: f64, args: Option<&str>)
 /// number of events written.
 pub fn finish(spool: &Path, out: &Path) -> io::Result<usize> {
     ON.store(false, Relaxed);
-    let lines: Vec<String> = {
-        let f = std::fs::File::open(spool)?;
-        io::BufReader::new(f).lines().collect::<Result<_, _>>()?
+    let bytes = std::fs::read(spool)?;
+    // A process still running (a daemon, the fork server) may be mid-write: only whole,
+    // newline-terminated lines count.
+    let whole = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(end) => &bytes[..end],
+        None => &[][..],
     };
+    let lines: Vec<String> = whole.split(|&b| b == b'\n').map(|l| String::from_utf8_lossy(l).into_owned()).collect();
     let events = convert(&lines);
     let tmp = {
         let mut n = out.file_name().unwrap_or_default().to_os_string();
