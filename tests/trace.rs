@@ -334,7 +334,10 @@ fn a_run_becomes_a_timeline_under_every_start_method() {
         let main = pid_named(&names, "MainProcess");
         let child = pid_named(&names, &format!("Process-1 ({method})"));
         if method == "forkserver" {
-            pid_named(&names, "ForkServer");
+            // The server's track shows each fork it made.
+            let server = pid_named(&names, "ForkServer");
+            let forks = find(&ev, server, "i", "fork");
+            assert!(forks.iter().any(|e| e.arg("pid") == Some(&Json::Num(child as f64))), "{forks:?}");
         }
         let prefix = match method {
             "fork" => "ForkPoolWorker-",

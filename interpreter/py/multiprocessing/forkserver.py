@@ -5,6 +5,7 @@ import _signal as signal
 import sys
 
 import _procpy
+import _procpy_trace as _trace
 
 from . import spawn, util
 
@@ -129,6 +130,8 @@ def _server_main():
                     util._flush_std_streams()
                     os._exit(code)
             _procpy.close_fds(cfds)
+            if _trace.enabled():
+                _trace.instant('fork', 'process', {'pid': pid})
             try:
                 _procpy.send_i64(conn, pid)
             except OSError:
