@@ -228,6 +228,7 @@ fn traced(name: &str, method: &str, code: &str) -> (Outcome, Vec<Json>) {
     // The spool is gone.
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).filter(|n| n.to_string_lossy().contains("spool")).collect();
     assert!(left.is_empty(), "spool left behind: {left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
     (o, events.clone())
 }
 
@@ -469,6 +470,7 @@ fn an_unwritable_trace_file_is_refused_before_the_script_runs() {
     assert_eq!(o.status, Some(2), "{o:?}");
     assert_eq!(o.stdout, "");
     assert!(o.stderr.contains("cannot write the trace file") && o.stderr.contains("No such file or directory"), "{}", o.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -480,7 +482,7 @@ fn without_trace_nothing_is_recorded_and_no_variable_leaks() {
     cmd.arg(&script).env_remove("PROCPY_TRACE");
     let o = run_with_deadline(cmd, Duration::from_secs(60));
     assert_eq!(o.stdout, "None False\n", "{o:?}");
-    let _ = Path::new(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Conformance scripts print under `--trace` exactly what they print under CPython, and their
@@ -510,6 +512,7 @@ fn traced_scripts_behave_as_under_cpython() {
             flows(ev);
         }
     }
+    let _ = std::fs::remove_dir_all(&out_dir);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
