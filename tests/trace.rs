@@ -477,11 +477,11 @@ fn an_unwritable_trace_file_is_refused_before_the_script_runs() {
 fn without_trace_nothing_is_recorded_and_no_variable_leaks() {
     let dir = temp_dir("off");
     let script = dir.join("s.py");
-    std::fs::write(&script, "import os, _procpy_trace\nprint(os.environ.get('PROCPY_TRACE'), _procpy_trace.enabled())\n").unwrap();
+    std::fs::write(&script, "import os, _procpy, _procpy_trace\nprint(os.environ.get('PROCPY_TRACE'), _procpy.trace_enabled(), _procpy_trace.enabled())\n").unwrap();
     let mut cmd = Command::new(procpy());
     cmd.arg(&script).env_remove("PROCPY_TRACE");
     let o = run_with_deadline(cmd, Duration::from_secs(60));
-    assert_eq!(o.stdout, "None False\n", "{o:?}");
+    assert_eq!(o.stdout, "None False False\n", "{o:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -5,7 +5,6 @@ import _signal as signal
 import sys
 
 import _procpy
-import _procpy_trace as _trace
 
 from . import spawn, util
 
@@ -130,8 +129,9 @@ def _server_main():
                     util._flush_std_streams()
                     os._exit(code)
             _procpy.close_fds(cfds)
-            if _trace.enabled():
-                _trace.instant('fork', 'process', {'pid': pid})
+            if _procpy.trace_enabled():
+                import _procpy_trace
+                _procpy_trace.instant('fork', 'process', {'pid': pid})
             try:
                 _procpy.send_i64(conn, pid)
             except OSError:

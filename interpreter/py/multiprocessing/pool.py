@@ -22,7 +22,6 @@ import types
 import _signal
 
 import _procpy
-import _procpy_trace as _trace
 
 from . import util
 from .context import ProcessError, TimeoutError
@@ -35,7 +34,9 @@ job_counter = itertools.count()
 
 # procpy --trace (fixed for the life of the process): tasks then carry their index, and
 # workers record a span per task.
-_tracing = _trace.enabled()
+_tracing = _procpy.trace_enabled()
+if _tracing:
+    import _procpy_trace as _trace
 
 # How often a blocked wait in the main thread wakes to let signal handlers (Ctrl-C) run:
 # RustPython does not interrupt a lock wait for a signal.

@@ -5,12 +5,13 @@ import os
 import _signal as signal
 
 import _procpy
-import _procpy_trace as _trace
 
 from . import context, spawn, util
 
 # procpy --trace (fixed for the life of the process).
-_tracing = _trace.enabled()
+_tracing = _procpy.trace_enabled()
+if _tracing:
+    import _procpy_trace as _trace
 
 
 def _exitcode(status):

@@ -5,10 +5,11 @@ import _signal  # not `signal`: its enums cost ~9 ms to import in RustPython
 import sys
 
 import _procpy
-import _procpy_trace as _trace
 
 # procpy --trace (fixed for the life of the process).
-_tracing = _trace.enabled()
+_tracing = _procpy.trace_enabled()
+if _tracing:
+    import _procpy_trace as _trace
 
 __all__ = ['BaseProcess', 'current_process', 'active_children', 'parent_process']
 

@@ -306,6 +306,13 @@ pub(crate) mod _procpy {
         QueueBase::make_static_type()
     }
 
+    /// Whether this process records `procpy --trace` events; the hooks are then in
+    /// `_procpy_trace` (imported only when tracing: an import costs even when unused).
+    #[pyfunction]
+    fn trace_enabled() -> bool {
+        crate::trace::enabled()
+    }
+
     /// Flush every queue feeder of this process (called at process exit).
     #[pyfunction]
     fn _flush_queues() {

@@ -1,5 +1,6 @@
-//! `_procpy_trace`: the Python side's door to `crate::trace` (`procpy --trace`). Hooks in
-//! `py/multiprocessing` test `enabled()` once at import and call these only when tracing.
+//! `_procpy_trace`: the Python side's door to `crate::trace` (`procpy --trace`). Modules in
+//! `py/multiprocessing` test `_procpy.trace_enabled()` once at import, and import this module
+//! and call it only when tracing.
 
 pub(crate) use _procpy_trace::module_def;
 
