@@ -44,7 +44,7 @@ pub fn run_with(mode: RunMode, argv: Vec<String>, features: &cli::Features) -> u
     // top level, turns it into the trace file at the end (interpreter/src/trace.rs).
     let spool = match features.trace.as_deref().map(|out| (out, trace::create_spool(out.as_ref()))) {
         None => None,
-        Some((out, Ok(spool))) => Some((out, spool)),
+        Some((out, Ok((spool, path)))) => Some((out, spool, path)),
         Some((out, Err(e))) => {
             eprintln!("procpy: cannot write the trace file '{out}': {e}");
             return 2;
@@ -57,8 +57,8 @@ pub fn run_with(mode: RunMode, argv: Vec<String>, features: &cli::Features) -> u
     });
     let status = procpy_interpreter::run(mode, argv);
     trace::exit(status as i64, None);
-    if let Some((out, spool)) = spool {
-        if let Err(e) = trace::finish(&spool, out.as_ref()) {
+    if let Some((out, spool, path)) = spool {
+        if let Err(e) = trace::finish(&spool, &path) {
             eprintln!("procpy: cannot write the trace file '{out}': {e}");
         }
     }

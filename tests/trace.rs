@@ -460,6 +460,23 @@ fn process_pool_executor_tasks_are_named_after_the_function() {
 }
 
 #[test]
+fn a_relative_trace_path_is_the_starting_directory_s_even_if_the_script_moves() {
+    let dir = temp_dir("relative");
+    std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
+    std::fs::write(dir.join("s.py"), "import os\nos.chdir('elsewhere')\nprint('moved')\n").unwrap();
+    let mut cmd = Command::new(procpy());
+    cmd.args(["--trace", "t.json", "s.py"]).current_dir(&dir);
+    let o = run_with_deadline(cmd, Duration::from_secs(60));
+    assert_eq!(o.stdout, "moved\n", "{o:?}");
+    let text = std::fs::read_to_string(dir.join("t.json")).expect("trace in the starting directory");
+    let doc = parse_json(&text).unwrap();
+    let Some(Json::Arr(ev)) = doc.get("traceEvents") else { panic!() };
+    pid_named(&process_names(ev), "MainProcess");
+    assert!(!dir.join("elsewhere/t.json").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn an_unwritable_trace_file_is_refused_before_the_script_runs() {
     let dir = temp_dir("unwritable");
     let script = dir.join("s.py");

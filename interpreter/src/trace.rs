@@ -92,8 +92,9 @@ pub fn start_method() -> Option<&'static str> {
 // ------------------------------------------------------------------ set-up
 
 /// Top level: create (empty) the spool next to `out`, and name it in the environment for this
-/// process and its children. Call before any thread exists. Returns the spool's path.
-pub fn create_spool(out: &Path) -> io::Result<PathBuf> {
+/// process and its children. Call before any thread exists. Returns the spool's path and the
+/// output's absolute path (the script may change directory).
+pub fn create_spool(out: &Path) -> io::Result<(PathBuf, PathBuf)> {
     let out = std::path::absolute(out)?;
     let mut name = out.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{}.spool", std::process::id()));
@@ -102,7 +103,7 @@ pub fn create_spool(out: &Path) -> io::Result<PathBuf> {
     std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&out)?;
     std::fs::File::create(&spool)?;
     std::env::set_var(ENV, &spool);
-    Ok(spool)
+    Ok((spool, out))
 }
 
 /// Every process, before its interpreter exists: start recording if `PROCPY_TRACE` names a
