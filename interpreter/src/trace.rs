@@ -27,6 +27,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering::Re
 
 /// The environment variable naming the spool (internal: set by the top-level procpy).
 pub const ENV: &str = "PROCPY_TRACE";
+/// When a spawned child was exec'd (µs, set by its parent when tracing): its boot starts there.
+pub const EXEC_T0_ENV: &str = "PROCPY_TRACE_EXEC_T0";
 
 static ON: AtomicBool = AtomicBool::new(false);
 static FD: AtomicI32 = AtomicI32::new(-1);
@@ -110,6 +112,11 @@ pub fn create_spool(out: &Path) -> io::Result<(PathBuf, PathBuf)> {
 /// spool. Emits the names of the main process or the fork server (children name themselves
 /// in `_bootstrap`, once their multiprocessing name is known).
 pub fn init_from_env(role: Role) {
+    let exec_t0 = std::env::var(EXEC_T0_ENV).ok().and_then(|t| t.parse::<f64>().ok());
+    if exec_t0.is_some() {
+        // Ours only: neither grandchildren nor the script's subprocesses should see it.
+        std::env::remove_var(EXEC_T0_ENV);
+    }
     let Some(path) = std::env::var_os(ENV) else { return };
     let Ok(c) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())) else { return };
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC) };
@@ -117,7 +124,11 @@ pub fn init_from_env(role: Role) {
         return;
     }
     FD.store(fd, Relaxed);
-    BOOT_T0.store(now().to_bits(), Relaxed);
+    let t0 = match (role, exec_t0) {
+        (Role::SpawnChild, Some(t)) => t.min(now()),
+        _ => now(),
+    };
+    BOOT_T0.store(t0.to_bits(), Relaxed);
     ORIGIN.store(
         match role {
             Role::Main => ORIGIN_MAIN,

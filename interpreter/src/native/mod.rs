@@ -369,6 +369,10 @@ pub(crate) mod _procpy {
         let child_fd = theirs.as_raw_fd();
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(&args).env("PROCPY_BOOT_FD", child_fd.to_string());
+        if let Some(t) = crate::trace::clock() {
+            // procpy --trace: the child's boot span starts at its exec, not at its main().
+            cmd.env(crate::trace::EXEC_T0_ENV, format!("{t:.3}"));
+        }
         // Between fork and exec: keep the boot socket across exec (async-signal-safe calls only).
         unsafe {
             cmd.pre_exec(move || {
