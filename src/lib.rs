@@ -14,6 +14,7 @@
 pub mod cli;
 
 pub use procpy_interpreter::RunMode;
+use procpy_interpreter::trace;
 
 /// Run a Python script as `__main__` with `args` as `sys.argv[1:]`, as `python3 script args`
 /// would; returns the exit status.
@@ -29,7 +30,8 @@ pub fn run(mode: RunMode, argv: Vec<String>) -> u32 {
 }
 
 /// Run `mode` with procpy's switches. They reach every child process through the environment
-/// (children of every start method inherit it): `PROCPY_EMULATE_GIL`, `PROCPY_PROGRESS`.
+/// (children of every start method inherit it): `PROCPY_EMULATE_GIL`, `PROCPY_PROGRESS`,
+/// `PROCPY_TRACE`.
 pub fn run_with(mode: RunMode, argv: Vec<String>, features: &cli::Features) -> u32 {
     // Set before the interpreter (and any thread) exists, so setting the environment is sound.
     if features.emulate_gil {
@@ -38,5 +40,27 @@ pub fn run_with(mode: RunMode, argv: Vec<String>, features: &cli::Features) -> u
     if features.progress {
         std::env::set_var("PROCPY_PROGRESS", "1");
     }
-    procpy_interpreter::run(mode, argv)
+    // --trace: every procpy process appends to a spool named in PROCPY_TRACE; this run, the
+    // top level, turns it into the trace file at the end (interpreter/src/trace.rs).
+    let spool = match features.trace.as_deref().map(|out| (out, trace::create_spool(out.as_ref()))) {
+        None => None,
+        Some((out, Ok((spool, path)))) => Some((out, spool, path)),
+        Some((out, Err(e))) => {
+            eprintln!("procpy: cannot write the trace file '{out}': {e}");
+            return 2;
+        }
+    };
+    trace::init_from_env(match mode {
+        RunMode::SpawnChild => trace::Role::SpawnChild,
+        RunMode::ForkServer => trace::Role::ForkServer,
+        _ => trace::Role::Main,
+    });
+    let status = procpy_interpreter::run(mode, argv);
+    trace::exit(status as i64, None);
+    if let Some((out, spool, path)) = spool {
+        if let Err(e) = trace::finish(&spool, &path) {
+            eprintln!("procpy: cannot write the trace file '{out}': {e}");
+        }
+    }
+    status
 }

@@ -135,6 +135,9 @@ def _server_main():
                     util._flush_std_streams()
                     os._exit(code)
             _procpy.close_fds(cfds)
+            if _procpy.trace_enabled():
+                import _procpy_trace
+                _procpy_trace.instant('fork', 'process', {'pid': pid})
             try:
                 _procpy.send_i64(conn, pid)
             except OSError:

@@ -32,6 +32,12 @@ TERMINATE = "TERMINATE"
 
 job_counter = itertools.count()
 
+# procpy --trace (fixed for the life of the process): tasks then carry their index, and
+# workers record a span per task.
+_tracing = _procpy.trace_enabled()
+if _tracing:
+    import _procpy_trace as _trace
+
 # How often a blocked wait in the main thread wakes to let signal handlers (Ctrl-C) run:
 # RustPython does not interrupt a lock wait for a signal.
 _SIGNAL_POLL = 0.05
@@ -168,8 +174,11 @@ def worker(conn, initializer=None, initargs=(), maxtasks=None, wrap_exception=Fa
         if not data:          # the pool's "exit now"
             break
         try:
-            func, args, kwds = loads(data)
-            result = (True, func(*args, **kwds))
+            if _tracing:
+                result = _traced_task(loads(data))
+            else:
+                func, args, kwds = loads(data)
+                result = (True, func(*args, **kwds))
         except Exception as e:
             if wrap_exception:
                 e = ExceptionWithTraceback(e, e.__traceback__)
@@ -186,6 +195,45 @@ def worker(conn, initializer=None, initargs=(), maxtasks=None, wrap_exception=Fa
         data = func = args = kwds = result = out = None
         completed += 1
     conn.close()
+
+
+def _traced_task(task):
+    '''Run a task inside a trace span named after the user's function, with the task (or
+    chunk) index and the number of items it covers.'''
+    func, args, kwds, index = task
+    try:
+        name, items = _task_label(func, args)
+    except Exception:
+        name, items = 'task', 1
+    _trace.begin(name, 'task', {'index': index, 'items': items})
+    try:
+        return (True, func(*args, **kwds))
+    finally:
+        _trace.end(name, 'task')
+
+
+def _is_futures(func, name):
+    return getattr(func, '__name__', None) == name and \
+        getattr(func, '__module__', None) == 'concurrent.futures.process'
+
+
+def _task_label(func, args):
+    items = 1
+    if func is mapstar or func is starmapstar:
+        func, chunk = args[0]
+        items = len(chunk)
+    # ProcessPoolExecutor: submit() runs _call(fn, args, kwargs); map() submits
+    # partial(_process_chunk, fn) with a chunk.
+    if _is_futures(func, '_call') and args:
+        func, args = args[0], args[1] if len(args) > 1 else ()
+    inner = getattr(func, 'func', None)
+    if _is_futures(inner, '_process_chunk') and func.args:
+        func = func.args[0]
+        if args and hasattr(args[0], '__len__'):
+            items = len(args[0])
+    name = getattr(func, '__qualname__', None) or getattr(func, '__name__', None) \
+        or type(func).__name__
+    return name, items
 
 
 #
@@ -852,7 +900,7 @@ class _ProcessCore(object):
                 self._failed.append((result, i, (False, args[0])))
                 continue
             try:
-                data = _procpy.dumps((func, args, kwds))
+                data = _procpy.dumps((func, args, kwds, i) if _tracing else (func, args, kwds))
             except Exception as e:
                 self._failed.append((result, i, (False, e)))
                 continue
@@ -897,6 +945,8 @@ class _ProcessCore(object):
     # -- the manager thread
 
     def _manage(self):
+        if _tracing:
+            _trace.thread_name('pool manager')
         try:
             self._manage_loop()
         finally:
@@ -1152,6 +1202,8 @@ class _ThreadCore(object):
 
         def worker(initializer, initargs):
             # Named `worker` so threads are called 'Thread-N (worker)', as in CPython.
+            if _tracing:
+                _trace.thread_name(threading.current_thread().name)
             if initializer is not None:
                 initializer(*initargs)
             while True:
@@ -1160,7 +1212,10 @@ class _ThreadCore(object):
                     return
                 result, i, func, args, kwds = task
                 try:
-                    outcome = (True, func(*args, **kwds))
+                    if _tracing:
+                        outcome = _traced_task((func, args, kwds, i))
+                    else:
+                        outcome = (True, func(*args, **kwds))
                 except Exception as e:
                     outcome = (False, e)
                 _deliver(result, i, outcome)

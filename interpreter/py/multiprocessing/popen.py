@@ -8,6 +8,11 @@ import _procpy
 
 from . import context, spawn, util
 
+# procpy --trace (fixed for the life of the process).
+_tracing = _procpy.trace_enabled()
+if _tracing:
+    import _procpy_trace as _trace
+
 
 def _exitcode(status):
     if os.WIFSIGNALED(status):
@@ -22,7 +27,12 @@ class _Popen(object):
         util._flush_std_streams()
         self.returncode = None
         self._fds = []
-        self._launch(process_obj)
+        if _tracing:
+            t0 = _trace.now()
+            self._launch(process_obj)
+            _trace.started(t0, process_obj.name, self.pid, self.method)
+        else:
+            self._launch(process_obj)
 
     def poll(self, flag=os.WNOHANG):
         if self.returncode is None:
@@ -33,6 +43,8 @@ class _Popen(object):
                 return None
             if pid == self.pid:
                 self.returncode = _exitcode(sts)
+                if _tracing:
+                    _trace.exit(self.returncode, self.pid)
         return self.returncode
 
     def wait(self, timeout=None):
@@ -120,6 +132,8 @@ class PopenForkServer(_Popen):
                 return None
             code = _procpy.recv_i64(self.sentinel)
             self.returncode = 255 if code is None else code
+            if _tracing:
+                _trace.exit(self.returncode, self.pid)
             if code is not None:
                 # The server closes the socket right after writing the status; wait for that
                 # close, so the sentinel is ready from now on (join() then wait() must agree).

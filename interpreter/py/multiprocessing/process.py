@@ -6,6 +6,11 @@ import sys
 
 import _procpy
 
+# procpy --trace (fixed for the life of the process).
+_tracing = _procpy.trace_enabled()
+if _tracing:
+    import _procpy_trace as _trace
+
 __all__ = ['BaseProcess', 'current_process', 'active_children', 'parent_process']
 
 try:
@@ -223,14 +228,22 @@ class BaseProcess(object):
             util._finalizer_registry.clear()
             util._run_after_forkers()
             _current_process = self
+            if _tracing:
+                _trace.process_name(self.name)
             _parent_process = _ParentProcess(self._parent_name, self._parent_pid, parent_sentinel)
             if (self.daemon or getattr(self, '_watch_parent', False)) and parent_sentinel is not None:
                 # Daemons (pool workers among them) die with their parent, even a SIGKILLed one.
                 _procpy.watch_parent(parent_sentinel)
+            if _tracing:
+                _trace.booted()
+                run_name = _run_name(self)
+                _trace.begin(run_name, 'process')
             try:
                 self.run()
                 exitcode = 0
             finally:
+                if _tracing:
+                    _trace.end(run_name, 'process')
                 util._exit_function()
         except SystemExit as e:
             if e.code is None:
@@ -253,7 +266,19 @@ class BaseProcess(object):
             except Exception:
                 pass
             util._flush_std_streams()
+            if _tracing:
+                _trace.exit(exitcode)
         return exitcode
+
+
+def _run_name(p):
+    '''The name of a child's run span (procpy --trace): its target, or Class.run.'''
+    if type(p).run is not BaseProcess.run:
+        return type(p).__qualname__ + '.run'
+    t = p._target
+    if t is None:
+        return 'run'
+    return getattr(t, '__qualname__', None) or getattr(t, '__name__', None) or type(t).__name__
 
 
 class AuthenticationString(bytes):

@@ -1,7 +1,7 @@
 //! `Connection`: one end of a `Pipe()`, framed like CPython's (4-byte big-endian length).
 
 use super::{deadline, dumps_with_connections, fill, loads_with, mp_exception, read_exact, retry, wait_readable, wait_readable_spin, write_all, Record};
-use crate::{codec, ipc};
+use crate::{codec, ipc, trace};
 use rustpython_vm::builtins::PyBytesRef;
 use rustpython_vm::function::{ArgBytesLike, ArgIntoFloat, ArgMemoryBuffer, FuncArgs, OptionalArg};
 use rustpython_vm::builtins::PyType;
@@ -120,6 +120,17 @@ impl Connection {
         Ok((buf, fds))
     }
 
+    /// `procpy --trace`: a message sent or received since `t0` (hooks pass `trace::clock()`,
+    /// `None` when tracing is off). A pipe's two ends share an inode; a socket's ends do not,
+    /// so its messages are told apart by their bytes alone.
+    fn traced(&self, send: bool, t0: Option<f64>, data: &[u8]) {
+        if let Some(t0) = t0 {
+            let fd = self.fd.load(Ordering::Acquire);
+            let chan = if fd < 0 { 0 } else { trace::inode(fd) };
+            trace::message(send, "pipe", trace::flow_key(chan, data), t0, data.len());
+        }
+    }
+
     fn do_close(&self) {
         let fd = self.fd.swap(-1, Ordering::AcqRel);
         if fd >= 0 {
@@ -183,18 +194,25 @@ impl Connection {
     #[pymethod]
     fn send(&self, obj: PyObjectRef, vm: &VirtualMachine) -> PyResult<()> {
         self.wfd(vm)?;
+        let t0 = trace::clock();
         if !self.socket {
             let data = codec::dumps(vm, &obj, codec::Handles::Refuse)?;
-            return self.send_frame(&data, &[], vm);
+            self.send_frame(&data, &[], vm)?;
+            self.traced(true, t0, &data);
+            return Ok(());
         }
         let (data, fds) = dumps_with_connections(vm, &obj)?;
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        self.send_frame(&data, &raw, vm)
+        self.send_frame(&data, &raw, vm)?;
+        self.traced(true, t0, &data);
+        Ok(())
     }
 
     #[pymethod]
     fn recv(&self, vm: &VirtualMachine) -> PyResult {
+        let t0 = trace::clock();
         let (data, fds) = self.recv_frame(None, vm)?;
+        self.traced(false, t0, &data);
         loads_with(vm, &data, fds)
     }
 
@@ -215,7 +233,11 @@ impl Connection {
                 Some(s) if args.offset + s > n => return Err(vm.new_value_error("buffer length < offset + size")),
                 Some(s) => s,
             };
-            self.send_frame(&b[args.offset as usize..(args.offset + size) as usize], &[], vm)
+            let t0 = trace::clock();
+            let data = &b[args.offset as usize..(args.offset + size) as usize];
+            self.send_frame(data, &[], vm)?;
+            self.traced(true, t0, data);
+            Ok(())
         })
     }
 
@@ -225,7 +247,10 @@ impl Connection {
             Some(m) if m < 0 => return Err(vm.new_value_error("negative maxlength")),
             m => m.map(|m| m as usize),
         };
-        Ok(vm.ctx.new_bytes(self.recv_frame(max, vm)?.0))
+        let t0 = trace::clock();
+        let data = self.recv_frame(max, vm)?.0;
+        self.traced(false, t0, &data);
+        Ok(vm.ctx.new_bytes(data))
     }
 
     #[pymethod]
@@ -238,7 +263,9 @@ impl Connection {
         if offset > cap {
             return Err(vm.new_value_error("offset too large"));
         }
+        let t0 = trace::clock();
         let (data, _) = self.recv_frame(None, vm)?;
+        self.traced(false, t0, &data);
         if data.len() as isize > cap - offset {
             let cls = mp_exception(vm, "BufferTooShort");
             return Err(vm.new_exception(cls, vec![vm.ctx.new_bytes(data).into()]));

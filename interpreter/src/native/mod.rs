@@ -26,6 +26,9 @@ pub(crate) mod progress;
 mod queue;
 mod shared_buffer;
 mod sync;
+mod trace_py;
+
+pub(crate) use trace_py::module_def as trace_module_def;
 
 pub(crate) use connection::Connection;
 pub(crate) use queue::{QueueBase, QueueShared};
@@ -346,6 +349,13 @@ pub(crate) mod _procpy {
         QueueBase::make_static_type()
     }
 
+    /// Whether this process records `procpy --trace` events; the hooks are then in
+    /// `_procpy_trace` (imported only when tracing: an import costs even when unused).
+    #[pyfunction]
+    fn trace_enabled() -> bool {
+        crate::trace::enabled()
+    }
+
     /// Flush every queue feeder of this process (called at process exit).
     #[pyfunction]
     fn _flush_queues() {
@@ -402,6 +412,10 @@ pub(crate) mod _procpy {
         let child_fd = theirs.as_raw_fd();
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(&args).env("PROCPY_BOOT_FD", child_fd.to_string());
+        if let Some(t) = crate::trace::clock() {
+            // procpy --trace: the child's boot span starts at its exec, not at its main().
+            cmd.env(crate::trace::EXEC_T0_ENV, format!("{t:.3}"));
+        }
         // Between fork and exec: keep the boot socket across exec (async-signal-safe calls only).
         unsafe {
             cmd.pre_exec(move || {

@@ -3,6 +3,7 @@
 
 use super::{deadline, dumps_with_connections, loads_with, os_err, queue_exception, retry, wait_readable, wait_readable_spin, Record};
 use crate::ipc::{self, SharedCounters};
+use crate::trace;
 use crossbeam_channel::{Receiver, Sender};
 use rustpython_vm::builtins::PyType;
 use rustpython_vm::common::lock::PyMutex;
@@ -222,6 +223,15 @@ impl QueueBase {
         }
     }
 
+    /// `procpy --trace`: an item put or got since `t0` (`None` when tracing is off). Every
+    /// process's mapping of the counters is the same memory file: the queue's identity.
+    fn traced(&self, send: bool, t0: Option<f64>, data: &[u8]) {
+        if let Some(t0) = t0 {
+            let key = trace::flow_key(trace::inode(self.shared.counters.fd()), data);
+            trace::message(send, "queue", key, t0, data.len());
+        }
+    }
+
     fn release_slot(&self) {
         self.count().fetch_sub(1, Ordering::AcqRel);
         if self.maxsize > 0 {
@@ -316,6 +326,7 @@ impl QueueBase {
         if timeout.is_some_and(|t| t < 0.0) {
             return Err(vm.new_value_error("'timeout' must be a non-negative number"));
         }
+        let t0 = trace::clock();
         // Encode first: an unencodable object raises here and leaves the queue untouched.
         let (data, fds) = dumps_with_connections(vm, &args.obj)?;
         zelf.acquire_slot(args.block, deadline(timeout), vm)?;
@@ -326,10 +337,15 @@ impl QueueBase {
             // SimpleQueue: written synchronously, as CPython's.
             let fd = zelf.shared.wfd.as_raw_fd();
             let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-            return retry(vm, || send_record(fd, &data, &raw)).inspect_err(|_| zelf.release_slot());
+            retry(vm, || send_record(fd, &data, &raw)).inspect_err(|_| zelf.release_slot())?;
+            zelf.traced(true, t0, &data);
+            return Ok(());
         }
         let f = zelf.feeder();
         f.pending.fetch_add(1, Ordering::AcqRel);
+        // Recorded before the feeder owns the bytes; a put that fails below leaves an unpaired
+        // send, which the converter drops.
+        zelf.traced(true, t0, &data);
         let sent = f.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|tx| tx.send((data, fds)).is_ok());
         if sent != Some(true) {
             f.pending.fetch_sub(1, Ordering::AcqRel);
@@ -351,10 +367,12 @@ impl QueueBase {
         if timeout.is_some_and(|t| t < 0.0) {
             return Err(vm.new_value_error("'timeout' must be a non-negative number"));
         }
+        let t0 = trace::clock();
         match zelf.recv_record(args.block, deadline(timeout), vm)? {
             None => Err(queue_exception(vm, "Empty")),
             Some((payload, fds)) => {
                 zelf.release_slot();
+                zelf.traced(false, t0, &payload);
                 loads_with(vm, &payload, fds)
             }
         }
