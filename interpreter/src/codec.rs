@@ -376,7 +376,11 @@ impl Encoder<'_> {
 
     fn reduce(&mut self, obj: &PyObject) -> PyResult<Value> {
         let vm = self.vm;
-        let rv = match vm.call_method(obj, "__reduce_ex__", (4,)) {
+        let reduced = match extra_reducer(vm, obj)? {
+            Some(f) => f.call((obj.to_owned(),), vm),
+            None => vm.call_method(obj, "__reduce_ex__", (4,)),
+        };
+        let rv = match reduced {
             Ok(rv) => rv,
             Err(e) => {
                 let e = cpython_type_name_in_message(vm, obj, e);
@@ -731,4 +735,17 @@ fn cpython_type_name_in_message(vm: &VirtualMachine, obj: &PyObject, e: PyBaseEx
         return e;
     }
     vm.new_type_error(format!("cannot pickle '{module}.{name}' object"))
+}
+
+/// A reducer registered for `type(obj)` in `_procpy._reducers` (CPython's ForkingPickler
+/// table, e.g. managers send dict views as lists): it applies to multiprocessing's traffic
+/// only, unlike copyreg's, which would change `pickle` too.
+fn extra_reducer(vm: &VirtualMachine, obj: &PyObject) -> PyResult<Option<PyObjectRef>> {
+    let module = vm.import("_procpy", 0)?;
+    let table = module.get_attr("_reducers", vm)?;
+    let Some(table) = table.downcast_ref::<PyDict>() else { return Ok(None) };
+    if table.__len__() == 0 {
+        return Ok(None);
+    }
+    table.get_item_opt(obj.class().as_object(), vm)
 }
