@@ -74,6 +74,7 @@ conformance!(
     context_api,
     current_parent_active,
     daemon_processes,
+    dummy_connection,
     dummy_threads_api,
     futures_process_pool,
     futures_process_pool_more,
