@@ -98,6 +98,13 @@ MathsManager.register('state', get_state)
 OtherManager.register('Other', Counter)
 
 
+class XmlManager(BaseManager):
+    pass
+
+
+XmlManager.register('xlist', list, exposed=('append', '__len__', '__getitem__', 'pop'))
+
+
 def use_in_child(counter, auto):
     counter.incr(5)
     auto.incr(7)
@@ -180,6 +187,12 @@ def main(method):
         c.get()
     except (OSError, EOFError):
         print('call after shutdown: the connection is gone')
+
+    # the 'xmlrpclib' serializer: messages marshalled as XML-RPC
+    with XmlManager(serializer='xmlrpclib', ctx=ctx) as xm:
+        xl = xm.xlist([1, 'two'])
+        xl.append({'three': 3.0})
+        print('xmlrpclib:', len(xl), xl.__getitem__(1), xl.__getitem__(2), xl.pop(0))
     print('done')
 
 
