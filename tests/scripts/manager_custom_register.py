@@ -3,7 +3,8 @@ custom BaseProxy subclass, `exposed` refusal (RemoteError carrying the server's
 AttributeError), method_to_typeid returning proxies, create_method=False, callable=None,
 registries kept per subclass, user exceptions re-raised with their own type, an unencodable
 result (RemoteError 'Unserializable message'), start(initializer, initargs), the server
-process's name, connect() from a second manager object, Token and proxies in children."""
+process's name, connect() from a second manager object, Token and proxies in children,
+the xmlrpclib serializer."""
 import multiprocessing
 import re
 import sys
