@@ -4,7 +4,8 @@
 //! `BaseManager(address=..., authkey=...).connect()`; a wrong key gets AuthenticationError and
 //! nothing else (CPython's server sends the refused peer its traceback); Listener/Client over
 //! AF_UNIX and AF_INET with and without a key; and a manager server that does not outlive a
-//! SIGKILLed parent (CPython's stays behind). Every manager test runs under fork, spawn and
+//! SIGKILLed parent (CPython's stays behind); Ctrl-C interrupts a proxy call blocked in the
+//! parent and the server, which ignores it, is shut down at exit. Every manager test runs under fork, spawn and
 //! forkserver (`PROCPY_START_METHOD`).
 //!
 //! Tests wait for conditions (lines read, pids gone) with deadlines; none sleeps and hopes.
@@ -22,7 +23,9 @@ const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 
 extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
+    fn killpg(pgrp: i32, sig: i32) -> i32;
 }
+const SIGINT: i32 = 2;
 const SIGKILL: i32 = 9;
 const ESRCH: i32 = 3;
 
@@ -75,15 +78,23 @@ struct Running {
 
 impl Running {
     fn start(script: &PathBuf, method: &str, args: &[&str]) -> Running {
-        let mut child = Command::new(procpy())
-            .arg(script)
+        Running::start_in_group(script, method, args, false)
+    }
+
+    /// `own_group`: in a process group of its own, as a terminal's foreground job is.
+    fn start_in_group(script: &PathBuf, method: &str, args: &[&str], own_group: bool) -> Running {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(procpy());
+        cmd.arg(script)
             .args(args)
             .env("PROCPY_START_METHOD", method)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start procpy");
+            .stderr(Stdio::piped());
+        if own_group {
+            cmd.process_group(0);
+        }
+        let mut child = cmd.spawn().expect("start procpy");
         let out = child.stdout.take().unwrap();
         let mut err = child.stderr.take().unwrap();
         let (tx, lines) = channel();
@@ -390,5 +401,47 @@ fn manager_server_dies_with_a_sigkilled_parent() {
         parent.child.kill().unwrap();
         parent.child.wait().unwrap();
         assert!(wait_gone(pid, Duration::from_secs(10)), "{method}: manager server {pid} outlived its parent");
+    }
+}
+
+/// Blocks in a manager call until Ctrl-C.
+const CTRL_C: &str = r#"
+import multiprocessing
+if __name__ == '__main__':
+    m = multiprocessing.Manager()
+    q = m.Queue()
+    print('server', m._process.pid)
+    try:
+        print('waiting', True)
+        q.get()
+    except KeyboardInterrupt:
+        print('interrupted')
+    print('server alive', m._process.is_alive())
+"#;
+
+#[test]
+fn ctrl_c_interrupts_a_blocked_proxy_call_and_spares_the_server() {
+    let script = temp_script("ctrl_c", CTRL_C);
+    for method in METHODS {
+        let mut run = Running::start_in_group(&script, method, &[], true);
+        let pid: i32 = run.value("server", Duration::from_secs(30)).parse().unwrap();
+        run.reported.push(pid);
+        run.value("waiting", Duration::from_secs(30));
+        // Then its main thread goes to sleep, in the call (nothing else can block it).
+        let main = run.child.id();
+        let start = Instant::now();
+        while !std::fs::read_to_string(format!("/proc/{main}/task/{main}/stat"))
+            .is_ok_and(|st| st.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('S')))
+        {
+            assert!(start.elapsed() < Duration::from_secs(30), "{method}: the parent never blocked");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The whole group gets it, as from a terminal: the server ignores it (as CPython's);
+        // the parent's blocked call raises KeyboardInterrupt, then its exit shuts the server down.
+        assert_eq!(unsafe { killpg(run.child.id() as i32, SIGINT) }, 0);
+        let (status, lines) = run.finish(Duration::from_secs(30));
+        assert_eq!(status, Some(0), "{method}: {lines:?} {}", run.stderr.recv_timeout(Duration::from_secs(5)).unwrap_or_default());
+        assert_eq!(&lines[2..], ["interrupted", "server alive True"], "{method}");
+        assert!(wait_gone(pid, Duration::from_secs(10)), "{method}: the server outlived the parent's exit");
     }
 }
