@@ -97,12 +97,41 @@ struct Encoder<'a> {
     /// Keeps every memoized object alive so that no id is reused while encoding.
     keep: Vec<PyObjectRef>,
     next: u32,
-    path: Vec<String>,
+    path: Vec<Seg>,
     err_path: Option<String>,
     handles: Handles<'a>,
     /// For functions sent by value: id of the sender's `__globals__` -> the fresh dict that
     /// stands for it in this message, so functions that shared globals share them on arrival.
     globals_ref: HashMap<usize, PyObjectRef>,
+}
+
+/// One step of the path to the object being encoded, rendered (`[1]['a']`) only if encoding
+/// fails: formatting every index and every dict key's repr up front cost more than encoding a
+/// small message.
+pub(crate) enum Seg {
+    Index(usize),
+    /// A dict key itself, then the value under it.
+    Key(PyObjectRef),
+    Value(PyObjectRef),
+    Text(String),
+}
+
+impl From<String> for Seg {
+    fn from(s: String) -> Seg {
+        Seg::Text(s)
+    }
+}
+
+impl Seg {
+    fn render(&self, vm: &VirtualMachine) -> String {
+        let key = |k: &PyObjectRef| k.repr(vm).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|_| "?".into());
+        match self {
+            Seg::Index(i) => format!("[{i}]"),
+            Seg::Key(k) => format!("[{}] (key)", key(k)),
+            Seg::Value(k) => format!("[{}]", key(k)),
+            Seg::Text(s) => s.clone(),
+        }
+    }
 }
 
 /// Module attributes a by-value function's globals keep (relative imports and `__name__` checks
@@ -118,13 +147,14 @@ impl Encoder<'_> {
 
     fn fail(&mut self, e: PyBaseExceptionRef) -> PyBaseExceptionRef {
         if self.err_path.is_none() {
-            self.err_path = Some(self.path.concat());
+            let vm = self.vm;
+            self.err_path = Some(self.path.iter().map(|seg| seg.render(vm)).collect());
         }
         e
     }
 
-    fn child(&mut self, seg: String, obj: &PyObject) -> PyResult<Value> {
-        self.path.push(seg);
+    fn child(&mut self, seg: impl Into<Seg>, obj: &PyObject) -> PyResult<Value> {
+        self.path.push(seg.into());
         let r = self.enc(obj);
         self.path.pop();
         r
@@ -168,7 +198,7 @@ impl Encoder<'_> {
             let items: Vec<PyObjectRef> = obj.downcast_ref::<PyTuple>().expect("tuple").as_slice().to_vec();
             let mut out = Vec::with_capacity(items.len());
             for (i, it) in items.iter().enumerate() {
-                out.push(self.child(format!("[{i}]"), it)?);
+                out.push(self.child(Seg::Index(i), it)?);
             }
             return Ok(Value::Tuple(out));
         }
@@ -178,7 +208,7 @@ impl Encoder<'_> {
             let items: Vec<PyObjectRef> = obj.downcast_ref::<PyList>().expect("list").borrow_vec().to_vec();
             let mut out = Vec::with_capacity(items.len());
             for (i, it) in items.iter().enumerate() {
-                out.push(self.child(format!("[{i}]"), it)?);
+                out.push(self.child(Seg::Index(i), it)?);
             }
             return Ok(Value::List(out));
         }
@@ -187,9 +217,8 @@ impl Encoder<'_> {
             let items = obj.downcast_ref::<PyDict>().expect("dict").items_vec();
             let mut out = Vec::with_capacity(items.len());
             for (k, v) in items.iter() {
-                let key_repr = k.repr(vm).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|_| "?".into());
-                let kv = self.child(format!("[{key_repr}] (key)"), k)?;
-                let vv = self.child(format!("[{key_repr}]"), v)?;
+                let kv = self.child(Seg::Key(k.clone()), k)?;
+                let vv = self.child(Seg::Value(k.clone()), v)?;
                 out.push((kv, vv));
             }
             return Ok(Value::Dict(out));
@@ -311,9 +340,9 @@ impl Encoder<'_> {
                 b
             }
         };
-        let globals = self.child(".__globals__".into(), &base)?;
+        let globals = self.child(Seg::Text(".__globals__".to_owned()), &base)?;
         let name_obj = f.get_attr("__name__", vm)?;
-        let name = self.child(".__name__".into(), &name_obj)?;
+        let name = self.child(Seg::Text(".__name__".to_owned()), &name_obj)?;
         let cells: Vec<PyObjectRef> = match f.get_attr("__closure__", vm)? {
             c if vm.is_none(&c) => Vec::new(),
             c => c.try_to_value(vm)?,
@@ -355,7 +384,7 @@ impl Encoder<'_> {
         }
         let [defaults, kwdefaults, qualname, module, doc] = <[Value; 5]>::try_from(attrs).expect("five attributes");
         let dict = match f.dict() {
-            Some(d) if d.__len__() > 0 => self.child(".__dict__".into(), d.as_object())?,
+            Some(d) if d.__len__() > 0 => self.child(Seg::Text(".__dict__".to_owned()), d.as_object())?,
             _ => Value::None,
         };
         Ok(Value::Function(Box::new(Function {
@@ -403,17 +432,17 @@ impl Encoder<'_> {
             return Err(self.fail(e));
         }
         self.memoize(obj);
-        let func = self.child(".__reduce__()[0]".into(), &parts[0])?;
-        let args = self.child(".__reduce__()[1]".into(), &parts[1])?;
+        let func = self.child(Seg::Text(".__reduce__()[0]".to_owned()), &parts[0])?;
+        let args = self.child(Seg::Text(".__reduce__()[1]".to_owned()), &parts[1])?;
         let state = match parts.get(2) {
-            Some(s) if !vm.is_none(s) => Some(self.child(".__getstate__()".into(), s)?),
+            Some(s) if !vm.is_none(s) => Some(self.child(Seg::Text(".__getstate__()".to_owned()), s)?),
             _ => None,
         };
         let mut listitems = Vec::new();
         if let Some(it) = parts.get(3).filter(|o| !vm.is_none(o)) {
             let items: Vec<PyObjectRef> = it.try_to_value(vm)?;
             for (i, x) in items.iter().enumerate() {
-                listitems.push(self.child(format!("[{i}]"), x)?);
+                listitems.push(self.child(Seg::Index(i), x)?);
             }
         }
         let mut dictitems = Vec::new();
@@ -422,8 +451,7 @@ impl Encoder<'_> {
             for p in items.iter() {
                 let (k, x) = pair(vm, p)?;
                 let (k, x) = (&k, &x);
-                let kr = k.repr(vm).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                dictitems.push((self.child(format!("[{kr}] (key)"), k)?, self.child(format!("[{kr}]"), x)?));
+                dictitems.push((self.child(Seg::Key(k.clone()), k)?, self.child(Seg::Value(k.clone()), x)?));
             }
         }
         Ok(Value::Reduce(Box::new(Reduce { func, args, state, listitems, dictitems })))
