@@ -253,7 +253,8 @@ class Server(object):
         send = conn.send
         id_to_obj = self.id_to_obj
         stop = self.stop_event
-        while not stop.is_set():
+        # The flag's attribute, not is_set(): a method call costs RustPython ~2 us a request.
+        while not stop._set:
             methodname = obj = None
             try:
                 request = recv()
@@ -280,7 +281,7 @@ class Server(object):
                 except Exception as e:
                     msg = ('#ERROR', e)
                 else:
-                    typeid = gettypeid and gettypeid.get(methodname, None)
+                    typeid = gettypeid and methodname in gettypeid and gettypeid[methodname]
                     if typeid:
                         rident, rexposed = self.create(conn, typeid, res)
                         msg = ('#PROXY', (rexposed, Token(typeid, self.address, rident)))
