@@ -9,7 +9,6 @@
 __all__ = ['BaseManager', 'SyncManager', 'BaseProxy', 'Token']
 
 import array
-import os
 import sys
 import time
 import types
@@ -119,8 +118,8 @@ def public_methods(obj):
 
 
 class _Flag(object):
-    '''A set-once flag the serving threads poll and the main thread sleeps on (a raw lock:
-    no threading.Event, so a BaseManager server need not import threading's machinery).'''
+    '''The server's stop event: serving threads read `_set` on every request (an attribute is
+    cheaper than Event.is_set() in RustPython); the main thread sleeps on a raw lock.'''
 
     def __init__(self):
         self._lock = _thread.allocate_lock()
@@ -131,9 +130,11 @@ class _Flag(object):
         return self._set
 
     def set(self):
-        if not self._set:
-            self._set = True
+        self._set = True
+        try:
             self._lock.release()
+        except RuntimeError:
+            pass    # set before
 
     def wait(self, timeout=None):
         if self._set:
