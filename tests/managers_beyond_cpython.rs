@@ -3,10 +3,11 @@
 //! on a TCP port with an authkey, reached by other procpy processes through
 //! `BaseManager(address=..., authkey=...).connect()`; a wrong key gets AuthenticationError and
 //! nothing else (CPython's server sends the refused peer its traceback); Listener/Client over
-//! AF_UNIX and AF_INET with and without a key; and a manager server that does not outlive a
+//! AF_UNIX and AF_INET with and without a key; a manager server that does not outlive a
 //! SIGKILLed parent (CPython's stays behind); Ctrl-C interrupts a proxy call blocked in the
-//! parent and the server, which ignores it, is shut down at exit. Every manager test runs under fork, spawn and
-//! forkserver (`PROCPY_START_METHOD`).
+//! parent, and the server, which ignores it, is shut down at exit; a child iterates a
+//! DictProxy (CPython cannot build the returned Iterator proxy there). Every manager test runs
+//! under fork, spawn and forkserver (`PROCPY_START_METHOD`).
 //!
 //! Tests wait for conditions (lines read, pids gone) with deadlines; none sleeps and hopes.
 
@@ -443,5 +444,34 @@ fn ctrl_c_interrupts_a_blocked_proxy_call_and_spares_the_server() {
         assert_eq!(status, Some(0), "{method}: {lines:?} {}", run.stderr.recv_timeout(Duration::from_secs(5)).unwrap_or_default());
         assert_eq!(&lines[2..], ["interrupted", "server alive True"], "{method}");
         assert!(wait_gone(pid, Duration::from_secs(10)), "{method}: the server outlived the parent's exit");
+    }
+}
+
+/// A proxy whose manager object stayed in the parent still builds the proxies its calls
+/// return (CPython's child fails: 'NoneType' object has no attribute '_registry').
+const RETURNED_PROXY_IN_CHILD: &str = r#"
+import multiprocessing
+def child(d, q):
+    print('arg', sorted(d), type(iter(d)).__name__)
+    d2 = q.get()
+    print('queue', sorted(d2))
+if __name__ == '__main__':
+    with multiprocessing.Manager() as m:
+        d = m.dict(a=1, b=2)
+        q = multiprocessing.Queue()
+        p = multiprocessing.Process(target=child, args=(d, q))
+        p.start()
+        q.put(d)
+        p.join()
+        print('exit', p.exitcode)
+"#;
+
+#[test]
+fn a_child_iterates_a_dict_proxy() {
+    let script = temp_script("returned_proxy", RETURNED_PROXY_IN_CHILD);
+    for method in METHODS {
+        let out = run(&script, method, &[]);
+        assert_eq!(out.status, Some(0), "{method}: {out:?}");
+        assert_eq!(out.stdout, "arg ['a', 'b'] IteratorProxy\nqueue ['a', 'b']\nexit 0\n", "{method}: {}", out.stderr);
     }
 }
