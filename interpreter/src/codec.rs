@@ -105,49 +105,40 @@ struct Encoder<'a> {
     globals_ref: HashMap<usize, PyObjectRef>,
 }
 
-/// Module attributes a by-value function's globals keep (relative imports and `__name__` checks
-/// inside the function still work), as cloudpickle keeps them.
-const MODULE_ATTRS: [&str; 4] = ["__package__", "__name__", "__path__", "__file__"];
-
-/// One step of the path to the object being encoded, formatted only if encoding fails (a
-/// `format!` per list item was a measurable share of encoding a list of ints).
-enum Seg {
-    /// `[i]` of a list or tuple.
+/// One step of the path to the object being encoded, rendered (`[1]['a']`) only if encoding
+/// fails: formatting every index and every dict key's repr up front cost more than encoding a
+/// small message.
+pub(crate) enum Seg {
     Index(usize),
-    /// `[repr(key)] (key)`: a dict key itself.
+    /// A dict key itself, then the value under it.
     Key(PyObjectRef),
-    /// `[repr(key)]`: the value under a dict key.
     Value(PyObjectRef),
-    /// Anything else, already written out.
     Text(String),
 }
 
 impl From<String> for Seg {
-    fn from(s: String) -> Self {
+    fn from(s: String) -> Seg {
         Seg::Text(s)
     }
 }
 
-impl From<&str> for Seg {
-    fn from(s: &str) -> Self {
-        Seg::Text(s.to_owned())
+impl Seg {
+    fn render(&self, vm: &VirtualMachine) -> String {
+        let key = |k: &PyObjectRef| k.repr(vm).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|_| "?".into());
+        match self {
+            Seg::Index(i) => format!("[{i}]"),
+            Seg::Key(k) => format!("[{}] (key)", key(k)),
+            Seg::Value(k) => format!("[{}]", key(k)),
+            Seg::Text(s) => s.clone(),
+        }
     }
 }
 
-impl Encoder<'_> {
-    fn path_text(&self) -> String {
-        let repr = |k: &PyObjectRef| k.repr(self.vm).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|_| "?".into());
-        self.path
-            .iter()
-            .map(|seg| match seg {
-                Seg::Index(i) => format!("[{i}]"),
-                Seg::Key(k) => format!("[{}] (key)", repr(k)),
-                Seg::Value(k) => format!("[{}]", repr(k)),
-                Seg::Text(t) => t.clone(),
-            })
-            .collect()
-    }
+/// Module attributes a by-value function's globals keep (relative imports and `__name__` checks
+/// inside the function still work), as cloudpickle keeps them.
+const MODULE_ATTRS: [&str; 4] = ["__package__", "__name__", "__path__", "__file__"];
 
+impl Encoder<'_> {
     fn memoize(&mut self, obj: &PyObject) {
         self.memo.insert(obj.get_id(), self.next);
         self.keep.push(obj.to_owned());
@@ -156,7 +147,8 @@ impl Encoder<'_> {
 
     fn fail(&mut self, e: PyBaseExceptionRef) -> PyBaseExceptionRef {
         if self.err_path.is_none() {
-            self.err_path = Some(self.path_text());
+            let vm = self.vm;
+            self.err_path = Some(self.path.iter().map(|seg| seg.render(vm)).collect());
         }
         e
     }
@@ -357,9 +349,9 @@ impl Encoder<'_> {
                 b
             }
         };
-        let globals = self.child(".__globals__", &base)?;
+        let globals = self.child(Seg::Text(".__globals__".to_owned()), &base)?;
         let name_obj = f.get_attr("__name__", vm)?;
-        let name = self.child(".__name__", &name_obj)?;
+        let name = self.child(Seg::Text(".__name__".to_owned()), &name_obj)?;
         let cells: Vec<PyObjectRef> = match f.get_attr("__closure__", vm)? {
             c if vm.is_none(&c) => Vec::new(),
             c => c.try_to_value(vm)?,
@@ -401,7 +393,7 @@ impl Encoder<'_> {
         }
         let [defaults, kwdefaults, qualname, module, doc] = <[Value; 5]>::try_from(attrs).expect("five attributes");
         let dict = match f.dict() {
-            Some(d) if d.__len__() > 0 => self.child(".__dict__", d.as_object())?,
+            Some(d) if d.__len__() > 0 => self.child(Seg::Text(".__dict__".to_owned()), d.as_object())?,
             _ => Value::None,
         };
         Ok(Value::Function(Box::new(Function {
@@ -422,7 +414,11 @@ impl Encoder<'_> {
 
     fn reduce(&mut self, obj: &PyObject) -> PyResult<Value> {
         let vm = self.vm;
-        let rv = match vm.call_method(obj, "__reduce_ex__", (4,)) {
+        let reduced = match extra_reducer(vm, obj)? {
+            Some(f) => f.call((obj.to_owned(),), vm),
+            None => vm.call_method(obj, "__reduce_ex__", (4,)),
+        };
+        let rv = match reduced {
             Ok(rv) => rv,
             Err(e) => {
                 let e = cpython_type_name_in_message(vm, obj, e);
@@ -445,10 +441,10 @@ impl Encoder<'_> {
             return Err(self.fail(e));
         }
         self.memoize(obj);
-        let func = self.child(".__reduce__()[0]", &parts[0])?;
-        let args = self.child(".__reduce__()[1]", &parts[1])?;
+        let func = self.child(Seg::Text(".__reduce__()[0]".to_owned()), &parts[0])?;
+        let args = self.child(Seg::Text(".__reduce__()[1]".to_owned()), &parts[1])?;
         let state = match parts.get(2) {
-            Some(s) if !vm.is_none(s) => Some(self.child(".__getstate__()", s)?),
+            Some(s) if !vm.is_none(s) => Some(self.child(Seg::Text(".__getstate__()".to_owned()), s)?),
             _ => None,
         };
         let mut listitems = Vec::new();
@@ -776,4 +772,17 @@ fn cpython_type_name_in_message(vm: &VirtualMachine, obj: &PyObject, e: PyBaseEx
         return e;
     }
     vm.new_type_error(format!("cannot pickle '{module}.{name}' object"))
+}
+
+/// A reducer registered for `type(obj)` in `_procpy._reducers` (CPython's ForkingPickler
+/// table, e.g. managers send dict views as lists): it applies to multiprocessing's traffic
+/// only, unlike copyreg's, which would change `pickle` too.
+fn extra_reducer(vm: &VirtualMachine, obj: &PyObject) -> PyResult<Option<PyObjectRef>> {
+    let module = vm.import("_procpy", 0)?;
+    let table = module.get_attr("_reducers", vm)?;
+    let Some(table) = table.downcast_ref::<PyDict>() else { return Ok(None) };
+    if table.__len__() == 0 {
+        return Ok(None);
+    }
+    table.get_item_opt(obj.class().as_object(), vm)
 }

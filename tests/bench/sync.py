@@ -3,7 +3,7 @@ python3 or procpy:
     <interpreter> sync.py [scale] [start-method]
 scale (default 1.0) shrinks or grows every workload; the start method defaults to fork.
 Process start-up is outside the timed region of the shared-Value workload (children wait on
-an Event before counting)."""
+an Event before counting), and so is the manager's start-up in the manager dict workload."""
 import json
 import multiprocessing as mp
 import sys
@@ -63,6 +63,22 @@ def main():
     for _ in range(n):
         ev.is_set()
     out['event_is_set_us'] = (time.perf_counter() - t) / n * 1e6
+
+    # (iv) manager dict round trips from the parent: d[k] = v and d[k], each one request to
+    # the manager's server process and its answer (server start-up is outside the timing)
+    with ctx.Manager() as m:
+        d = m.dict()
+        d['warm'] = 0
+        n = max(500, int(20_000 * scale))
+        t = time.perf_counter()
+        for i in range(n):
+            d['k'] = i
+        out['manager_dict_set_us'] = (time.perf_counter() - t) / n * 1e6
+        t = time.perf_counter()
+        for i in range(n):
+            d['k']
+        out['manager_dict_get_us'] = (time.perf_counter() - t) / n * 1e6
+        assert d['k'] == n - 1
     print(json.dumps(out))
 
 

@@ -236,3 +236,43 @@ def answer_challenge(connection, authkey):
     response = connection.recv_bytes(256)        # reject large message
     if response != WELCOME:
         raise AuthenticationError('digest sent was rejected')
+
+
+#
+# The 'xmlrpclib' serializer of managers: the same connections, messages marshalled as
+# XML-RPC (only what XML-RPC can carry travels).
+#
+
+class ConnectionWrapper(object):
+    def __init__(self, conn, dumps, loads):
+        self._conn = conn
+        self._dumps = dumps
+        self._loads = loads
+        for attr in ('fileno', 'close', 'poll', 'recv_bytes', 'send_bytes'):
+            setattr(self, attr, getattr(conn, attr))
+
+    def send(self, obj):
+        self._conn.send_bytes(self._dumps(obj))
+
+    def recv(self):
+        return self._loads(self._conn.recv_bytes())
+
+
+def _xml_dumps(obj):
+    import xmlrpc.client
+    return xmlrpc.client.dumps((obj,), None, None, None, 1).encode('utf-8')
+
+
+def _xml_loads(s):
+    import xmlrpc.client
+    (obj,), method = xmlrpc.client.loads(s.decode('utf-8'))
+    return obj
+
+
+class XmlListener(Listener):
+    def accept(self):
+        return ConnectionWrapper(Listener.accept(self), _xml_dumps, _xml_loads)
+
+
+def XmlClient(*args, **kwds):
+    return ConnectionWrapper(Client(*args, **kwds), _xml_dumps, _xml_loads)

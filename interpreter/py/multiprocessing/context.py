@@ -89,17 +89,16 @@ class BaseContext(object):
         from .forkserver import set_forkserver_preload
         set_forkserver_preload(module_names)
 
-    # Not implemented yet: a clear error rather than an AttributeError (or someone else's module).
-    def _missing(name, issue):
-        def missing(self, *args, **kwargs):
-            raise NotImplementedError(
-                'multiprocessing.%s is not available in procpy yet (tracked in issue %s); '
-                'Process, Queue, Pipe, Pool, the locks and Value/Array are.' % (name, issue))
-        missing.__name__ = missing.__qualname__ = name
-        return missing
+    def Manager(self):
+        '''Returns a manager associated with a running server process
 
-    Manager = _missing('Manager', 4)
-    del _missing
+        The managers methods such as `Lock()`, `Condition()` and `Queue()`
+        can be used to create shared objects.
+        '''
+        from .managers import SyncManager
+        m = SyncManager(ctx=self.get_context())
+        m.start()
+        return m
 
     def Lock(self):
         """Returns a non-recursive lock object"""

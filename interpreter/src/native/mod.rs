@@ -309,6 +309,12 @@ pub(crate) mod _procpy {
         data.with_ref(|b| codec::loads(vm, b, &fds))
     }
 
+    /// type -> reducer, consulted by the codec before `__reduce_ex__` (see codec::extra_reducer).
+    #[pyattr(name = "_reducers")]
+    fn reducers(vm: &VirtualMachine) -> rustpython_vm::builtins::PyDictRef {
+        vm.ctx.new_dict()
+    }
+
     #[pyattr(name = "Connection")]
     fn connection_type(_vm: &VirtualMachine) -> PyTypeRef {
         use rustpython_vm::class::PyClassImpl;

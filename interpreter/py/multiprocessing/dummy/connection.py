@@ -1,4 +1,4 @@
-# multiprocessing.dummy.connection: Pipe() between threads, over two queue.Queue objects.
+# multiprocessing.dummy.connection: Pipe() and Listener/Client between threads, over queue.Queue objects.
 __all__ = ['Client', 'Listener', 'Pipe']
 
 from queue import Queue
@@ -35,9 +35,34 @@ def Pipe(duplex=True):
     return Connection(a, b), Connection(b, a)
 
 
-def Listener(*args, **kwargs):
-    raise NotImplementedError('multiprocessing.dummy.connection.Listener is not available in procpy yet')
+families = [None]
 
 
-def Client(*args, **kwargs):
-    raise NotImplementedError('multiprocessing.dummy.connection.Client is not available in procpy yet')
+class Listener(object):
+    """A "listener" between threads: its address is the queue that clients put their ends on."""
+
+    def __init__(self, address=None, family=None, backlog=1):
+        self._backlog_queue = Queue(backlog)
+
+    def accept(self):
+        return Connection(*self._backlog_queue.get())
+
+    def close(self):
+        self._backlog_queue = None
+
+    @property
+    def address(self):
+        return self._backlog_queue
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc_value, exc_tb):
+        self.close()
+
+
+def Client(address):
+    """Connect to a Listener (whose address is its queue): the listener gets the mirror ends."""
+    _in, _out = Queue(), Queue()
+    address.put((_out, _in))
+    return Connection(_in, _out)
