@@ -4,7 +4,7 @@
 //! Hand-written rather than clap: python3's grammar (`-c` ends option parsing, `-cCODE`,
 //! arguments after the script are never options) does not fit a declarative parser.
 
-use procpy_interpreter::{RunMode, FORK_SERVER_FLAG, SPAWN_CHILD_FLAG};
+use procpy_interpreter::{RunMode, FORK_SERVER_FLAG, SPAWN_CHILD_FLAG, TRACKER_FLAG};
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub enum Invocation {
     Print(String),
     /// A usage error: print to stderr, exit 2.
     Usage(String),
+    /// Be the resource tracker of a program tree (no Python VM).
+    ResourceTracker,
 }
 
 /// Usage text.
@@ -45,6 +47,7 @@ pub fn parse(args: &[String]) -> Invocation {
         let a = &args[i];
         match a.as_str() {
             SPAWN_CHILD_FLAG => return Invocation::Run { mode: RunMode::SpawnChild, argv: vec![String::new()] },
+            TRACKER_FLAG => return Invocation::ResourceTracker,
             FORK_SERVER_FLAG => return Invocation::Run { mode: RunMode::ForkServer, argv: vec![String::new()] },
             "-h" | "--help" | "-?" => return Invocation::Print(USAGE.to_owned()),
             "-V" | "--version" => return Invocation::Print(format!("procpy {} (Python 3.11 compatible, RustPython 0.5.0)", env!("CARGO_PKG_VERSION"))),
