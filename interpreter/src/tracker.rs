@@ -175,7 +175,11 @@ pub fn main() -> i32 {
         );
         for name in names {
             if let Err(e) = cleanup(rtype, name) {
-                eprintln!("UserWarning: resource_tracker: {name:?}: {e}");
+                // CPython's wording: "'name': [Errno 2] No such file or directory: 'name'".
+                let errno = e.raw_os_error().unwrap_or(0);
+                let text = io::Error::from_raw_os_error(errno).to_string();
+                let text = text.rsplit_once(" (os error").map_or(text.as_str(), |(t, _)| t).to_owned();
+                eprintln!("UserWarning: resource_tracker: '{name}': [Errno {errno}] {text}: '{name}'");
             }
         }
     }
