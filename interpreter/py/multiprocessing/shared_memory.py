@@ -2,11 +2,9 @@
 # `shm_open` segments in /dev/shm, opened and mapped natively (`_procpy.shm_open`). Every
 # segment this program tree creates or attaches is registered with its resource tracker
 # (as CPython 3.11 does), which unlinks what is left once every process of the tree is gone.
-# Imports stay light (no threading, no secrets): this module is imported by user code.
+# Imports stay light (no threading, secrets or functools): user code imports this module.
 import os
 import struct
-import types
-from functools import partial
 
 import _procpy
 
@@ -250,6 +248,8 @@ class ShareableList:
         buf[self._kinds_start + position] = kind
 
     def __reduce__(self):
+        # functools only here: importing it is slow on RustPython, and rarely needed.
+        from functools import partial
         return partial(self.__class__, name=self.shm.name), ()
 
     def __len__(self):
@@ -283,4 +283,5 @@ class ShareableList:
                 return position
         raise ValueError(f'{value!r} not in this container')
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    # types.GenericAlias, without importing `types`.
+    __class_getitem__ = classmethod(type(list[int]))
