@@ -234,3 +234,40 @@ fn a_tidy_program_gets_no_warning() {
         assert!(!out.stderr.contains("resource_tracker"), "{method}: {}", out.stderr);
     }
 }
+
+const GROUP_KILLED: &str = r#"
+import multiprocessing, os, signal, sys
+from multiprocessing import shared_memory
+
+def create_and_wait(q, never):
+    shm = shared_memory.SharedMemory(create=True, size=10)
+    q.put(shm.name)
+    never.get(timeout=60)
+
+if __name__ == '__main__':
+    multiprocessing.set_start_method(sys.argv[1])
+    q, never = multiprocessing.Queue(), multiprocessing.Queue()
+    p = multiprocessing.Process(target=create_and_wait, args=(q, never))
+    p.start()
+    print('NAME', q.get(timeout=30), flush=True)
+    # SIGKILL to the whole process group: parent, child (and fork server) at once.
+    os.kill(0, signal.SIGKILL)
+"#;
+
+#[test]
+fn sigkill_to_the_whole_process_group_still_unlinks() {
+    // CPython's tracker shares the program's process group and dies with it (a leak); ours
+    // runs in its own group.
+    use std::os::unix::process::CommandExt;
+    let script = temp_script("group_killed", GROUP_KILLED);
+    for method in METHODS {
+        let mut cmd = Command::new(procpy());
+        cmd.arg(&script).arg(method).process_group(0);
+        let out = run_with_deadline(cmd, Duration::from_secs(60));
+        assert_eq!(out.status, Some(-9), "{method}: {out:?}");
+        let names = names(&out.stdout);
+        assert_eq!(names.len(), 1, "{method}: {out:?}");
+        assert!(gone(&names[0]), "{method}: /dev/shm/{} left behind: {out:?}", names[0]);
+        assert!(out.stderr.contains("There appear to be 1 leaked shared_memory objects"), "{method}: {}", out.stderr);
+    }
+}

@@ -61,8 +61,12 @@ pub fn ensure_running() -> io::Result<RawFd> {
     // The read end becomes the tracker's stdin (a posix_spawn file action: no fork of this
     // multi-threaded process, and nothing else can inherit it by accident). Its stdout goes
     // nowhere; its stderr is ours, for the leak warning. Not waited for: it outlives us.
+    use std::os::unix::process::CommandExt;
+    // Its own process group: a signal sent to the program's group (Ctrl-C, `kill -- -pgid`,
+    // a harness killing the group) does not reach it, so it is still there to clean up.
     let child = Command::new("/proc/self/exe")
         .arg(TRACKER_FLAG)
+        .process_group(0)
         .stdin(Stdio::from(r))
         .stdout(Stdio::null())
         .spawn()
@@ -120,11 +124,15 @@ fn cleanup(rtype: &str, name: &str) -> io::Result<()> {
 /// The tracker process's main loop (`procpy --multiprocessing-resource-tracker`): returns the
 /// exit status once every writer has closed the pipe and the leftovers are cleaned up.
 pub fn main() -> i32 {
-    // Ctrl-C and a plain kill reach the whole process group; the tracker must outlive the
-    // others to clean up after them (CPython's ignores both too).
+    // The tracker must outlive the others to clean up after them: it ignores Ctrl-C and a
+    // plain kill (as CPython's does), a hang-up, and SIGTTOU (writing the warning to the
+    // terminal from its background process group must not stop it).
     unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGTTOU] {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+        // Do not pin the program's working directory (a mount point, say) while waiting.
+        libc::chdir(c"/".as_ptr());
     }
     let stdin = io::stdin();
     // BTreeMap/BTreeSet: a deterministic clean-up order and set semantics (registering a name
