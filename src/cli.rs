@@ -143,6 +143,13 @@ mod tests {
     }
 
     #[test]
+    fn tracker_flag_runs_the_tracker() {
+        assert_eq!(parse(&v(&[TRACKER_FLAG])), Invocation::ResourceTracker);
+        // Only as the first argument: after a script it belongs to the script.
+        assert!(matches!(parse(&v(&["s.py", TRACKER_FLAG])), Invocation::Run { .. }));
+    }
+
+    #[test]
     fn missing_option_argument_is_a_usage_error() {
         assert!(matches!(parse(&v(&["-c"])), Invocation::Usage(m) if m.contains("-c option")));
         assert!(matches!(parse(&v(&["--bogus"])), Invocation::Usage(m) if m.contains("--bogus")));
