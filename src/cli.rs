@@ -4,7 +4,7 @@
 //! Hand-written rather than clap: python3's grammar (`-c` ends option parsing, `-cCODE`,
 //! arguments after the script are never options) does not fit a declarative parser.
 
-use procpy_interpreter::{RunMode, FORK_SERVER_FLAG, SPAWN_CHILD_FLAG};
+use procpy_interpreter::{RunMode, FORK_SERVER_FLAG, SPAWN_CHILD_FLAG, TRACKER_FLAG};
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub enum Invocation {
     Print(String),
     /// A usage error: print to stderr, exit 2.
     Usage(String),
+    /// Be the resource tracker of a program tree (no Python VM).
+    ResourceTracker,
 }
 
 /// procpy's own switches (they come before the script, like python3's options).
@@ -110,6 +112,7 @@ fn parse_into(args: &[String], features: &mut Features) -> Invocation {
                 return Invocation::Run { mode: RunMode::Module(format!("_procpy_demo_{name}")), argv };
             }
             SPAWN_CHILD_FLAG => return Invocation::Run { mode: RunMode::SpawnChild, argv: vec![String::new()] },
+            TRACKER_FLAG => return Invocation::ResourceTracker,
             FORK_SERVER_FLAG => return Invocation::Run { mode: RunMode::ForkServer, argv: vec![String::new()] },
             "-h" | "--help" | "-?" => return Invocation::Print(USAGE.to_owned()),
             "-V" | "--version" => return Invocation::Print(format!("procpy {} (Python 3.11 compatible, RustPython 0.5.0)", env!("CARGO_PKG_VERSION"))),
@@ -228,6 +231,13 @@ mod tests {
             parse(&v(&["-m", "json.tool", "f"])),
             Invocation::Run { mode: RunMode::Module("json.tool".into()), argv: v(&["-m", "f"]) }
         );
+    }
+
+    #[test]
+    fn tracker_flag_runs_the_tracker() {
+        assert_eq!(parse(&v(&[TRACKER_FLAG])), Invocation::ResourceTracker);
+        // Only as the first argument: after a script it belongs to the script.
+        assert!(matches!(parse(&v(&["s.py", TRACKER_FLAG])), Invocation::Run { .. }));
     }
 
     #[test]

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
             println!("{text}");
             ExitCode::SUCCESS
         }
+        Invocation::ResourceTracker => ExitCode::from(procpy_interpreter::tracker::main() as u8),
         Invocation::Usage(msg) => {
             eprintln!("procpy: {msg}");
             ExitCode::from(2)

@@ -101,6 +101,8 @@ conformance!(
     queue_basics,
     queue_many_producers_consumers,
     queue_timeouts_full_empty,
+    shared_memory_basics,
+    shared_memory_list,
     shared_value_array,
     simple_queue,
     sync_condition_event_barrier,

@@ -92,6 +92,10 @@ class PopenFork(_Popen):
 
     def _launch(self, process_obj):
         parent_pid = os.getpid()
+        # One resource tracker per program tree: started (once) before the first child, so
+        # every child shares it (CPython starts one lazily in whichever process first creates
+        # shared memory, so a fork child's own tracker would unlink its segments as it exits).
+        _procpy.tracker_getfd()
         pid = os.fork()
         if pid == 0:
             code = 1

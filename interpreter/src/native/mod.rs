@@ -25,6 +25,7 @@ pub(crate) mod gil;
 pub(crate) mod progress;
 mod queue;
 mod shared_buffer;
+mod shm;
 mod sync;
 mod trace_py;
 
@@ -362,6 +363,51 @@ pub(crate) mod _procpy {
         crate::trace::enabled()
     }
 
+    // ---------------------------------------------------------------- shared memory
+
+    /// Open the POSIX shared memory segment `name` (leading slash included), creating it with
+    /// `size` bytes if `create`; returns (SharedBuffer over all of it, its size).
+    #[pyfunction]
+    fn shm_open(name: String, create: bool, size: isize, vm: &VirtualMachine) -> PyResult<(PyObjectRef, usize)> {
+        if size < 0 {
+            return Err(vm.new_value_error("'size' must be a positive integer".to_owned()));
+        }
+        let (buf, len) = shm::open(vm, &name, create, size as usize)?;
+        Ok((buf.into_pyobject(vm), len))
+    }
+
+    /// Remove the segment `name` (leading slash included).
+    #[pyfunction]
+    fn shm_unlink(name: String, vm: &VirtualMachine) -> PyResult<()> {
+        shm::unlink(vm, &name)
+    }
+
+    // ---------------------------------------------------------------- resource tracker
+
+    /// Start this program tree's resource tracker if this process has none; its pipe's fd.
+    #[pyfunction]
+    fn tracker_getfd(vm: &VirtualMachine) -> PyResult<i32> {
+        crate::tracker::ensure_running().map_err(|e| os_err(vm, e))
+    }
+
+    /// The tracker's pid if this process started it, else None.
+    #[pyfunction]
+    fn tracker_pid() -> Option<i32> {
+        crate::tracker::pid()
+    }
+
+    /// Send one `CMD:name:rtype\n` line to the tracker (starting it if needed).
+    #[pyfunction]
+    fn tracker_send(msg: ArgBytesLike, vm: &VirtualMachine) -> PyResult<()> {
+        msg.with_ref(crate::tracker::send).map_err(|e| os_err(vm, e))
+    }
+
+    /// Forget a tracker that died, so the next message starts a new one.
+    #[pyfunction]
+    fn tracker_reset() {
+        crate::tracker::reset()
+    }
+
     /// Flush every queue feeder of this process (called at process exit).
     #[pyfunction]
     fn _flush_queues() {
@@ -414,19 +460,27 @@ pub(crate) mod _procpy {
     #[pyfunction]
     fn spawn_child(exe: String, args: Vec<String>, payload: ArgBytesLike, fds: Vec<i32>, vm: &VirtualMachine) -> PyResult<(i32, i32)> {
         use std::os::unix::process::CommandExt;
+        // Like CPython, the tree's resource tracker runs before any spawned child (or the fork
+        // server) can create shared memory: the child inherits its pipe's write end.
+        let tracker_fd = crate::tracker::ensure_running().map_err(|e| os_err(vm, e))?;
         let (ours, theirs) = ipc::socketpair(libc::SOCK_STREAM).map_err(|e| os_err(vm, e))?;
         let child_fd = theirs.as_raw_fd();
         let mut cmd = std::process::Command::new(&exe);
-        cmd.args(&args).env("PROCPY_BOOT_FD", child_fd.to_string());
+        cmd.args(&args)
+            .env("PROCPY_BOOT_FD", child_fd.to_string())
+            .env(crate::tracker::TRACKER_FD_ENV, tracker_fd.to_string());
         if let Some(t) = crate::trace::clock() {
             // procpy --trace: the child's boot span starts at its exec, not at its main().
             cmd.env(crate::trace::EXEC_T0_ENV, format!("{t:.3}"));
         }
-        // Between fork and exec: keep the boot socket across exec (async-signal-safe calls only).
+        // Between fork and exec: keep the boot socket and the tracker pipe across exec
+        // (async-signal-safe calls only; this changes the child's descriptor table only).
         unsafe {
             cmd.pre_exec(move || {
-                if libc::fcntl(child_fd, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
+                for fd in [child_fd, tracker_fd] {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -450,6 +504,10 @@ pub(crate) mod _procpy {
             .ok_or_else(|| vm.new_runtime_error("PROCPY_BOOT_FD is not set: this process was not started by procpy".to_owned()))?;
         // Grandchildren must not see our boot descriptor.
         unsafe { std::env::remove_var("PROCPY_BOOT_FD") };
+        if let Some(t) = std::env::var(crate::tracker::TRACKER_FD_ENV).ok().and_then(|s| s.parse().ok()) {
+            unsafe { std::env::remove_var(crate::tracker::TRACKER_FD_ENV) };
+            crate::tracker::adopt(t);
+        }
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         let (payload, fds) = recv_with_fds_stream(vm, fd)?
             .ok_or_else(|| vm.new_eof_error("parent closed the boot channel before sending".to_owned()))?;

@@ -9,6 +9,7 @@ use rustpython_vm::types::{AsBuffer, Constructor};
 use rustpython_vm::{pyclass, Py, PyPayload, PyResult, VirtualMachine};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 
 /// One shared mapping; dropped (unmapped) when the last Python object using it goes.
@@ -59,6 +60,9 @@ impl Drop for Mapping {
 #[derive(PyPayload)]
 pub struct SharedBuffer {
     pub(crate) map: Arc<Mapping>,
+    /// Live buffer views (memoryviews and their slices) of this object: `SharedMemory.close()`
+    /// refuses, as CPython's does, while any remains.
+    exports: AtomicIsize,
 }
 
 impl std::fmt::Debug for SharedBuffer {
@@ -77,7 +81,7 @@ impl SharedBuffer {
     }
 
     pub(crate) fn from_fd(fd: OwnedFd, len: usize) -> io::Result<Self> {
-        Ok(SharedBuffer { map: Arc::new(Mapping::map(fd, len)?) })
+        Ok(SharedBuffer { map: Arc::new(Mapping::map(fd, len)?), exports: AtomicIsize::new(0) })
     }
 
     fn bytes(&self) -> &[u8] {
@@ -98,15 +102,19 @@ impl Constructor for SharedBuffer {
             return Err(vm.new_value_error("size must be non-negative"));
         }
         let map = Mapping::create(size as usize).map_err(|e| os_err(vm, e))?;
-        Ok(SharedBuffer { map: Arc::new(map) })
+        Ok(SharedBuffer { map: Arc::new(map), exports: AtomicIsize::new(0) })
     }
 }
 
 static BUFFER_METHODS: BufferMethods = BufferMethods {
     obj_bytes: |buffer| buffer.obj_as::<SharedBuffer>().bytes().into(),
     obj_bytes_mut: |buffer| buffer.obj_as::<SharedBuffer>().bytes_mut().into(),
-    release: |_| {},
-    retain: |_| {},
+    release: |buffer| {
+        buffer.obj_as::<SharedBuffer>().exports.fetch_sub(1, Ordering::AcqRel);
+    },
+    retain: |buffer| {
+        buffer.obj_as::<SharedBuffer>().exports.fetch_add(1, Ordering::AcqRel);
+    },
 };
 
 impl AsBuffer for SharedBuffer {
@@ -120,5 +128,11 @@ impl SharedBuffer {
     #[pygetset]
     fn handle(&self) -> i32 {
         self.fd()
+    }
+
+    /// How many buffer views of this object are alive.
+    #[pygetset]
+    fn exports(&self) -> isize {
+        self.exports.load(Ordering::Acquire)
     }
 }
