@@ -30,6 +30,52 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static FORKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static AT_FORK: std::sync::Once = std::sync::Once::new();
+
+extern "C" fn forgot_ids_in_child() {
+    PID.store(0, std::sync::atomic::Ordering::Relaxed);
+    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// This process's id, cached: `getpid` is a real system call (glibc stopped caching it), and
+/// locks and queues ask on every operation. A fork handler forgets it in the child.
+pub fn pid() -> u32 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let p = PID.load(Relaxed);
+    if p != 0 {
+        return p;
+    }
+    AT_FORK.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(forgot_ids_in_child));
+    });
+    let p = unsafe { libc::getpid() } as u32;
+    PID.store(p, Relaxed);
+    p
+}
+
+/// The calling thread's kernel id, cached per thread (and refreshed after a fork, where the
+/// surviving thread has a new id).
+pub fn tid() -> u32 {
+    use std::cell::Cell;
+    use std::sync::atomic::Ordering::Relaxed;
+    thread_local! {
+        static TID: Cell<(u32, u32)> = const { Cell::new((u32::MAX, 0)) };
+    }
+    pid(); // makes sure the fork handler is registered
+    let forks = FORKS.load(Relaxed);
+    TID.with(|c| {
+        let (gen, tid) = c.get();
+        if gen == forks {
+            return tid;
+        }
+        let tid = unsafe { libc::gettid() } as u32;
+        c.set((forks, tid));
+        tid
+    })
+}
+
 /// Whether `fd` is a Unix-domain socket (and so can carry descriptors).
 pub fn is_unix_socket(fd: RawFd) -> bool {
     // Only Unix-domain sockets carry descriptors (SCM_RIGHTS); a TCP connection from

@@ -49,7 +49,7 @@ impl Feeder {
             })
             .expect("spawn queue feeder thread");
         let f = Arc::new(Feeder {
-            pid: std::process::id(),
+            pid: ipc::pid(),
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             pending,
@@ -78,7 +78,7 @@ impl Drop for Feeder {
         // A copy inherited through fork: its thread does not exist here, and its pthread handle
         // may by now name one of *our* threads (glibc reuses descriptors), so detaching it
         // (what dropping a JoinHandle does) would break a later join. Leak it instead.
-        if self.pid != std::process::id() {
+        if self.pid != ipc::pid() {
             if let Some(h) = self.thread.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
                 std::mem::forget(h);
             }
@@ -172,7 +172,7 @@ impl QueueBase {
     /// This process's feeder (a fork child starts its own; the parent's thread is not here).
     fn feeder(&self) -> Arc<Feeder> {
         let mut g = self.feeder.lock();
-        let pid = std::process::id();
+        let pid = ipc::pid();
         match &*g {
             Some(f) if f.pid == pid => f.clone(),
             _ => {
@@ -186,7 +186,7 @@ impl QueueBase {
     fn own_pending(&self) -> usize {
         let g = self.feeder.lock();
         match &*g {
-            Some(f) if f.pid == std::process::id() => f.pending.load(Ordering::Acquire),
+            Some(f) if f.pid == ipc::pid() => f.pending.load(Ordering::Acquire),
             _ => 0,
         }
     }
@@ -416,7 +416,7 @@ impl QueueBase {
             ));
         }
         let f = zelf.feeder.lock().clone();
-        if let Some(f) = f.filter(|f| f.pid == std::process::id()) {
+        if let Some(f) = f.filter(|f| f.pid == ipc::pid()) {
             f.join();
         }
         Ok(())
@@ -468,7 +468,7 @@ impl QueueBase {
 
 /// Flush every queue feeder of this process (at process exit, as CPython's finalizers do).
 pub(super) fn flush_all() {
-    let pid = std::process::id();
+    let pid = ipc::pid();
     let feeders: Vec<Arc<Feeder>> = {
         let mut g = FEEDERS.lock().unwrap_or_else(|e| e.into_inner());
         g.retain(|w| w.strong_count() > 0);

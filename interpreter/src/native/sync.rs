@@ -35,7 +35,7 @@ const SEM_VALUE_MAX: i32 = i32::MAX;
 const NAP: Duration = Duration::from_millis(100);
 
 fn my_ids() -> (u32, u32) {
-    (std::process::id(), unsafe { libc::gettid() } as u32)
+    (ipc::pid(), ipc::tid())
 }
 
 /// Whether `pid` is gone or a zombie (dead, not yet reaped: it will never release anything).
@@ -75,12 +75,12 @@ impl std::fmt::Debug for SemLock {
 
 impl SemLock {
     pub(crate) fn from_shared(shared: Arc<SharedCounters>, kind: i32, maxvalue: i32) -> Self {
-        SemLock { shared, kind, maxvalue, count: AtomicI64::new(0), last_tid: AtomicU32::new(0), local_pid: AtomicU32::new(std::process::id()) }
+        SemLock { shared, kind, maxvalue, count: AtomicI64::new(0), last_tid: AtomicU32::new(0), local_pid: AtomicU32::new(ipc::pid()) }
     }
 
     /// This process's count (a fork child starts from zero, as after CPython's `_after_fork`).
     fn local_count(&self) -> i64 {
-        if self.local_pid.load(SeqCst) == std::process::id() {
+        if self.local_pid.load(SeqCst) == ipc::pid() {
             self.count.load(SeqCst)
         } else {
             0
@@ -88,7 +88,7 @@ impl SemLock {
     }
 
     fn add_count(&self, delta: i64) {
-        let pid = std::process::id();
+        let pid = ipc::pid();
         if self.local_pid.load(SeqCst) != pid {
             self.count.store(0, SeqCst);
             self.local_pid.store(pid, SeqCst);
@@ -138,7 +138,7 @@ impl SemLock {
         if holder == 0 || !process_is_dead(holder) {
             return Ok(false);
         }
-        let pid = std::process::id();
+        let pid = ipc::pid();
         if self.slot(OWNER_PID).compare_exchange(holder, pid, SeqCst, SeqCst).is_err() {
             return Ok(false);
         }
@@ -324,7 +324,7 @@ impl SemLock {
     #[pymethod]
     fn _after_fork(&self) {
         self.count.store(0, SeqCst);
-        self.local_pid.store(std::process::id(), SeqCst);
+        self.local_pid.store(ipc::pid(), SeqCst);
     }
 
     /// A plain `SemLock` sharing this one's state: what travels to a child for a subclass.
