@@ -3,13 +3,16 @@
 //! - [`boot`] builds an interpreter with the frozen stdlib and procpy's own `multiprocessing`;
 //! - [`wire`] is the VM-free wire model of the codec, [`codec`] maps Python objects onto it;
 //! - [`ipc`] is the VM-free OS plumbing (sockets, descriptor passing, pidfds, shared counters);
+//! - [`embed`] is the host<->worker protocol of embedding, [`worker`] its worker side;
 //! - `native` is the `_procpy` module that `multiprocessing` is built on.
 #![deny(missing_docs)]
 
 pub mod boot;
 pub mod codec;
+pub mod embed;
 pub mod ipc;
 mod native;
 pub mod wire;
+pub mod worker;
 
 pub use boot::{run, RunMode, FORK_SERVER_FLAG, SPAWN_CHILD_FLAG};
