@@ -37,6 +37,10 @@ class HostError(RuntimeError):
     """A host function returned an error; the message is the host's."""
 
 
+# Users import it from `host`; name it there in reprs and error types.
+HostError.__module__ = 'host'
+
+
 def _host_function(name):
     def call(*args):
         ok, value = _native.host_call(name, args)
