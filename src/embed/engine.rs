@@ -542,6 +542,19 @@ impl Engine {
         self.inner.size
     }
 
+    /// The process ids of the live workers (busy or idle), sorted: for monitoring.
+    ///
+    /// ```
+    /// # procpy::init();
+    /// let engine = procpy::Builder::new().workers(2).build().unwrap();
+    /// assert_eq!(engine.worker_pids().len(), 2);
+    /// ```
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.inner.spawner.pids.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Call `"package.module:function"` with `args` (a tuple spreads into positional
     /// arguments, `()` passes none, any other value is the one argument) and convert the
     /// result to `R`.
