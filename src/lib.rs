@@ -9,6 +9,8 @@
 //! let status = procpy::run_script("script.py", &["a".into(), "b".into()]);
 //! std::process::exit(status as i32);
 //! ```
+//!
+#![doc = include_str!("embed/tutorial.md")]
 #![deny(missing_docs)]
 
 pub mod cli;

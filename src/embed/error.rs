@@ -99,8 +99,9 @@ pub enum Error {
         /// How it ended.
         status: ExitStatus,
     },
-    /// The call ran past its timeout; its worker was killed and is being replaced.
-    #[error("the call timed out after {0:?}")]
+    /// The call or script ran past its timeout; its worker was killed (and, for a call, is
+    /// being replaced).
+    #[error("timed out after {0:?} (the worker was killed)")]
     Timeout(std::time::Duration),
     /// The worker ran into a resource limit (and was killed, or raised `MemoryError`).
     #[error("worker {pid} exceeded its {limit} limit")]
