@@ -30,6 +30,7 @@ pub enum Frame {
         /// `"package.module:function"` (a dotted qualname after the colon is allowed).
         target: String,
         /// Wire bytes of the argument tuple.
+        #[serde(with = "raw")]
         args: Vec<u8>,
     },
     /// Worker -> host: the outcome of a `Call` (wire bytes of the result).
@@ -37,6 +38,7 @@ pub enum Frame {
         /// The `Call` this answers.
         id: u64,
         /// Result bytes or the Python exception.
+        #[serde(with = "raw_result")]
         outcome: Result<Vec<u8>, PyError>,
     },
     /// Worker -> host: Python called a host function; the worker waits for `HostReply`.
@@ -46,6 +48,7 @@ pub enum Frame {
         /// The registered name.
         name: String,
         /// Wire bytes of the argument tuple.
+        #[serde(with = "raw")]
         args: Vec<u8>,
     },
     /// Host -> worker: a host function's result (wire bytes) or its error message.
@@ -53,8 +56,75 @@ pub enum Frame {
         /// The `HostCall` this answers.
         id: u64,
         /// Result bytes or the error message raised as `host.HostError` in Python.
+        #[serde(with = "raw_result")]
         outcome: Result<Vec<u8>, String>,
     },
+}
+
+/// Byte payloads as serde bytes: the same postcard layout as a `Vec<u8>` sequence (length, then
+/// the bytes) but copied in one piece instead of decoded byte by byte.
+mod raw {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+/// [`raw`] inside a `Result`.
+mod raw_result {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    enum R<T, E> {
+        Ok(T),
+        Err(E),
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct B(#[serde(with = "super::raw")] Vec<u8>);
+
+    /// The same shape as `R`, borrowing (no copy of the payload on the way out).
+    #[derive(Serialize)]
+    enum RRef<'a, E> {
+        Ok(#[serde(serialize_with = "ser_ref")] &'a Vec<u8>),
+        Err(&'a E),
+    }
+
+    fn ser_ref<S: Serializer>(b: &&Vec<u8>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    pub fn serialize<E: Serialize, S: Serializer>(r: &Result<Vec<u8>, E>, s: S) -> Result<S::Ok, S::Error> {
+        match r {
+            Ok(b) => RRef::<E>::Ok(b).serialize(s),
+            Err(e) => RRef::Err(e).serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, E: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Result<Vec<u8>, E>, D::Error> {
+        Ok(match R::<B, E>::deserialize(d)? {
+            R::Ok(B(b)) => Ok(b),
+            R::Err(e) => Err(e),
+        })
+    }
 }
 
 /// How a worker is set up before it serves.
@@ -123,6 +193,27 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_payloads_keep_the_plain_vec_layout() {
+        // The `raw` encoding must be exactly what a derived `Vec<u8>` would write.
+        #[derive(Serialize)]
+        enum Plain {
+            _Setup(Setup),
+            _Ready(Result<u32, PyError>),
+            Call { id: u64, target: String, args: Vec<u8> },
+            Reply { id: u64, outcome: Result<Vec<u8>, PyError> },
+        }
+        let ours = postcard::to_allocvec(&Frame::Call { id: 3, target: "m:f".into(), args: vec![9; 300] }).unwrap();
+        let plain = postcard::to_allocvec(&Plain::Call { id: 3, target: "m:f".into(), args: vec![9; 300] }).unwrap();
+        assert_eq!(ours, plain);
+        let ours = postcard::to_allocvec(&Frame::Reply { id: 3, outcome: Ok(vec![1, 2]) }).unwrap();
+        let plain = postcard::to_allocvec(&Plain::Reply { id: 3, outcome: Ok(vec![1, 2]) }).unwrap();
+        assert_eq!(ours, plain);
+        let e = PyError { type_name: "E".into(), message: "m".into(), traceback: "t".into() };
+        let f = Frame::Reply { id: 4, outcome: Err(e) };
+        assert_eq!(postcard::from_bytes::<Frame>(&postcard::to_allocvec(&f).unwrap()).unwrap(), f);
+    }
 
     #[test]
     fn frames_round_trip_and_truncation_is_an_error() {
