@@ -806,6 +806,9 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.inner.closed.store(true, Ordering::SeqCst);
+        // Under the lock, so a caller between its `closed` check and its wait cannot miss it.
+        drop(self.inner.lock());
+        self.inner.cond.notify_all();
         // Busy workers die too, so pool threads blocked in a call return at once.
         let pids: Vec<u32> = self.inner.spawner.pids.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
         for pid in pids {

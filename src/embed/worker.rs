@@ -54,6 +54,24 @@ pub(crate) struct Spawner {
     pub pids: Pids,
 }
 
+/// Writes with `MSG_NOSIGNAL`: a write to a worker that just died must be an error for this
+/// call, not a SIGPIPE for the host (whose disposition the host may have reset).
+struct NoSigPipe<'a>(&'a UnixStream);
+
+impl io::Write for NoSigPipe<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = unsafe { libc::send(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn send(stream: &UnixStream, frame: &Frame) -> io::Result<()> {
+    embed::write_frame(&mut NoSigPipe(stream), frame)
+}
+
 pub(crate) struct Worker {
     pub pid: u32,
     stream: UnixStream,
@@ -97,7 +115,7 @@ impl Spawner {
         let pid = child.id();
         self.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
         let mut w = Worker { pid, stream: UnixStream::from(host), child: Some(child), pids: self.pids.clone() };
-        if embed::write_frame(&mut w.stream, &Frame::Setup(setup.clone())).is_err() && !script {
+        if send(&w.stream, &Frame::Setup(setup.clone())).is_err() && !script {
             return Err(w.not_ready());
         }
         if script {
@@ -124,7 +142,7 @@ impl Worker {
     /// Run one call; host functions the Python code calls meanwhile are served here.
     pub fn call(&mut self, id: u64, target: &str, args: Vec<u8>, deadline: Option<Instant>, host_fns: &HashMap<String, HostFn>) -> std::result::Result<std::result::Result<Vec<u8>, PyError>, CallFailure> {
         let frame = Frame::Call { id, target: target.to_owned(), args };
-        embed::write_frame(&mut self.stream, &frame).map_err(|_| CallFailure::Lost)?;
+        send(&self.stream, &frame).map_err(|_| CallFailure::Lost)?;
         loop {
             let left = match deadline {
                 None => None,
@@ -139,7 +157,7 @@ impl Worker {
                 Ok(Frame::HostCall { id: hid, name, args }) => {
                     let outcome = run_host_fn(host_fns, &name, &args);
                     let reply = Frame::HostReply { id: hid, outcome };
-                    embed::write_frame(&mut self.stream, &reply).map_err(|_| CallFailure::Lost)?;
+                    send(&self.stream, &reply).map_err(|_| CallFailure::Lost)?;
                 }
                 Ok(_) => continue,
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Err(CallFailure::Timeout),
