@@ -122,7 +122,9 @@ impl Spawner {
             return Ok(w);
         }
         let _ = w.stream.set_read_timeout(Some(BOOT_TIMEOUT));
-        match embed::read_frame(&mut w.stream) {
+        let ready = embed::read_frame(&mut w.stream);
+        let _ = w.stream.set_read_timeout(None);
+        match ready {
             Ok(Frame::Ready(Ok(_))) => Ok(w),
             Ok(Frame::Ready(Err(e))) => Err(Error::from(e)),
             _ => Err(w.not_ready()),
@@ -151,7 +153,15 @@ impl Worker {
                     _ => return Err(CallFailure::Timeout),
                 },
             };
-            let _ = self.stream.set_read_timeout(left);
+            // poll for the deadline instead of a socket timeout: no syscall when there is none.
+            if let Some(left) = left {
+                match procpy_interpreter::ipc::poll(&[(self.stream.as_raw_fd(), libc::POLLIN)], Some(left)) {
+                    Ok(r) if r[0] == 0 => return Err(CallFailure::Timeout),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return Err(CallFailure::Lost),
+                }
+            }
             match embed::read_frame(&mut self.stream) {
                 Ok(Frame::Reply { id: got, outcome }) if got == id => return Ok(outcome),
                 Ok(Frame::HostCall { id: hid, name, args }) => {
