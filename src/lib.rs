@@ -9,9 +9,19 @@
 //! let status = procpy::run_script("script.py", &["a".into(), "b".into()]);
 //! std::process::exit(status as i32);
 //! ```
+//!
+#![doc = include_str!("embed/tutorial.md")]
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod embed;
+
+pub use embed::engine::{Builder, Engine, Imap, Script, ScriptOutput, StartMethod, Task};
+pub use embed::error::{Error, ExitStatus, Limit, Result};
+pub use embed::init;
+pub use embed::value::{from_value, to_value, Bytes, ValueError};
+pub use embed::worker::Output;
+pub use procpy_interpreter::wire;
 
 pub use procpy_interpreter::RunMode;
 use procpy_interpreter::trace;

@@ -5,6 +5,8 @@ use procpy::RunMode;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // A host that embeds procpy may use this binary as its worker program.
+    procpy::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let parsed = cli::parse(&args);
     match parsed.invocation {

@@ -4,17 +4,20 @@
 //! - [`wire`] is the VM-free wire model of the codec, [`codec`] maps Python objects onto it;
 //! - [`ipc`] is the VM-free OS plumbing (sockets, descriptor passing, pidfds, shared counters);
 //! - [`tracker`] is the resource tracker process (VM-free) and its client side;
-//! - `native` is the `_procpy` module that `multiprocessing` is built on;
-//! - [`trace`] records `procpy --trace` events (VM-free).
+//! - [`trace`] records `procpy --trace` events (VM-free);
+//! - [`embed`] is the host<->worker protocol of embedding, [`worker`] its worker side;
+//! - `native` is the `_procpy` module that `multiprocessing` is built on.
 #![deny(missing_docs)]
 
 pub mod boot;
 pub mod codec;
+pub mod embed;
 pub mod ipc;
 mod native;
 pub mod trace;
 pub mod tracker;
 pub mod wire;
+pub mod worker;
 
 pub use boot::{run, RunMode, FORK_SERVER_FLAG, SPAWN_CHILD_FLAG};
 pub use tracker::TRACKER_FLAG;

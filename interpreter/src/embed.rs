@@ -1,0 +1,229 @@
+//! The embedding protocol between a host application and its procpy worker processes. No VM here:
+//! the host side (the `procpy` crate) uses it without an interpreter.
+//!
+//! Each frame is a little-endian `u32` length followed by the postcard encoding of a [`Frame`].
+//! Python values inside frames are [`crate::wire`] bytes (the codec's format), so the worker
+//! decodes arguments with the same code that `multiprocessing` uses.
+
+use serde::{Deserialize, Serialize};
+use std::io::{self, Read, Write};
+
+/// The environment variable that marks a process as an embedding worker: its value is the
+/// number of the inherited socket descriptor.
+pub const WORKER_FD_ENV: &str = "PROCPY_EMBED_FD";
+
+/// Largest frame accepted (1 GiB): a corrupt length must not make us allocate the world.
+pub const MAX_FRAME: usize = 1 << 30;
+
+/// One message on a worker socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Host -> worker, first frame: how to set the worker up.
+    Setup(Setup),
+    /// Worker -> host: set up (or failed to), answer to `Setup`.
+    Ready(Result<u32, PyError>),
+    /// Host -> worker: call `target` ("module:function") with the positional arguments in
+    /// `args` (wire bytes of a tuple).
+    Call {
+        /// Matches the `Reply`.
+        id: u64,
+        /// `"package.module:function"` (a dotted qualname after the colon is allowed).
+        target: String,
+        /// Wire bytes of the argument tuple.
+        #[serde(with = "raw")]
+        args: Vec<u8>,
+    },
+    /// Worker -> host: the outcome of a `Call` (wire bytes of the result).
+    Reply {
+        /// The `Call` this answers.
+        id: u64,
+        /// Result bytes or the Python exception.
+        #[serde(with = "raw_result")]
+        outcome: Result<Vec<u8>, PyError>,
+    },
+    /// Worker -> host: Python called a host function; the worker waits for `HostReply`.
+    HostCall {
+        /// Matches the `HostReply`.
+        id: u64,
+        /// The registered name.
+        name: String,
+        /// Wire bytes of the argument tuple.
+        #[serde(with = "raw")]
+        args: Vec<u8>,
+    },
+    /// Host -> worker: a host function's result (wire bytes) or its error message.
+    HostReply {
+        /// The `HostCall` this answers.
+        id: u64,
+        /// Result bytes or the error message raised as `host.HostError` in Python.
+        #[serde(with = "raw_result")]
+        outcome: Result<Vec<u8>, String>,
+    },
+}
+
+/// Byte payloads as serde bytes: the same postcard layout as a `Vec<u8>` sequence (length, then
+/// the bytes) but copied in one piece instead of decoded byte by byte.
+mod raw {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+/// [`raw`] inside a `Result`.
+mod raw_result {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    enum R<T, E> {
+        Ok(T),
+        Err(E),
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct B(#[serde(with = "super::raw")] Vec<u8>);
+
+    /// The same shape as `R`, borrowing (no copy of the payload on the way out).
+    #[derive(Serialize)]
+    enum RRef<'a, E> {
+        Ok(#[serde(serialize_with = "ser_ref")] &'a Vec<u8>),
+        Err(&'a E),
+    }
+
+    fn ser_ref<S: Serializer>(b: &&Vec<u8>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    pub fn serialize<E: Serialize, S: Serializer>(r: &Result<Vec<u8>, E>, s: S) -> Result<S::Ok, S::Error> {
+        match r {
+            Ok(b) => RRef::<E>::Ok(b).serialize(s),
+            Err(e) => RRef::Err(e).serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, E: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Result<Vec<u8>, E>, D::Error> {
+        Ok(match R::<B, E>::deserialize(d)? {
+            R::Ok(B(b)) => Ok(b),
+            R::Err(e) => Err(e),
+        })
+    }
+}
+
+/// How a worker is set up before it serves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Setup {
+    /// Directories prepended to `sys.path`, in order.
+    pub sys_path: Vec<String>,
+    /// Modules importable by name: (dotted module name, source, file name shown in tracebacks).
+    pub sources: Vec<(String, String, String)>,
+    /// Names of the host functions importable as `from host import NAME`.
+    pub host_fns: Vec<String>,
+    /// `RLIMIT_AS` in bytes, applied after the interpreter booted.
+    pub memory_limit: Option<u64>,
+    /// `RLIMIT_CPU` in seconds (soft; the hard limit is one second more).
+    pub cpu_limit: Option<u64>,
+    /// Run this script as `__main__` and exit with its status instead of serving calls.
+    pub script: Option<ScriptSpec>,
+}
+
+/// A script a worker runs as `__main__`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScriptSpec {
+    /// A file path, or `None` when `source` holds the code.
+    pub path: Option<String>,
+    /// The code when there is no path.
+    pub source: Option<String>,
+    /// `sys.argv`.
+    pub argv: Vec<String>,
+}
+
+/// A Python exception, flattened for the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PyError {
+    /// `ValueError`, or `module.QualName` for exceptions outside builtins.
+    pub type_name: String,
+    /// `str(exc)`.
+    pub message: String,
+    /// The formatted traceback (`traceback.format_exception`), ending with the message line.
+    pub traceback: String,
+}
+
+/// Write one frame.
+pub fn write_frame(w: &mut impl Write, frame: &Frame) -> io::Result<()> {
+    let body = postcard::to_allocvec(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&body);
+    // One write per frame: header and body leave together (one syscall, no Nagle-like split).
+    w.write_all(&buf)?;
+    w.flush()
+}
+
+/// Read one frame; end of file before a frame starts is `UnexpectedEof`.
+pub fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large")));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    postcard::from_bytes(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_payloads_keep_the_plain_vec_layout() {
+        // The `raw` encoding must be exactly what a derived `Vec<u8>` would write.
+        #[derive(Serialize)]
+        enum Plain {
+            _Setup(Setup),
+            _Ready(Result<u32, PyError>),
+            Call { id: u64, target: String, args: Vec<u8> },
+            Reply { id: u64, outcome: Result<Vec<u8>, PyError> },
+        }
+        let ours = postcard::to_allocvec(&Frame::Call { id: 3, target: "m:f".into(), args: vec![9; 300] }).unwrap();
+        let plain = postcard::to_allocvec(&Plain::Call { id: 3, target: "m:f".into(), args: vec![9; 300] }).unwrap();
+        assert_eq!(ours, plain);
+        let ours = postcard::to_allocvec(&Frame::Reply { id: 3, outcome: Ok(vec![1, 2]) }).unwrap();
+        let plain = postcard::to_allocvec(&Plain::Reply { id: 3, outcome: Ok(vec![1, 2]) }).unwrap();
+        assert_eq!(ours, plain);
+        let e = PyError { type_name: "E".into(), message: "m".into(), traceback: "t".into() };
+        let f = Frame::Reply { id: 4, outcome: Err(e) };
+        assert_eq!(postcard::from_bytes::<Frame>(&postcard::to_allocvec(&f).unwrap()).unwrap(), f);
+    }
+
+    #[test]
+    fn frames_round_trip_and_truncation_is_an_error() {
+        let f = Frame::Call { id: 7, target: "m:f".into(), args: vec![1, 2, 3] };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &f).unwrap();
+        assert_eq!(read_frame(&mut &buf[..]).unwrap(), f);
+        assert!(read_frame(&mut &buf[..buf.len() - 1]).is_err());
+        let mut huge = (u32::MAX).to_le_bytes().to_vec();
+        huge.extend_from_slice(&[0; 8]);
+        assert_eq!(read_frame(&mut &huge[..]).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+}

@@ -1,0 +1,820 @@
+//! Rust values <-> Python values: a serde `Serializer` that produces the codec's
+//! [`wire::Value`] and a `Deserializer` that reads one, naming the path of any mismatch.
+//!
+//! | Rust | Python |
+//! |---|---|
+//! | `bool`, integers of any width (`i128`/`u128` too), `f32`/`f64` | `bool`, `int`, `float` |
+//! | `String`, `&str`, `char` | `str` |
+//! | [`Bytes`] (or `#[serde(with = ...)]` bytes) | `bytes` |
+//! | `Option<T>` | `None` or the value |
+//! | `()` | `()` (so `call(target, ())` passes no arguments) |
+//! | `Vec<T>`, slices, sets | `list` (a Python `set`/`frozenset`/`tuple` also reads back as a sequence) |
+//! | tuples, tuple structs | `tuple` |
+//! | structs, maps | `dict` (struct fields by name) |
+//! | unit enum variant | its name as a `str` |
+//! | other enum variants | `{"Variant": value}` (externally tagged, as serde_json does) |
+
+use procpy_interpreter::wire::Value;
+use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
+use serde::ser::{self, Serialize};
+use std::fmt;
+
+/// Owned bytes that travel as a Python `bytes` object (a plain `Vec<u8>` becomes a list of ints,
+/// as serde defines it).
+///
+/// ```
+/// # procpy::init();
+/// let v = procpy::to_value(&procpy::Bytes(b"hi".to_vec())).unwrap();
+/// let back: procpy::Bytes = procpy::from_value(&v).unwrap();
+/// assert_eq!(back.0, b"hi");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Bytes(pub Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: ser::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Bytes {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+/// A conversion error: where in the value (`[3].name`, empty at the top) and what went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueError {
+    /// Path segments from the outside in (`[3]`, `.name`).
+    pub(crate) path: Vec<String>,
+    pub(crate) message: String,
+}
+
+impl ValueError {
+    fn msg(m: impl Into<String>) -> Self {
+        ValueError { path: Vec::new(), message: m.into() }
+    }
+    fn at(mut self, seg: impl FnOnce() -> String) -> Self {
+        self.path.push(seg());
+        self
+    }
+    /// The path, outermost first: `[3].name`.
+    pub fn path(&self) -> String {
+        self.path.iter().rev().cloned().collect()
+    }
+    /// What went wrong there.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let p = self.path();
+        if p.is_empty() { f.write_str(&self.message) } else { write!(f, "{p}: {}", self.message) }
+    }
+}
+
+impl std::error::Error for ValueError {}
+
+impl ser::Error for ValueError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        ValueError::msg(msg.to_string())
+    }
+}
+
+impl de::Error for ValueError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        ValueError::msg(msg.to_string())
+    }
+    fn invalid_type(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
+        ValueError::msg(format!("expected {exp}, found {unexp}"))
+    }
+    fn invalid_value(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
+        ValueError::msg(format!("expected {exp}, found {unexp}"))
+    }
+}
+
+/// Turn any `Serialize` value into the wire model (what a Python object encodes to).
+///
+/// ```
+/// # procpy::init();
+/// use procpy::wire::Value;
+/// assert_eq!(procpy::to_value(&(1, "a")).unwrap(), Value::Tuple(vec![Value::Int(1), Value::Str(b"a".to_vec())]));
+/// ```
+pub fn to_value<T: Serialize + ?Sized>(v: &T) -> Result<Value, ValueError> {
+    v.serialize(Ser)
+}
+
+/// Read a `Deserialize` value out of the wire model; a mismatch names its path.
+///
+/// ```
+/// # procpy::init();
+/// use procpy::wire::Value;
+/// let v = Value::List(vec![Value::Int(1), Value::Str(b"x".to_vec())]);
+/// let e = procpy::from_value::<Vec<i64>>(&v).unwrap_err();
+/// assert_eq!(e.to_string(), "[1]: expected i64, found str 'x'");
+/// ```
+pub fn from_value<T: de::DeserializeOwned>(v: &Value) -> Result<T, ValueError> {
+    let memo = memo_table(v);
+    T::deserialize(De { v, memo: &memo })
+}
+
+fn str_value(s: &str) -> Value {
+    Value::Str(s.as_bytes().to_vec())
+}
+
+fn int_value(v: i128) -> Value {
+    match i64::try_from(v) {
+        Ok(i) => Value::Int(i),
+        Err(_) => Value::BigInt(minimal_le(&v.to_le_bytes(), v < 0)),
+    }
+}
+
+/// Two's-complement little-endian bytes without redundant sign bytes.
+fn minimal_le(b: &[u8], neg: bool) -> Vec<u8> {
+    let mut out = b.to_vec();
+    let fill = if neg { 0xff } else { 0 };
+    while out.len() > 1 && out[out.len() - 1] == fill && (out[out.len() - 2] & 0x80 != 0) == neg {
+        out.pop();
+    }
+    out
+}
+
+struct Ser;
+
+/// Collects the items of a sequence, tuple or struct under construction.
+pub struct SeqSer {
+    items: Vec<Value>,
+    tuple: bool,
+    variant: Option<&'static str>,
+}
+
+/// Collects the entries of a map or struct under construction.
+pub struct MapSer {
+    items: Vec<(Value, Value)>,
+    key: Option<Value>,
+    variant: Option<&'static str>,
+}
+
+fn tagged(variant: Option<&'static str>, v: Value) -> Value {
+    match variant {
+        Some(name) => Value::Dict(vec![(str_value(name), v)]),
+        None => v,
+    }
+}
+
+impl ser::Serializer for Ser {
+    type Ok = Value;
+    type Error = ValueError;
+    type SerializeSeq = SeqSer;
+    type SerializeTuple = SeqSer;
+    type SerializeTupleStruct = SeqSer;
+    type SerializeTupleVariant = SeqSer;
+    type SerializeMap = MapSer;
+    type SerializeStruct = MapSer;
+    type SerializeStructVariant = MapSer;
+
+    fn serialize_bool(self, v: bool) -> Result<Value, ValueError> {
+        Ok(Value::Bool(v))
+    }
+    fn serialize_i8(self, v: i8) -> Result<Value, ValueError> {
+        Ok(Value::Int(v.into()))
+    }
+    fn serialize_i16(self, v: i16) -> Result<Value, ValueError> {
+        Ok(Value::Int(v.into()))
+    }
+    fn serialize_i32(self, v: i32) -> Result<Value, ValueError> {
+        Ok(Value::Int(v.into()))
+    }
+    fn serialize_i64(self, v: i64) -> Result<Value, ValueError> {
+        Ok(Value::Int(v))
+    }
+    fn serialize_i128(self, v: i128) -> Result<Value, ValueError> {
+        Ok(int_value(v))
+    }
+    fn serialize_u8(self, v: u8) -> Result<Value, ValueError> {
+        Ok(Value::Int(v.into()))
+    }
+    fn serialize_u16(self, v: u16) -> Result<Value, ValueError> {
+        Ok(Value::Int(v.into()))
+    }
+    fn serialize_u32(self, v: u32) -> Result<Value, ValueError> {
+        Ok(Value::Int(v.into()))
+    }
+    fn serialize_u64(self, v: u64) -> Result<Value, ValueError> {
+        Ok(int_value(v.into()))
+    }
+    fn serialize_u128(self, v: u128) -> Result<Value, ValueError> {
+        match i128::try_from(v) {
+            Ok(i) => Ok(int_value(i)),
+            // Beyond i128: 17 bytes, the top one a zero sign byte.
+            Err(_) => {
+                let mut b = v.to_le_bytes().to_vec();
+                b.push(0);
+                Ok(Value::BigInt(b))
+            }
+        }
+    }
+    fn serialize_f32(self, v: f32) -> Result<Value, ValueError> {
+        Ok(Value::Float(v.into()))
+    }
+    fn serialize_f64(self, v: f64) -> Result<Value, ValueError> {
+        Ok(Value::Float(v))
+    }
+    fn serialize_char(self, v: char) -> Result<Value, ValueError> {
+        Ok(str_value(v.encode_utf8(&mut [0; 4])))
+    }
+    fn serialize_str(self, v: &str) -> Result<Value, ValueError> {
+        Ok(str_value(v))
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<Value, ValueError> {
+        Ok(Value::Bytes(v.to_vec()))
+    }
+    fn serialize_none(self) -> Result<Value, ValueError> {
+        Ok(Value::None)
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> Result<Value, ValueError> {
+        v.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<Value, ValueError> {
+        Ok(Value::Tuple(Vec::new()))
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<Value, ValueError> {
+        Ok(Value::None)
+    }
+    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<Value, ValueError> {
+        Ok(str_value(variant))
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> Result<Value, ValueError> {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(self, _: &'static str, _: u32, variant: &'static str, v: &T) -> Result<Value, ValueError> {
+        Ok(tagged(Some(variant), v.serialize(Ser)?))
+    }
+    fn serialize_seq(self, len: Option<usize>) -> Result<SeqSer, ValueError> {
+        Ok(SeqSer { items: Vec::with_capacity(len.unwrap_or(0)), tuple: false, variant: None })
+    }
+    fn serialize_tuple(self, len: usize) -> Result<SeqSer, ValueError> {
+        Ok(SeqSer { items: Vec::with_capacity(len), tuple: true, variant: None })
+    }
+    fn serialize_tuple_struct(self, _: &'static str, len: usize) -> Result<SeqSer, ValueError> {
+        self.serialize_tuple(len)
+    }
+    fn serialize_tuple_variant(self, _: &'static str, _: u32, variant: &'static str, len: usize) -> Result<SeqSer, ValueError> {
+        Ok(SeqSer { items: Vec::with_capacity(len), tuple: false, variant: Some(variant) })
+    }
+    fn serialize_map(self, len: Option<usize>) -> Result<MapSer, ValueError> {
+        Ok(MapSer { items: Vec::with_capacity(len.unwrap_or(0)), key: None, variant: None })
+    }
+    fn serialize_struct(self, _: &'static str, len: usize) -> Result<MapSer, ValueError> {
+        Ok(MapSer { items: Vec::with_capacity(len), key: None, variant: None })
+    }
+    fn serialize_struct_variant(self, _: &'static str, _: u32, variant: &'static str, len: usize) -> Result<MapSer, ValueError> {
+        Ok(MapSer { items: Vec::with_capacity(len), key: None, variant: Some(variant) })
+    }
+}
+
+impl SeqSer {
+    fn push<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), ValueError> {
+        let i = self.items.len();
+        self.items.push(v.serialize(Ser).map_err(|e| e.at(|| format!("[{i}]")))?);
+        Ok(())
+    }
+    fn done(self) -> Value {
+        let v = if self.tuple { Value::Tuple(self.items) } else { Value::List(self.items) };
+        tagged(self.variant, v)
+    }
+}
+
+impl ser::SerializeSeq for SeqSer {
+    type Ok = Value;
+    type Error = ValueError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), ValueError> {
+        self.push(v)
+    }
+    fn end(self) -> Result<Value, ValueError> {
+        Ok(self.done())
+    }
+}
+impl ser::SerializeTuple for SeqSer {
+    type Ok = Value;
+    type Error = ValueError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), ValueError> {
+        self.push(v)
+    }
+    fn end(self) -> Result<Value, ValueError> {
+        Ok(self.done())
+    }
+}
+impl ser::SerializeTupleStruct for SeqSer {
+    type Ok = Value;
+    type Error = ValueError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), ValueError> {
+        self.push(v)
+    }
+    fn end(self) -> Result<Value, ValueError> {
+        Ok(self.done())
+    }
+}
+impl ser::SerializeTupleVariant for SeqSer {
+    type Ok = Value;
+    type Error = ValueError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), ValueError> {
+        self.push(v)
+    }
+    fn end(self) -> Result<Value, ValueError> {
+        Ok(self.done())
+    }
+}
+
+impl MapSer {
+    fn field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), ValueError> {
+        let v = v.serialize(Ser).map_err(|e| e.at(|| format!(".{key}")))?;
+        self.items.push((str_value(key), v));
+        Ok(())
+    }
+}
+
+impl ser::SerializeMap for MapSer {
+    type Ok = Value;
+    type Error = ValueError;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), ValueError> {
+        self.key = Some(k.serialize(Ser).map_err(|e| e.at(|| " (a key)".into()))?);
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), ValueError> {
+        let k = self.key.take().ok_or_else(|| ValueError::msg("map value without a key"))?;
+        let v = v.serialize(Ser).map_err(|e| e.at(|| format!("[{}]", describe_key(&k))))?;
+        self.items.push((k, v));
+        Ok(())
+    }
+    fn end(self) -> Result<Value, ValueError> {
+        Ok(tagged(self.variant, Value::Dict(self.items)))
+    }
+}
+impl ser::SerializeStruct for MapSer {
+    type Ok = Value;
+    type Error = ValueError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), ValueError> {
+        self.field(key, v)
+    }
+    fn end(self) -> Result<Value, ValueError> {
+        Ok(tagged(self.variant, Value::Dict(self.items)))
+    }
+}
+impl ser::SerializeStructVariant for MapSer {
+    type Ok = Value;
+    type Error = ValueError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), ValueError> {
+        self.field(key, v)
+    }
+    fn end(self) -> Result<Value, ValueError> {
+        Ok(tagged(self.variant, Value::Dict(self.items)))
+    }
+}
+
+// ------------------------------------------------------------------ deserializing
+
+/// Memo index -> node, in the order the codec hands them out (pre-order over containers and
+/// reduced objects), so a `Memo` (a shared reference in Python) reads as its target.
+fn memo_table(v: &Value) -> Vec<&Value> {
+    fn walk<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+        match v {
+            Value::Tuple(items) | Value::List(items) => {
+                out.push(v);
+                items.iter().for_each(|x| walk(x, out));
+            }
+            Value::Dict(items) => {
+                out.push(v);
+                for (k, x) in items {
+                    walk(k, out);
+                    walk(x, out);
+                }
+            }
+            Value::Reduce(r) => {
+                out.push(v);
+                walk(&r.func, out);
+                walk(&r.args, out);
+                if let Some(s) = &r.state {
+                    walk(s, out);
+                }
+                r.listitems.iter().for_each(|x| walk(x, out));
+                for (k, x) in &r.dictitems {
+                    walk(k, out);
+                    walk(x, out);
+                }
+            }
+            Value::Handle { .. } | Value::Function(_) => out.push(v),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    // Only worth a walk when the value shares something.
+    if contains_memo(v) {
+        walk(v, &mut out);
+    }
+    out
+}
+
+fn contains_memo(v: &Value) -> bool {
+    match v {
+        Value::Memo(_) => true,
+        Value::Tuple(items) | Value::List(items) => items.iter().any(contains_memo),
+        Value::Dict(items) => items.iter().any(|(k, x)| contains_memo(k) || contains_memo(x)),
+        Value::Reduce(_) => true,
+        _ => false,
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn big_to_i128(b: &[u8]) -> Option<i128> {
+    if b.is_empty() || b.len() > 16 {
+        return None;
+    }
+    let fill = if b[b.len() - 1] & 0x80 != 0 { 0xff } else { 0 };
+    let mut full = [fill; 16];
+    full[..b.len()].copy_from_slice(b);
+    Some(i128::from_le_bytes(full))
+}
+
+fn big_to_u128(b: &[u8]) -> Option<u128> {
+    if b.is_empty() || b[b.len() - 1] & 0x80 != 0 {
+        return None;
+    }
+    let trimmed = if b.len() == 17 && b[16] == 0 { &b[..16] } else { b };
+    if trimmed.len() > 16 {
+        return None;
+    }
+    let mut full = [0u8; 16];
+    full[..trimmed.len()].copy_from_slice(trimmed);
+    Some(u128::from_le_bytes(full))
+}
+
+/// How a value is named in an error: `str 'x'`, `int 5`, `list of 3 items`.
+pub(crate) fn describe(v: &Value) -> String {
+    match v {
+        Value::None => "None".into(),
+        Value::Bool(b) => if *b { "True".into() } else { "False".into() },
+        Value::Int(i) => format!("int {i}"),
+        Value::BigInt(b) => match big_to_i128(b) {
+            Some(i) => format!("int {i}"),
+            None => "int (more than 128 bits)".into(),
+        },
+        Value::Float(f) => format!("float {f:?}"),
+        Value::Str(s) => {
+            let s = lossy(s);
+            if s.chars().count() > 40 { format!("str '{}...'", s.chars().take(40).collect::<String>()) } else { format!("str '{s}'") }
+        }
+        Value::Bytes(b) => format!("bytes of length {}", b.len()),
+        Value::Tuple(t) => format!("tuple of {} items", t.len()),
+        Value::List(t) => format!("list of {} items", t.len()),
+        Value::Dict(t) => format!("dict of {} items", t.len()),
+        Value::Global { module, qualname } => format!("{module}.{qualname}"),
+        Value::Reduce(r) => match &r.func {
+            Value::Global { module, qualname } => format!("a {module}.{qualname} object"),
+            _ => "an object".into(),
+        },
+        Value::Memo(_) => "a shared reference".into(),
+        Value::Handle { .. } => "an OS handle".into(),
+        Value::Function(_) => "a function".into(),
+    }
+}
+
+fn describe_key(k: &Value) -> String {
+    match k {
+        Value::Str(s) => format!("'{}'", lossy(s)),
+        Value::Int(i) => i.to_string(),
+        other => describe(other),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct De<'a> {
+    v: &'a Value,
+    memo: &'a [&'a Value],
+}
+
+impl<'a> De<'a> {
+    fn at(self, v: &'a Value) -> De<'a> {
+        De { v, memo: self.memo }
+    }
+    /// The value itself, with shared references followed.
+    fn value(&self) -> Result<&'a Value, ValueError> {
+        let mut v = self.v;
+        for _ in 0..4 {
+            match v {
+                Value::Memo(i) => v = self.memo.get(*i as usize).copied().ok_or_else(|| ValueError::msg(format!("dangling shared reference {i}")))?,
+                _ => return Ok(v),
+            }
+        }
+        Ok(v)
+    }
+    fn mismatch(&self, expected: &str) -> ValueError {
+        let found = self.value().map(describe).unwrap_or_else(|_| "a shared reference".into());
+        ValueError::msg(format!("expected {expected}, found {found}"))
+    }
+    fn int(&self, expected: &str) -> Result<i128, ValueError> {
+        match self.value()? {
+            Value::Int(i) => Ok(*i as i128),
+            Value::Bool(b) => Ok(*b as i128),
+            Value::BigInt(b) => big_to_i128(b).ok_or_else(|| self.mismatch(expected)),
+            _ => Err(self.mismatch(expected)),
+        }
+    }
+    fn ranged<T: TryFrom<i128>>(&self, expected: &str) -> Result<T, ValueError> {
+        let i = self.int(expected)?;
+        T::try_from(i).map_err(|_| ValueError::msg(format!("expected {expected}, found int {i} (out of range)")))
+    }
+    fn float(&self) -> Result<f64, ValueError> {
+        match self.value()? {
+            Value::Float(f) => Ok(*f),
+            // Python code often returns an int where a float is meant (`return 0`).
+            Value::Int(i) => Ok(*i as f64),
+            _ => Err(self.mismatch("float")),
+        }
+    }
+    fn string(&self, expected: &str) -> Result<String, ValueError> {
+        match self.value()? {
+            Value::Str(s) => String::from_utf8(s.clone()).map_err(|_| ValueError::msg(format!("expected {expected}, found a str with lone surrogates"))),
+            _ => Err(self.mismatch(expected)),
+        }
+    }
+    /// Items of anything sequence-like: list, tuple, and set/frozenset (which travel reduced).
+    fn seq_items(&self) -> Option<&'a [Value]> {
+        match self.value().ok()? {
+            Value::List(v) | Value::Tuple(v) => Some(v),
+            Value::Reduce(r) => match (&r.func, &r.args) {
+                (Value::Global { module, qualname }, Value::Tuple(args))
+                    if module == "builtins" && (qualname == "set" || qualname == "frozenset") =>
+                {
+                    match args.first().map(|a| self.at(a).value()) {
+                        Some(Ok(Value::List(items))) => Some(items),
+                        None => Some(&[]),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+macro_rules! de_int {
+    ($($m:ident $t:ty, $name:literal, $visit:ident;)*) => {$(
+        fn $m<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+            v.$visit(self.ranged::<$t>($name)?)
+        }
+    )*};
+}
+
+impl<'de, 'a> de::Deserializer<'de> for De<'a> {
+    type Error = ValueError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        match self.value()? {
+            Value::None => v.visit_none(),
+            Value::Bool(b) => v.visit_bool(*b),
+            Value::Int(i) => v.visit_i64(*i),
+            Value::BigInt(b) => match (big_to_i128(b), big_to_u128(b)) {
+                (Some(i), _) => v.visit_i128(i),
+                (None, Some(u)) => v.visit_u128(u),
+                _ => Err(ValueError::msg("int does not fit in 128 bits")),
+            },
+            Value::Float(f) => v.visit_f64(*f),
+            Value::Str(_) => v.visit_string(self.string("str")?),
+            Value::Bytes(b) => v.visit_bytes(b),
+            Value::Dict(items) => v.visit_map(MapAcc { de: self, items, i: 0 }),
+            _ => match self.seq_items() {
+                Some(items) => v.visit_seq(SeqAcc { de: self, items, i: 0 }),
+                None => Err(self.mismatch("a value serde can read")),
+            },
+        }
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        match self.value()? {
+            Value::Bool(b) => v.visit_bool(*b),
+            _ => Err(self.mismatch("bool")),
+        }
+    }
+
+    de_int! {
+        deserialize_i8 i8, "i8", visit_i8;
+        deserialize_i16 i16, "i16", visit_i16;
+        deserialize_i32 i32, "i32", visit_i32;
+        deserialize_i64 i64, "i64", visit_i64;
+        deserialize_i128 i128, "i128", visit_i128;
+        deserialize_u8 u8, "u8", visit_u8;
+        deserialize_u16 u16, "u16", visit_u16;
+        deserialize_u32 u32, "u32", visit_u32;
+        deserialize_u64 u64, "u64", visit_u64;
+    }
+
+    fn deserialize_u128<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        match self.value()? {
+            Value::BigInt(b) => v.visit_u128(big_to_u128(b).ok_or_else(|| self.mismatch("u128"))?),
+            _ => v.visit_u128(self.ranged::<u128>("u128")?),
+        }
+    }
+
+    fn deserialize_f32<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        v.visit_f32(self.float()? as f32)
+    }
+    fn deserialize_f64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        v.visit_f64(self.float()?)
+    }
+    fn deserialize_char<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        let s = self.string("a one-character str")?;
+        let mut c = s.chars();
+        match (c.next(), c.next()) {
+            (Some(ch), None) => v.visit_char(ch),
+            _ => Err(self.mismatch("a one-character str")),
+        }
+    }
+    fn deserialize_str<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        v.visit_string(self.string("str")?)
+    }
+    fn deserialize_string<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        v.visit_string(self.string("str")?)
+    }
+    fn deserialize_bytes<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        match self.value()? {
+            Value::Bytes(b) => v.visit_bytes(b),
+            _ => Err(self.mismatch("bytes")),
+        }
+    }
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        match self.value()? {
+            Value::Bytes(b) => v.visit_byte_buf(b.clone()),
+            _ => Err(self.mismatch("bytes")),
+        }
+    }
+    fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        match self.value()? {
+            Value::None => v.visit_none(),
+            _ => v.visit_some(self),
+        }
+    }
+    fn deserialize_unit<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        match self.value()? {
+            Value::None => v.visit_unit(),
+            Value::Tuple(t) if t.is_empty() => v.visit_unit(),
+            _ => Err(self.mismatch("None or ()")),
+        }
+    }
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, _: &'static str, v: V) -> Result<V::Value, ValueError> {
+        self.deserialize_unit(v)
+    }
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _: &'static str, v: V) -> Result<V::Value, ValueError> {
+        v.visit_newtype_struct(self)
+    }
+    fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        match self.seq_items() {
+            Some(items) => v.visit_seq(SeqAcc { de: self, items, i: 0 }),
+            None => Err(self.mismatch("a list")),
+        }
+    }
+    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, v: V) -> Result<V::Value, ValueError> {
+        match self.seq_items() {
+            Some(items) if items.len() == len => v.visit_seq(SeqAcc { de: self, items, i: 0 }),
+            _ => Err(self.mismatch(&format!("a tuple of {len} items"))),
+        }
+    }
+    fn deserialize_tuple_struct<V: Visitor<'de>>(self, _: &'static str, len: usize, v: V) -> Result<V::Value, ValueError> {
+        self.deserialize_tuple(len, v)
+    }
+    fn deserialize_map<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        match self.value()? {
+            Value::Dict(items) => v.visit_map(MapAcc { de: self, items, i: 0 }),
+            _ => Err(self.mismatch("a dict")),
+        }
+    }
+    fn deserialize_struct<V: Visitor<'de>>(self, name: &'static str, _: &'static [&'static str], v: V) -> Result<V::Value, ValueError> {
+        match self.value()? {
+            Value::Dict(items) => v.visit_map(MapAcc { de: self, items, i: 0 }),
+            _ => Err(self.mismatch(&format!("a dict (for struct {name})"))),
+        }
+    }
+    fn deserialize_enum<V: Visitor<'de>>(self, name: &'static str, _: &'static [&'static str], v: V) -> Result<V::Value, ValueError> {
+        match self.value()? {
+            Value::Str(_) => v.visit_enum(self.string("str")?.into_deserializer()),
+            Value::Dict(items) if items.len() == 1 => v.visit_enum(EnumAcc { de: self, key: &items[0].0, value: &items[0].1 }),
+            _ => Err(self.mismatch(&format!("a variant name or a one-entry dict (for enum {name})"))),
+        }
+    }
+    fn deserialize_identifier<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        match self.value()? {
+            Value::Str(_) => v.visit_string(self.string("str")?),
+            Value::Int(i) if *i >= 0 => v.visit_u64(*i as u64),
+            _ => Err(self.mismatch("a field name")),
+        }
+    }
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
+        v.visit_unit()
+    }
+}
+
+struct SeqAcc<'a> {
+    de: De<'a>,
+    items: &'a [Value],
+    i: usize,
+}
+
+impl<'de, 'a> de::SeqAccess<'de> for SeqAcc<'a> {
+    type Error = ValueError;
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, ValueError> {
+        let Some(item) = self.items.get(self.i) else { return Ok(None) };
+        let i = self.i;
+        self.i += 1;
+        seed.deserialize(self.de.at(item)).map(Some).map_err(|e| e.at(|| format!("[{i}]")))
+    }
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.items.len() - self.i)
+    }
+}
+
+struct MapAcc<'a> {
+    de: De<'a>,
+    items: &'a [(Value, Value)],
+    i: usize,
+}
+
+impl<'de, 'a> de::MapAccess<'de> for MapAcc<'a> {
+    type Error = ValueError;
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, ValueError> {
+        let Some((k, _)) = self.items.get(self.i) else { return Ok(None) };
+        seed.deserialize(self.de.at(k)).map(Some).map_err(|e| e.at(|| format!("[{}] (a key)", describe_key(k))))
+    }
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, ValueError> {
+        let (k, v) = &self.items[self.i];
+        self.i += 1;
+        seed.deserialize(self.de.at(v)).map_err(|e| {
+            e.at(|| match k {
+                Value::Str(s) => format!(".{}", lossy(s)),
+                other => format!("[{}]", describe_key(other)),
+            })
+        })
+    }
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.items.len() - self.i)
+    }
+}
+
+struct EnumAcc<'a> {
+    de: De<'a>,
+    key: &'a Value,
+    value: &'a Value,
+}
+
+impl<'de, 'a> de::EnumAccess<'de> for EnumAcc<'a> {
+    type Error = ValueError;
+    type Variant = VariantAcc<'a>;
+    fn variant_seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<(S::Value, VariantAcc<'a>), ValueError> {
+        let name = self.de.at(self.key).string("a variant name")?;
+        let variant = seed.deserialize(self.de.at(self.key))?;
+        Ok((variant, VariantAcc { de: self.de.at(self.value), name }))
+    }
+}
+
+struct VariantAcc<'a> {
+    de: De<'a>,
+    name: String,
+}
+
+impl<'de, 'a> de::VariantAccess<'de> for VariantAcc<'a> {
+    type Error = ValueError;
+    fn unit_variant(self) -> Result<(), ValueError> {
+        Ok(())
+    }
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, ValueError> {
+        let name = self.name;
+        seed.deserialize(self.de).map_err(|e| e.at(|| format!(".{name}")))
+    }
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, v: V) -> Result<V::Value, ValueError> {
+        let name = self.name;
+        de::Deserializer::deserialize_tuple(self.de, len, v).map_err(|e| e.at(|| format!(".{name}")))
+    }
+    fn struct_variant<V: Visitor<'de>>(self, fields: &'static [&'static str], v: V) -> Result<V::Value, ValueError> {
+        let name = self.name;
+        de::Deserializer::deserialize_struct(self.de, "variant", fields, v).map_err(|e| e.at(|| format!(".{name}")))
+    }
+}
