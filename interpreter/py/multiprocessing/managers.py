@@ -978,19 +978,7 @@ class ConditionProxy(AcquirerProxy):
 
     def wait_for(self, predicate, timeout=None):
         # The predicate runs here, in the caller, between waits on the remote condition.
-        result = predicate()
-        if result:
-            return result
-        endtime = None if timeout is None else time.monotonic() + timeout
-        waittime = None
-        while not result:
-            if endtime is not None:
-                waittime = endtime - time.monotonic()
-                if waittime <= 0:
-                    break
-            self.wait(waittime)
-            result = predicate()
-        return result
+        return util.wait_for(self, predicate, timeout)
 
 
 class EventProxy(BaseProxy):

@@ -173,19 +173,8 @@ class Condition(object):
         self.notify(n=sys.maxsize)
 
     def wait_for(self, predicate, timeout=None):
-        result = predicate()
-        if result:
-            return result
-        endtime = None if timeout is None else time.monotonic() + timeout
-        waittime = None
-        while not result:
-            if endtime is not None:
-                waittime = endtime - time.monotonic()
-                if waittime <= 0:
-                    break
-            self.wait(waittime)
-            result = predicate()
-        return result
+        from .util import wait_for
+        return wait_for(self, predicate, timeout)
 
 
 class Event(object):

@@ -268,6 +268,25 @@ def get_temp_dir():
     return tempdir
 
 
+def wait_for(cond, predicate, timeout=None):
+    '''`Condition.wait_for` over any object with `wait(timeout)`: a multiprocessing Condition
+    or a manager's ConditionProxy (whose predicate runs in the caller).'''
+    import time
+    result = predicate()
+    if result:
+        return result
+    endtime = None if timeout is None else time.monotonic() + timeout
+    waittime = None
+    while not result:
+        if endtime is not None:
+            waittime = endtime - time.monotonic()
+            if waittime <= 0:
+                break
+        cond.wait(waittime)
+        result = predicate()
+    return result
+
+
 def _exit_function():
     '''At exit: run finalizers, terminate daemonic children, join the others, flush queue
     feeders.'''
