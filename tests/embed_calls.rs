@@ -1,11 +1,12 @@
 //! Embedding: calls of Python functions from Rust, Python exceptions, scripts, 8 threads at once.
 
+mod common;
+
 use procpy::{Builder, Engine, Error, ExitStatus, Script};
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 
 fn engine(workers: usize) -> Builder {
-    Builder::new().worker_program(env!("CARGO_BIN_EXE_procpy")).workers(workers).default_timeout(Duration::from_secs(60))
+    common::embed_builder(workers)
 }
 
 const PLUGIN: &str = r#"

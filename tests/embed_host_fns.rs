@@ -1,11 +1,12 @@
 //! Embedding: host functions (Rust closures importable as `from host import NAME`).
 
-use procpy::{Builder, Error};
+mod common;
+
+use procpy::Error;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 struct User {
@@ -45,10 +46,7 @@ def names():
 
 fn engine(calls: Arc<AtomicUsize>) -> procpy::Engine {
     let table: HashMap<String, i64> = [("a", 1), ("b", 20), ("c", 300)].into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    Builder::new()
-        .worker_program(env!("CARGO_BIN_EXE_procpy"))
-        .workers(2)
-        .default_timeout(Duration::from_secs(60))
+    common::embed_builder(2)
         .host_fn("lookup", move |key: String| {
             calls.fetch_add(1, Ordering::SeqCst);
             table.get(&key).copied().ok_or_else(|| format!("no key {key:?}"))

@@ -1,17 +1,15 @@
 //! Embedding: limits. A timeout kills and replaces the worker; a worker that dies fails only its
 //! call; rlimits for memory and CPU; no orphans when the engine drops or the host dies.
 
+mod common;
+
 use procpy::{Builder, Engine, Error, ExitStatus, Limit};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn builder(workers: usize) -> Builder {
-    Builder::new()
-        .worker_program(env!("CARGO_BIN_EXE_procpy"))
-        .workers(workers)
-        .default_timeout(Duration::from_secs(60))
-        .source("plugin", PLUGIN)
+    common::embed_builder(workers).source("plugin", PLUGIN)
 }
 
 const PLUGIN: &str = r#"

@@ -1,5 +1,7 @@
 //! Embedding: the pool API (map, imap, submit with blocking waits and futures).
 
+mod common;
+
 use procpy::{Builder, Engine, Error};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -9,11 +11,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 fn engine(workers: usize) -> Builder {
-    Builder::new()
-        .worker_program(env!("CARGO_BIN_EXE_procpy"))
-        .workers(workers)
-        .default_timeout(Duration::from_secs(60))
-        .source("plugin", PLUGIN)
+    common::embed_builder(workers).source("plugin", PLUGIN)
 }
 
 const PLUGIN: &str = r#"

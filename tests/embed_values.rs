@@ -1,17 +1,14 @@
 //! Embedding: Rust values in, natural Python values out, and back; mismatches name their path.
 
+mod common;
+
 use procpy::wire::Value;
-use procpy::{from_value, to_value, Builder, Bytes, Engine, Error};
+use procpy::{from_value, to_value, Bytes, Engine, Error};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
 fn engine() -> Engine {
-    Builder::new()
-        .worker_program(env!("CARGO_BIN_EXE_procpy"))
-        .workers(1)
-        .default_timeout(Duration::from_secs(60))
-        .source("probe", PROBE)
+    common::embed_builder(1).source("probe", PROBE)
         .build()
         .unwrap()
 }

@@ -75,3 +75,10 @@ pub fn run_script(interpreter: &Path, script: &Path, args: &[&str], limit: Durat
     cmd.arg(script).args(args).current_dir(script.parent().unwrap());
     run_with_deadline(cmd, limit)
 }
+
+/// An embedding engine builder whose workers are the procpy binary built for these tests
+/// (libtest owns a test binary's `main`, so it cannot be its own worker program), with a
+/// generous default timeout as a guard against hangs.
+pub fn embed_builder(workers: usize) -> procpy::Builder {
+    procpy::Builder::new().worker_program(procpy()).workers(workers).default_timeout(Duration::from_secs(60))
+}

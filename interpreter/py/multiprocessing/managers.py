@@ -559,21 +559,20 @@ class BaseManager(object):
             if not self._process.is_alive():
                 self._process = None
 
-    def _debug_info(self):
-        '''Return some info about the servers shared objects and connections'''
+    def _server_call(self, methodname):
         conn = self._Client(self._address, authkey=self._authkey)
         try:
-            return dispatch(conn, None, 'debug_info')
+            return dispatch(conn, None, methodname)
         finally:
             conn.close()
 
+    def _debug_info(self):
+        '''Return some info about the servers shared objects and connections'''
+        return self._server_call('debug_info')
+
     def _number_of_objects(self):
         '''Return the number of shared objects'''
-        conn = self._Client(self._address, authkey=self._authkey)
-        try:
-            return dispatch(conn, None, 'number_of_objects')
-        finally:
-            conn.close()
+        return self._server_call('number_of_objects')
 
     def __enter__(self):
         if self._state.value == State.INITIAL:
