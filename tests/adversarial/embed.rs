@@ -1,0 +1,2 @@
+//! The embedding channel: host functions called from Python threads, deadlines mid-frame,
+//! memory limits.
