@@ -61,6 +61,20 @@ pub enum Frame {
     },
 }
 
+impl Frame {
+    /// The frame's name, for messages about a frame that came out of place.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Setup(_) => "Setup",
+            Frame::Ready(_) => "Ready",
+            Frame::Call { .. } => "Call",
+            Frame::Reply { .. } => "Reply",
+            Frame::HostCall { .. } => "HostCall",
+            Frame::HostReply { .. } => "HostReply",
+        }
+    }
+}
+
 /// Byte payloads as serde bytes: the same postcard layout as a `Vec<u8>` sequence (length, then
 /// the bytes) but copied in one piece instead of decoded byte by byte.
 mod raw {
@@ -166,9 +180,13 @@ pub struct PyError {
     pub traceback: String,
 }
 
-/// Write one frame.
+/// Write one frame. A frame over [`MAX_FRAME`] is refused (`InvalidData`, nothing written):
+/// the reader would refuse it, and its length would not fit the header.
 pub fn write_frame(w: &mut impl Write, frame: &Frame) -> io::Result<()> {
     let body = postcard::to_allocvec(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if body.len() > MAX_FRAME {
+        return Err(too_large(body.len()));
+    }
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
     buf.extend_from_slice(&body);
@@ -177,17 +195,45 @@ pub fn write_frame(w: &mut impl Write, frame: &Frame) -> io::Result<()> {
     w.flush()
 }
 
-/// Read one frame; end of file before a frame starts is `UnexpectedEof`.
+fn too_large(len: usize) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large (the limit is {MAX_FRAME})"))
+}
+
+/// Read one frame. Errors by kind: `UnexpectedEof` (the peer closed, before or inside a frame),
+/// `InvalidData` (a length over [`MAX_FRAME`], or a body that is not a frame), `OutOfMemory` (no
+/// memory for a frame the peer is really sending), or the reader's own (a deadline's `TimedOut`).
 pub fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large")));
+        return Err(too_large(len));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    postcard::from_bytes(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    let body = read_body(r, len)?;
+    postcard::from_bytes(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("cannot decode a frame of {len} bytes: {e}")))
+}
+
+/// First allocation for a frame body: a header alone never costs more than this.
+const FIRST_CHUNK: usize = 64 << 10;
+
+/// Exactly `len` bytes, the buffer growing (doubling) only as they arrive, so a length header
+/// costs memory only once the peer sends that much; a failed allocation is an error, not an abort.
+fn read_body(r: &mut impl Read, len: usize) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while body.len() < len {
+        let more = (len - body.len()).min(body.len().max(FIRST_CHUNK));
+        body.try_reserve_exact(more)
+            .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, format!("no memory for a frame of {len} bytes")))?;
+        // Fills the reserved room and no more: `take` ends the read at `more` bytes.
+        let got = r.by_ref().take(more as u64).read_to_end(&mut body)?;
+        if got < more {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the peer closed the channel {} bytes into a frame of {len}", body.len()),
+            ));
+        }
+    }
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -225,5 +271,23 @@ mod tests {
         let mut huge = (u32::MAX).to_le_bytes().to_vec();
         huge.extend_from_slice(&[0; 8]);
         assert_eq!(read_frame(&mut &huge[..]).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_short_body_is_eof_and_junk_is_invalid_data() {
+        // 1 GiB promised, 10 bytes sent: EOF (the buffer grows only as bytes arrive).
+        let mut short = ((MAX_FRAME) as u32).to_le_bytes().to_vec();
+        short.extend_from_slice(&[0; 10]);
+        let e = read_frame(&mut &short[..]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        let body = read_body(&mut &[7u8; 3 * FIRST_CHUNK + 5][..], 3 * FIRST_CHUNK + 5).unwrap();
+        assert_eq!(body.len(), 3 * FIRST_CHUNK + 5);
+        assert!(body.iter().all(|&b| b == 7));
+        // Bodies that are not frames are InvalidData, whatever their bytes.
+        for junk in [&[0xffu8; 8][..], &[], &[2, 1]] {
+            let mut f = (junk.len() as u32).to_le_bytes().to_vec();
+            f.extend_from_slice(junk);
+            assert_eq!(read_frame(&mut &f[..]).unwrap_err().kind(), io::ErrorKind::InvalidData, "{junk:?}");
+        }
     }
 }

@@ -8,23 +8,123 @@ use crate::boot;
 use crate::embed::{self, Frame, PyError, Setup};
 use rustpython_vm::builtins::{PyBaseExceptionRef, PyBytes, PyStr, PyTuple};
 use rustpython_vm::{AsObject, PyObjectRef, PyResult, VirtualMachine};
+use std::io;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
-/// The socket to the host. Calls are read by the serve loop; host functions (called from
-/// inside a call) write a `HostCall` and read their `HostReply` under the same lock.
-static CHANNEL: OnceLock<Mutex<UnixStream>> = OnceLock::new();
+/// The socket to the host, and who may use it when. No frame is ever read by one party and
+/// meant for another: the serve loop reads only between calls, when no host call can be in
+/// flight; during a call only host calls read, one at a time, each its own `HostReply` (the host
+/// sends nothing else until our `Reply`, which waits for every host call in flight).
+struct Channel {
+    stream: UnixStream,
+    /// The worker's own pid: a process forked from it (os.fork, a fork-started Process) inherits
+    /// the socket, but its frames would interleave with ours, so host calls are refused there.
+    pid: u32,
+    /// Held by a host call from writing its `HostCall` until it read its `HostReply`.
+    round_trip: Mutex<()>,
+    waiting: Mutex<HostWaiting>,
+    settled: Condvar,
+}
 
-fn channel() -> std::sync::MutexGuard<'static, UnixStream> {
-    CHANNEL.get().expect("worker channel").lock().unwrap_or_else(|e| e.into_inner())
+/// Whether the host is waiting on this worker (and so reading what it sends).
+#[derive(Default)]
+struct HostWaiting {
+    /// During a call, and for the whole of a script.
+    open: bool,
+    /// Host calls between their check of `open` and the end of their round trip.
+    in_flight: usize,
+}
+
+static CHANNEL: OnceLock<Channel> = OnceLock::new();
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Channel {
+    fn open(&self) {
+        lock(&self.waiting).open = true;
+    }
+
+    /// No new host calls; wait for those in flight (the host is still reading: it is waiting for
+    /// our reply), so that nothing follows the reply.
+    fn close(&self) {
+        let mut w = lock(&self.waiting);
+        w.open = false;
+        while w.in_flight > 0 {
+            w = self.settled.wait(w).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Admit one host call, or say why not.
+    fn enter(&self, name: &str) -> Result<InFlight<'_>, String> {
+        if std::process::id() != self.pid {
+            return Err(format!("host function {name}() cannot be called from a process forked from the worker"));
+        }
+        let mut w = lock(&self.waiting);
+        if !w.open {
+            return Err(format!(
+                "host function {name}() called between calls: host functions can be called only while the host is \
+                 waiting on this worker (during a call from the host, or in a script)"
+            ));
+        }
+        w.in_flight += 1;
+        Ok(InFlight(self))
+    }
+
+    fn write(&self, frame: &Frame) -> io::Result<()> {
+        embed::write_frame(&mut &self.stream, frame)
+    }
+
+    fn read(&self) -> io::Result<Frame> {
+        embed::read_frame(&mut &self.stream)
+    }
+}
+
+/// One admitted host call; leaving lets a finished call send its reply.
+struct InFlight<'a>(&'a Channel);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut w = lock(&self.0.waiting);
+        w.in_flight -= 1;
+        if w.in_flight == 0 {
+            self.0.settled.notify_all();
+        }
+    }
 }
 
 /// Exit status of a worker whose host went away.
 const HOST_GONE: i32 = 70;
+/// Exit status of a worker whose host broke the protocol (sysexits' EX_PROTOCOL).
+const HOST_BROKE_PROTOCOL: i32 = 76;
+
+/// The channel cannot be used any more: say why and end the worker at once (other Python
+/// threads may be running: no atexit handlers, as the hang-up watcher does). No memory for a
+/// frame aborts, as every other failed allocation in the worker does, so that the host reports
+/// its memory limit.
+fn channel_failed(e: io::Error) -> ! {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        // SAFETY: `_exit` ends the process; no Rust state is used after it.
+        unsafe { libc::_exit(HOST_GONE) }
+    }
+    eprintln!("procpy worker {}: the channel to the host failed: {e}", std::process::id());
+    if e.kind() == io::ErrorKind::OutOfMemory {
+        std::process::abort();
+    }
+    // SAFETY: as above.
+    unsafe { libc::_exit(HOST_BROKE_PROTOCOL) }
+}
+
+fn unexpected(frame: &Frame, when: &str) -> ! {
+    channel_failed(io::Error::new(io::ErrorKind::InvalidData, format!("the host sent a {} frame {when}", frame.kind())))
+}
 
 /// Serve the host on socket `fd` until it closes it; never returns.
 pub fn serve(fd: RawFd) -> ! {
+    // SAFETY: plain libc calls on our own process and on the descriptor the host gave us.
     unsafe {
         // As `boot::run`: a SIGSEGV must kill us, so the host sees the signal.
         libc::signal(libc::SIGSEGV, libc::SIG_DFL);
@@ -32,18 +132,27 @@ pub fn serve(fd: RawFd) -> ! {
         // Our own multiprocessing children must not inherit the host's socket.
         libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
     }
-    let mut stream = unsafe { UnixStream::from_raw_fd(fd) };
-    let setup = match embed::read_frame(&mut stream) {
+    // SAFETY: `fd` is the socket the host passed us (`crate::embed::WORKER_FD_ENV`); nothing
+    // else in this process owns it.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let setup = match embed::read_frame(&mut &stream) {
         Ok(Frame::Setup(s)) => s,
-        _ => std::process::exit(HOST_GONE),
+        Ok(other) => unexpected(&other, "before Setup"),
+        Err(e) => channel_failed(e),
     };
     watch_for_hangup(fd);
-    let _ = CHANNEL.set(Mutex::new(stream));
+    let chan = CHANNEL.get_or_init(|| Channel {
+        stream,
+        pid: std::process::id(),
+        round_trip: Mutex::new(()),
+        waiting: Mutex::new(HostWaiting::default()),
+        settled: Condvar::new(),
+    });
     let argv = setup.script.as_ref().map(|s| s.argv.clone()).unwrap_or_else(|| vec!["procpy-worker".to_owned()]);
     let builder = boot::builder(argv);
     let ours = _procpy_embed_native::module_def(&builder.ctx);
     let interp = builder.add_native_module(ours).build();
-    let status = interp.run(|vm| run_in(vm, &setup));
+    let status = interp.run(|vm| run_in(vm, chan, &setup));
     std::process::exit(status.min(255) as i32)
 }
 
@@ -53,6 +162,7 @@ pub fn serve(fd: RawFd) -> ! {
 fn watch_for_hangup(fd: RawFd) {
     std::thread::spawn(move || loop {
         let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+        // SAFETY: one valid pollfd; `_exit` ends the process.
         let r = unsafe { libc::poll(&mut p, 1, -1) };
         if r > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
             unsafe { libc::_exit(HOST_GONE) };
@@ -64,18 +174,22 @@ fn glue(vm: &VirtualMachine, name: &str) -> PyResult {
     crate::codec::resolve_global(vm, "_procpy_embed", name)
 }
 
-fn run_in(vm: &VirtualMachine, setup: &Setup) -> PyResult<()> {
+fn run_in(vm: &VirtualMachine, chan: &Channel, setup: &Setup) -> PyResult<()> {
     let ready = prepare(vm, setup);
     let Some(script) = &setup.script else {
         let ready = ready.map(|()| std::process::id()).map_err(|e| describe(vm, &e));
         let failed = ready.is_err();
-        send(&Frame::Ready(ready));
+        if let Err(e) = chan.write(&Frame::Ready(ready)) {
+            channel_failed(e);
+        }
         if failed {
             return Ok(());
         }
-        return serve_calls(vm);
+        return serve_calls(vm, chan);
     };
     ready?;
+    // The host serves host calls for as long as it waits for the script.
+    chan.open();
     let scope = vm.new_scope_with_main()?;
     match (&script.path, &script.source) {
         (Some(path), _) => {
@@ -115,27 +229,37 @@ fn prepare(vm: &VirtualMachine, setup: &Setup) -> PyResult<()> {
     Ok(())
 }
 
-fn send(frame: &Frame) {
-    if embed::write_frame(&mut *channel(), frame).is_err() {
-        std::process::exit(HOST_GONE);
-    }
-}
-
-fn serve_calls(vm: &VirtualMachine) -> PyResult<()> {
+fn serve_calls(vm: &VirtualMachine, chan: &Channel) -> PyResult<()> {
     let call = glue(vm, "_call")?;
     loop {
-        let frame = embed::read_frame(&mut *channel());
-        match frame {
-            Ok(Frame::Call { id, target, args }) => {
-                let outcome = call
-                    .call((vm.ctx.new_str(target), vm.ctx.new_bytes(args)), vm)
-                    .and_then(|r| r.downcast::<PyBytes>().map_err(|_| vm.new_type_error("_call must return bytes")))
-                    .map(|b| b.as_bytes().to_vec())
-                    .map_err(|e| describe(vm, &e));
-                send(&Frame::Reply { id, outcome });
+        let (id, target, args) = match chan.read() {
+            Ok(Frame::Call { id, target, args }) => (id, target, args),
+            Ok(other) => unexpected(&other, "between calls"),
+            // The host closed the socket between calls: we are done.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => channel_failed(e),
+        };
+        chan.open();
+        let outcome = call
+            .call((vm.ctx.new_str(target), vm.ctx.new_bytes(args)), vm)
+            .and_then(|r| r.downcast::<PyBytes>().map_err(|_| vm.new_type_error("_call must return bytes")))
+            .map(|b| b.as_bytes().to_vec())
+            .map_err(|e| describe(vm, &e));
+        chan.close();
+        match chan.write(&Frame::Reply { id, outcome }) {
+            Ok(()) => {}
+            // Nothing was written: a result over the frame limit becomes an error for this call.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                let e = PyError {
+                    type_name: "ValueError".to_owned(),
+                    message: format!("the result cannot be returned to the host: {e}"),
+                    traceback: String::new(),
+                };
+                if let Err(e) = chan.write(&Frame::Reply { id, outcome: Err(e) }) {
+                    channel_failed(e);
+                }
             }
-            // The host closed the socket (or sent garbage): we are done.
-            _ => return Ok(()),
+            Err(e) => channel_failed(e),
         }
     }
 }
@@ -164,21 +288,32 @@ mod _procpy_embed_native {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
     /// `host_call(name, args)` -> (True, result) or (False, message): run the host function
-    /// `name` with the argument tuple `args` and wait for its answer.
+    /// `name` with the argument tuple `args` and wait for its answer. RuntimeError when the
+    /// host is not waiting on this worker (see [`Channel::enter`]).
     #[pyfunction]
     fn host_call(name: rustpython_vm::builtins::PyStrRef, args: PyObjectRef, vm: &VirtualMachine) -> PyResult<(bool, PyObjectRef)> {
+        let name = name.to_string_lossy().into_owned();
+        let Some(chan) = CHANNEL.get() else {
+            return Err(vm.new_runtime_error(format!("host function {name}(): this process is not an embedding worker")));
+        };
         let bytes = codec::dumps(vm, &args, Handles::Refuse)?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let frame = Frame::HostCall { id, name: name.to_string_lossy().into_owned(), args: bytes };
+        let frame = Frame::HostCall { id, name: name.clone(), args: bytes };
         let outcome = {
-            let mut chan = channel();
-            embed::write_frame(&mut *chan, &frame).map_err(|e| vm.new_os_error(format!("host connection lost: {e}")))?;
-            loop {
-                match embed::read_frame(&mut *chan) {
-                    Ok(Frame::HostReply { id: got, outcome }) if got == id => break outcome,
-                    Ok(_) => continue,
-                    Err(e) => return Err(vm.new_os_error(format!("host connection lost: {e}"))),
+            let _in_flight = chan.enter(&name).map_err(|m| vm.new_runtime_error(m))?;
+            let _round_trip = lock(&chan.round_trip);
+            match chan.write(&frame) {
+                Ok(()) => {}
+                // Nothing was written: the arguments exceed the frame limit.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Err(vm.new_value_error(format!("the arguments of host function {name}() cannot be sent: {e}")));
                 }
+                Err(e) => channel_failed(e),
+            }
+            match chan.read() {
+                Ok(Frame::HostReply { id: got, outcome }) if got == id => outcome,
+                Ok(other) => unexpected(&other, &format!("while host call {id} waited for its HostReply")),
+                Err(e) => channel_failed(e),
             }
         };
         match outcome {

@@ -3,7 +3,7 @@
 use super::error::{Error, ExitStatus, Limit, Result};
 use super::value::{from_value, to_value};
 use super::worker::{self, CallFailure, HostFn, Output, Pids, Spawner, Worker};
-use procpy_interpreter::embed::{ScriptSpec, Setup};
+use procpy_interpreter::embed::{PyError, ScriptSpec, Setup};
 use procpy_interpreter::wire::{self, Value};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -444,15 +444,26 @@ impl Inner {
                 self.release(w);
                 match outcome {
                     Ok(b) => wire::from_bytes(&b).map_err(|e| Error::Codec { path: String::new(), message: e.to_string() }),
-                    Err(e) if e.type_name == "MemoryError" && self.spawner.setup.memory_limit.is_some() => Err(Error::LimitExceeded { limit: Limit::Memory, pid }),
+                    Err(e) if out_of_memory(&e) && self.spawner.setup.memory_limit.is_some() => Err(Error::LimitExceeded { limit: Limit::Memory, pid }),
                     Err(e) => Err(e.into()),
                 }
+            }
+            Err(CallFailure::Refused(message)) => {
+                self.release(w);
+                Err(Error::Invalid(message))
             }
             Err(CallFailure::Timeout) => {
                 w.kill();
                 drop(w);
                 self.forget();
                 Err(Error::Timeout(timeout.unwrap_or_default()))
+            }
+            Err(CallFailure::Protocol(message)) => {
+                let pid = w.pid;
+                w.kill();
+                drop(w);
+                self.forget();
+                Err(Error::Protocol { pid, message })
             }
             Err(CallFailure::Lost) => {
                 let pid = w.pid;
@@ -476,6 +487,12 @@ impl Inner {
             _ => Error::WorkerLost { pid, status },
         }
     }
+}
+
+/// A Python exception that says memory ran out: `MemoryError`, or `OSError` with ENOMEM (a failed
+/// `mmap`, for one).
+fn out_of_memory(e: &PyError) -> bool {
+    e.type_name == "MemoryError" || (e.type_name == "OSError" && e.message.starts_with(&format!("[Errno {}]", libc::ENOMEM)))
 }
 
 fn check_target(target: &str) -> Result<()> {
@@ -774,27 +791,19 @@ impl Engine {
         let t_out = read(out.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
         let t_err = read(err.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
         let timeout = script.timeout.or(self.inner.timeout);
-        let exited = match procpy_interpreter::ipc::pidfd_open(w.pid as i32) {
-            Ok(pidfd) => {
-                use std::os::fd::AsRawFd;
-                let deadline = timeout.map(|d| Instant::now() + d);
-                loop {
-                    match procpy_interpreter::ipc::poll(&[(pidfd.as_raw_fd(), libc::POLLIN)], procpy_interpreter::ipc::remaining(deadline)) {
-                        Ok(r) if r[0] != 0 => break true,
-                        Ok(_) => break false,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(_) => break true,
-                    }
-                }
-            }
-            Err(_) => true,
-        };
+        let waited = w.wait_script(timeout.map(|d| Instant::now() + d), &self.inner.host_fns);
         let pid = w.pid;
-        let status = if exited { w.reap(Duration::from_secs(5)) } else { w.kill() };
+        let status = match waited {
+            Ok(()) => w.reap(Duration::from_secs(5)),
+            Err(_) => w.kill(),
+        };
         drop(w);
         let (stdout, stderr) = (t_out.join().unwrap_or_default(), t_err.join().unwrap_or_default());
-        if !exited {
-            return Err(Error::Timeout(timeout.unwrap_or_default()));
+        match waited {
+            Err(CallFailure::Timeout) => return Err(Error::Timeout(timeout.unwrap_or_default())),
+            Err(CallFailure::Protocol(message)) => return Err(Error::Protocol { pid, message }),
+            // `wait_script` fails with nothing else; the exit status tells the rest.
+            Ok(()) | Err(CallFailure::Lost | CallFailure::Refused(_)) => {}
         }
         match self.inner.lost(pid, status) {
             e @ Error::LimitExceeded { .. } => Err(e),

@@ -111,6 +111,16 @@ pub enum Error {
         /// The worker's process id.
         pid: u32,
     },
+    /// A worker sent what the protocol does not allow (a frame over the size limit, bytes that
+    /// are not a frame, a frame out of place) or a frame the host had no memory for. The
+    /// worker was killed (and, for a call, is being replaced).
+    #[error("protocol error from worker {pid}: {message} (the worker was killed)")]
+    Protocol {
+        /// Its process id.
+        pid: u32,
+        /// What it sent.
+        message: String,
+    },
     /// A worker could not be started or set up.
     #[error("could not start a worker: {0}")]
     Spawn(#[source] std::io::Error),
@@ -142,6 +152,10 @@ impl Error {
     /// A resource limit was hit.
     pub fn is_limit_exceeded(&self) -> bool {
         matches!(self, Error::LimitExceeded { .. })
+    }
+    /// A worker broke the protocol.
+    pub fn is_protocol(&self) -> bool {
+        matches!(self, Error::Protocol { .. })
     }
     /// The Python exception type, when the failure came from Python.
     pub fn python_type(&self) -> Option<&str> {

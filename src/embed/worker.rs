@@ -1,7 +1,7 @@
 //! One worker process as the host sees it: a child that re-entered the worker program, and the
 //! socket to it.
 
-use super::error::{Error, ExitStatus, Result};
+use super::error::{Error, ExitStatus, Limit, Result};
 use super::value::{from_value, to_value};
 use procpy_interpreter::embed::{self, Frame, PyError, Setup};
 use procpy_interpreter::wire::{self, Value};
@@ -60,6 +60,7 @@ struct NoSigPipe<'a>(&'a UnixStream);
 
 impl io::Write for NoSigPipe<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for `buf.len()` bytes; the descriptor is the stream's own.
         let n = unsafe { libc::send(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
         if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
     }
@@ -72,6 +73,35 @@ fn send(stream: &UnixStream, frame: &Frame) -> io::Result<()> {
     embed::write_frame(&mut NoSigPipe(stream), frame)
 }
 
+/// Reads that end at a deadline (`TimedOut`): the deadline holds across a whole frame, so a
+/// worker that stalls inside one cannot keep a call past its timeout.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    deadline: Option<Instant>,
+}
+
+impl io::Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(d) = self.deadline {
+            loop {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the deadline passed"));
+                }
+                match procpy_interpreter::ipc::poll(&[(self.stream.as_raw_fd(), libc::POLLIN)], Some(left)) {
+                    // Readable, or hung up / in error: the read says which.
+                    Ok(r) if r[0] != 0 => break,
+                    // poll rounds to milliseconds: look at the clock again.
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        io::Read::read(&mut &*self.stream, buf)
+    }
+}
+
 pub(crate) struct Worker {
     pub pid: u32,
     stream: UnixStream,
@@ -81,8 +111,23 @@ pub(crate) struct Worker {
 
 /// Why a call did not produce a reply.
 pub(crate) enum CallFailure {
+    /// The deadline passed (the worker must be killed).
     Timeout,
+    /// The channel closed or failed: the worker died or is dying.
     Lost,
+    /// The worker broke the protocol (it must be killed): what it did.
+    Protocol(String),
+    /// The call could not be sent (nothing was written; the worker is intact): why.
+    Refused(String),
+}
+
+/// How a failed read of a worker's frame fails its call.
+fn read_failure(e: io::Error) -> CallFailure {
+    match e.kind() {
+        io::ErrorKind::TimedOut => CallFailure::Timeout,
+        io::ErrorKind::InvalidData | io::ErrorKind::OutOfMemory => CallFailure::Protocol(e.to_string()),
+        _ => CallFailure::Lost,
+    }
 }
 
 /// How long a new worker may take to boot and answer `Setup`.
@@ -102,6 +147,7 @@ impl Spawner {
             .stderr(self.stderr.stdio(script));
         // Only this child inherits its end: the socket is close-on-exec everywhere else (other
         // threads of the host may be spawning at the same time).
+        // SAFETY: the hook only calls fcntl (async-signal-safe) on a descriptor it owns a copy of.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
@@ -115,64 +161,114 @@ impl Spawner {
         let pid = child.id();
         self.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
         let mut w = Worker { pid, stream: UnixStream::from(host), child: Some(child), pids: self.pids.clone() };
-        if send(&w.stream, &Frame::Setup(setup.clone())).is_err() && !script {
-            return Err(w.not_ready());
+        match send(&w.stream, &Frame::Setup(setup.clone())) {
+            Ok(()) => {}
+            // Nothing was written: the sources and paths together exceed the frame limit.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(Error::Invalid(format!("the workers' setup cannot be sent: {e}"))),
+            Err(_) if !script => return Err(w.not_ready(setup)),
+            // A script worker that is already gone: its exit status says why.
+            Err(_) => {}
         }
         if script {
             return Ok(w);
         }
-        let _ = w.stream.set_read_timeout(Some(BOOT_TIMEOUT));
-        let ready = embed::read_frame(&mut w.stream);
-        let _ = w.stream.set_read_timeout(None);
+        let ready = embed::read_frame(&mut Deadline { stream: &w.stream, deadline: Some(Instant::now() + BOOT_TIMEOUT) });
         match ready {
             Ok(Frame::Ready(Ok(_))) => Ok(w),
             Ok(Frame::Ready(Err(e))) => Err(Error::from(e)),
-            _ => Err(w.not_ready()),
+            Ok(other) => Err(Error::Protocol { pid: w.pid, message: format!("unexpected {} frame before Ready", other.kind()) }),
+            Err(e) => match read_failure(e) {
+                CallFailure::Timeout => Err(Error::Spawn(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("worker {} was not ready after {BOOT_TIMEOUT:?}", w.pid),
+                ))),
+                CallFailure::Protocol(message) => Err(Error::Protocol { pid: w.pid, message }),
+                _ => Err(w.not_ready(setup)),
+            },
         }
     }
 }
 
 impl Worker {
-    fn not_ready(&mut self) -> Error {
+    fn not_ready(&mut self, setup: &Setup) -> Error {
         let status = self.reap(Duration::from_secs(2));
+        // Limits are set before Ready: a worker can die of one before it answers.
+        if status == ExitStatus::Signal(libc::SIGABRT) && setup.memory_limit.is_some() {
+            return Error::LimitExceeded { limit: Limit::Memory, pid: self.pid };
+        }
         Error::Spawn(io::Error::other(format!(
             "worker {} exited before it was ready ({status}); does the worker program call procpy::init() first thing in main()?",
             self.pid
         )))
     }
 
-    /// Run one call; host functions the Python code calls meanwhile are served here.
+    /// Run one call; host functions the Python code calls meanwhile are served here. The
+    /// deadline holds for the whole exchange, inside frames too.
     pub fn call(&mut self, id: u64, target: &str, args: Vec<u8>, deadline: Option<Instant>, host_fns: &HashMap<String, HostFn>) -> std::result::Result<std::result::Result<Vec<u8>, PyError>, CallFailure> {
-        let frame = Frame::Call { id, target: target.to_owned(), args };
-        send(&self.stream, &frame).map_err(|_| CallFailure::Lost)?;
+        match send(&self.stream, &Frame::Call { id, target: target.to_owned(), args }) {
+            Ok(()) => {}
+            // Nothing was written (the frame is over the limit): the worker is intact.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(CallFailure::Refused(format!("the arguments of {target} cannot be sent: {e}")));
+            }
+            Err(_) => return Err(CallFailure::Lost),
+        }
         loop {
-            let left = match deadline {
-                None => None,
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Err(CallFailure::Timeout),
-                },
-            };
-            // poll for the deadline instead of a socket timeout: no syscall when there is none.
-            if let Some(left) = left {
-                match procpy_interpreter::ipc::poll(&[(self.stream.as_raw_fd(), libc::POLLIN)], Some(left)) {
-                    Ok(r) if r[0] == 0 => return Err(CallFailure::Timeout),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => return Err(CallFailure::Lost),
-                }
+            match self.read(deadline)? {
+                Frame::Reply { id: got, outcome } if got == id => return Ok(outcome),
+                Frame::HostCall { id: hid, name, args } => self.serve_host_call(hid, &name, &args, host_fns)?,
+                other => return Err(CallFailure::Protocol(format!("unexpected {} frame during call {id}", other.kind()))),
             }
-            match embed::read_frame(&mut self.stream) {
-                Ok(Frame::Reply { id: got, outcome }) if got == id => return Ok(outcome),
-                Ok(Frame::HostCall { id: hid, name, args }) => {
-                    let outcome = run_host_fn(host_fns, &name, &args);
-                    let reply = Frame::HostReply { id: hid, outcome };
-                    send(&self.stream, &reply).map_err(|_| CallFailure::Lost)?;
-                }
-                Ok(_) => continue,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Err(CallFailure::Timeout),
-                Err(_) => return Err(CallFailure::Lost),
+        }
+    }
+
+    /// Wait for a script worker to exit, serving the host calls it makes meanwhile. Fails only
+    /// with `Timeout` or `Protocol` (the worker must then be killed).
+    pub fn wait_script(&mut self, deadline: Option<Instant>, host_fns: &HashMap<String, HostFn>) -> std::result::Result<(), CallFailure> {
+        // Without a pidfd there is nothing to wait on: reap (with its grace period) at once.
+        let Ok(pidfd) = procpy_interpreter::ipc::pidfd_open(self.pid as i32) else { return Ok(()) };
+        let mut channel_open = true;
+        loop {
+            let mut fds = vec![(pidfd.as_raw_fd(), libc::POLLIN)];
+            if channel_open {
+                fds.push((self.stream.as_raw_fd(), libc::POLLIN));
             }
+            match procpy_interpreter::ipc::poll(&fds, procpy_interpreter::ipc::remaining(deadline)) {
+                Ok(r) if r[0] != 0 => return Ok(()),
+                Ok(r) if r.get(1).is_some_and(|&ev| ev != 0) => {
+                    let served = match self.read(deadline) {
+                        Ok(Frame::HostCall { id, name, args }) => self.serve_host_call(id, &name, &args, host_fns),
+                        Ok(other) => Err(CallFailure::Protocol(format!("unexpected {} frame from a script", other.kind()))),
+                        Err(f) => Err(f),
+                    };
+                    match served {
+                        Ok(()) => {}
+                        // The script is ending: its exit status tells how; wait on the pidfd alone.
+                        Err(CallFailure::Lost) => channel_open = false,
+                        Err(f) => return Err(f),
+                    }
+                }
+                Ok(_) => return Err(CallFailure::Timeout),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+
+    fn read(&self, deadline: Option<Instant>) -> std::result::Result<Frame, CallFailure> {
+        embed::read_frame(&mut Deadline { stream: &self.stream, deadline }).map_err(read_failure)
+    }
+
+    fn serve_host_call(&self, id: u64, name: &str, args: &[u8], host_fns: &HashMap<String, HostFn>) -> std::result::Result<(), CallFailure> {
+        let outcome = run_host_fn(host_fns, name, args);
+        match send(&self.stream, &Frame::HostReply { id, outcome }) {
+            Ok(()) => Ok(()),
+            // Nothing was written: a result over the frame limit is raised in Python instead.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                let outcome = Err(format!("the result of host function {name} cannot be sent: {e}"));
+                send(&self.stream, &Frame::HostReply { id, outcome }).map_err(|_| CallFailure::Lost)
+            }
+            Err(_) => Err(CallFailure::Lost),
         }
     }
 
