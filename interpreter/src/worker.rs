@@ -23,7 +23,7 @@ struct Channel {
     /// the socket, but its frames would interleave with ours, so host calls are refused there.
     pid: u32,
     /// Held by a host call from writing its `HostCall` until it read its `HostReply`.
-    round_trip: Mutex<()>,
+    one_at_a_time: Mutex<()>,
     waiting: Mutex<HostWaiting>,
     settled: Condvar,
 }
@@ -72,6 +72,22 @@ impl Channel {
         }
         w.in_flight += 1;
         Ok(InFlight(self))
+    }
+
+    /// Send a `HostCall` and read its `HostReply`. `Err`: the frame is over the limit and
+    /// nothing was written. Touches no Python object (it runs detached from the VM).
+    fn round_trip(&self, frame: &Frame, id: u64) -> io::Result<Result<Vec<u8>, String>> {
+        let _one = lock(&self.one_at_a_time);
+        match self.write(frame) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(e),
+            Err(e) => channel_failed(e),
+        }
+        match self.read() {
+            Ok(Frame::HostReply { id: got, outcome }) if got == id => Ok(outcome),
+            Ok(other) => unexpected(&other, &format!("while host call {id} waited for its HostReply")),
+            Err(e) => channel_failed(e),
+        }
     }
 
     fn write(&self, frame: &Frame) -> io::Result<()> {
@@ -144,7 +160,7 @@ pub fn serve(fd: RawFd) -> ! {
     let chan = CHANNEL.get_or_init(|| Channel {
         stream,
         pid: std::process::id(),
-        round_trip: Mutex::new(()),
+        one_at_a_time: Mutex::new(()),
         waiting: Mutex::new(HostWaiting::default()),
         settled: Condvar::new(),
     });
@@ -232,7 +248,8 @@ fn prepare(vm: &VirtualMachine, setup: &Setup) -> PyResult<()> {
 fn serve_calls(vm: &VirtualMachine, chan: &Channel) -> PyResult<()> {
     let call = glue(vm, "_call")?;
     loop {
-        let (id, target, args) = match chan.read() {
+        // Detached while it blocks, as host calls are (see `host_call`).
+        let (id, target, args) = match vm.allow_threads(|| chan.read()) {
             Ok(Frame::Call { id, target, args }) => (id, target, args),
             Ok(other) => unexpected(&other, "between calls"),
             // The host closed the socket between calls: we are done.
@@ -245,7 +262,13 @@ fn serve_calls(vm: &VirtualMachine, chan: &Channel) -> PyResult<()> {
             .and_then(|r| r.downcast::<PyBytes>().map_err(|_| vm.new_type_error("_call must return bytes")))
             .map(|b| b.as_bytes().to_vec())
             .map_err(|e| describe(vm, &e));
-        chan.close();
+        if std::process::id() != chan.pid {
+            // A bare `os.fork()` whose child returned from the call: the reply and the channel
+            // are the worker's, so the child ends here without touching them.
+            // SAFETY: `_exit` ends the process.
+            unsafe { libc::_exit(0) }
+        }
+        vm.allow_threads(|| chan.close());
         match chan.write(&Frame::Reply { id, outcome }) {
             Ok(()) => {}
             // Nothing was written: a result over the frame limit becomes an error for this call.
@@ -299,23 +322,12 @@ mod _procpy_embed_native {
         let bytes = codec::dumps(vm, &args, Handles::Refuse)?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let frame = Frame::HostCall { id, name: name.clone(), args: bytes };
-        let outcome = {
-            let _in_flight = chan.enter(&name).map_err(|m| vm.new_runtime_error(m))?;
-            let _round_trip = lock(&chan.round_trip);
-            match chan.write(&frame) {
-                Ok(()) => {}
-                // Nothing was written: the arguments exceed the frame limit.
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    return Err(vm.new_value_error(format!("the arguments of host function {name}() cannot be sent: {e}")));
-                }
-                Err(e) => channel_failed(e),
-            }
-            match chan.read() {
-                Ok(Frame::HostReply { id: got, outcome }) if got == id => outcome,
-                Ok(other) => unexpected(&other, &format!("while host call {id} waited for its HostReply")),
-                Err(e) => channel_failed(e),
-            }
-        };
+        let in_flight = chan.enter(&name).map_err(|m| vm.new_runtime_error(m))?;
+        // Detached while it blocks: `os.fork` in another thread stops the world and waits for
+        // attached threads.
+        let outcome = vm.allow_threads(|| chan.round_trip(&frame, id));
+        drop(in_flight);
+        let outcome = outcome.map_err(|e| vm.new_value_error(format!("the arguments of host function {name}() cannot be sent: {e}")))?;
         match outcome {
             Ok(b) => Ok((true, codec::loads(vm, &b, &[])?)),
             Err(msg) => Ok((false, vm.new_pyobj(msg))),

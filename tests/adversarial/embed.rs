@@ -7,10 +7,15 @@
 
 use crate::common;
 use procpy::{Error, Limit};
-use std::process::Command;
+use procpy_interpreter::embed::{self as protocol, Frame, Setup};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Generous: a guard against a hang, never a statement about speed.
 const HANG_GUARD: Duration = Duration::from_secs(120);
@@ -59,9 +64,14 @@ def _pinger():
         except BaseException as e:
             _seen['other'].append(repr(e))
 
+_threads = []
+
 def start_pingers(n):
     for _ in range(n):
-        threading.Thread(target=_pinger, daemon=True).start()
+        # Kept referenced: a thread dropping the last reference to itself trips a debug
+        # assertion of RustPython's (noise on stderr, nothing else).
+        _threads.append(threading.Thread(target=_pinger, daemon=True))
+        _threads[-1].start()
 
 def noop(i):
     return i
@@ -212,7 +222,6 @@ fn an_oversized_frame_header_does_not_abort_the_host() {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["--exact", "embed::host_under_an_address_space_limit", "--ignored", "--nocapture", "--test-threads=1"])
         .env("PROCPY_EMBED_OVERSIZE_HOST", "1");
-    use std::os::unix::process::CommandExt;
     // SAFETY: only setrlimit (async-signal-safe) between fork and exec. 512 MiB: the host and
     // its workers (which inherit it) run, but a buffer of the claimed 1 GiB cannot exist.
     unsafe {
@@ -248,4 +257,94 @@ fn a_memory_limit_breach_reports_the_limit() {
         assert!(err.to_string().contains("memory limit"), "{target}: {err}");
         assert_eq!(e.call::<_, i64>("builtins:abs", -1).unwrap(), 1, "{target}: the engine still serves");
     }
+}
+
+/// A worker started by a fake host (this test) on a socketpair, optionally under RLIMIT_AS:
+/// the host's end, and the child.
+fn fake_host(address_space: Option<u64>) -> (UnixStream, std::process::Child) {
+    let (host, worker_end) = UnixStream::pair().unwrap();
+    let fd = worker_end.as_raw_fd();
+    let mut cmd = Command::new(common::procpy());
+    cmd.env("PROCPY_EMBED_FD", fd.to_string()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: only fcntl and setrlimit (async-signal-safe) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(bytes) = address_space {
+                let lim = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(worker_end);
+    (host, child)
+}
+
+/// Wait (with the hang guard) for the worker to end: its status as `run_with_deadline` gives it
+/// (negative: the signal), and its stderr.
+fn worker_end(mut child: std::process::Child) -> (Option<i32>, String) {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > HANG_GUARD {
+            let _ = child.kill();
+            panic!("the worker did not end");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    use std::os::unix::process::ExitStatusExt;
+    (status.code().or(status.signal().map(|s| -s)), err)
+}
+
+/// The exit statuses of interpreter/src/worker.rs (sysexits): the host went away; the host broke
+/// the protocol.
+const HOST_GONE: i32 = 70;
+const HOST_BROKE_PROTOCOL: i32 = 76;
+
+#[test]
+fn a_bad_frame_from_the_host_ends_the_worker_with_a_message() {
+    let mut setup = Vec::new();
+    protocol::write_frame(&mut setup, &Frame::Setup(Setup::default())).unwrap();
+    // (what, frames sent after a good Setup or instead of it, status, message on stderr)
+    let cases: Vec<(&str, bool, Vec<u8>, i32, &str)> = vec![
+        ("garbage instead of Setup", false, frame(8, &[0xff; 8]), HOST_BROKE_PROTOCOL, "cannot decode"),
+        ("a length past the frame limit", false, frame(u32::MAX, &[0; 8]), HOST_BROKE_PROTOCOL, "too large"),
+        ("garbage between calls", true, frame(8, &[0xff; 8]), HOST_BROKE_PROTOCOL, "cannot decode"),
+        ("a frame out of place", true, setup.clone(), HOST_BROKE_PROTOCOL, "sent a Setup frame between calls"),
+    ];
+    for (what, after_setup, data, want, says) in cases {
+        let (mut host, child) = fake_host(None);
+        if after_setup {
+            host.write_all(&setup).unwrap();
+            match protocol::read_frame(&mut host) {
+                Ok(Frame::Ready(Ok(_))) => {}
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        host.write_all(&data).unwrap();
+        let (status, stderr) = worker_end(child);
+        assert_eq!(status, Some(want), "{what}: {stderr}");
+        assert!(stderr.contains(says), "{what}: {stderr}");
+    }
+}
+
+#[test]
+fn a_length_header_alone_does_not_make_the_worker_allocate() {
+    // 1 GiB promised under a 512 MiB address space, 10 bytes sent, then the host goes away:
+    // the worker sees its host gone, instead of dying of the allocation.
+    let (mut host, child) = fake_host(Some(512 << 20));
+    host.write_all(&frame(1 << 30, &[0; 10])).unwrap();
+    drop(host);
+    let (status, stderr) = worker_end(child);
+    assert_eq!(status, Some(HOST_GONE), "{stderr}");
 }
