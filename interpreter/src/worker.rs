@@ -176,14 +176,19 @@ pub fn serve(fd: RawFd) -> ! {
 /// middle of a long Python call. Robust where PR_SET_PDEATHSIG is not: that fires when the
 /// host *thread* that started us ends, and host threads come and go.
 fn watch_for_hangup(fd: RawFd) {
-    std::thread::spawn(move || loop {
+    // Without the thread, a host death is still seen at the next read of the channel.
+    let watcher = std::thread::Builder::new().spawn(move || loop {
         let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
-        // SAFETY: one valid pollfd; `_exit` ends the process.
+        // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut p, 1, -1) };
         if r > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            // SAFETY: `_exit` ends the process (other threads may be mid-call: no atexit).
             unsafe { libc::_exit(HOST_GONE) };
         }
     });
+    if let Err(e) = watcher {
+        eprintln!("procpy worker {}: no thread to watch for the host's death ({e}); going on without", std::process::id());
+    }
 }
 
 fn glue(vm: &VirtualMachine, name: &str) -> PyResult {
@@ -231,6 +236,7 @@ fn prepare(vm: &VirtualMachine, setup: &Setup) -> PyResult<()> {
     // Limits come after the boot, so the interpreter itself always starts; they bind the user's code.
     let set = |res, soft: u64, hard: u64| {
         let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+        // SAFETY: a valid rlimit for our own process.
         if unsafe { libc::setrlimit(res, &lim) } != 0 {
             return Err(vm.new_os_error(format!("setrlimit failed: {}", std::io::Error::last_os_error())));
         }

@@ -330,9 +330,16 @@ impl Builder {
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
         });
+        let start = || inner.spawner.spawn(&inner.spawner.setup, false);
         let started: Vec<Result<Worker>> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..inner.size).map(|_| s.spawn(|| inner.spawner.spawn(&inner.spawner.setup, false))).collect();
-            hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Spawn(std::io::Error::other("spawn thread panicked"))))).collect()
+            let hs: Vec<_> = (0..inner.size).map(|_| std::thread::Builder::new().spawn_scoped(s, start).ok()).collect();
+            hs.into_iter()
+                .map(|h| match h {
+                    Some(h) => h.join().unwrap_or_else(|_| Err(Error::Spawn(std::io::Error::other("spawn thread panicked")))),
+                    // No thread to start it alongside the others: start it here.
+                    None => start(),
+                })
+                .collect()
         });
         {
             let mut pool = inner.lock();
@@ -412,9 +419,10 @@ impl Inner {
         if self.closed.load(Ordering::SeqCst) {
             return;
         }
-        // Start the replacement now, off the caller's thread, so the next call finds it warm.
+        // Start the replacement now, off the caller's thread, so the next call finds it warm
+        // (without a thread for it, the next call starts it).
         let me = self.clone();
-        std::thread::spawn(move || {
+        let _ = std::thread::Builder::new().spawn(move || {
             let mut pool = me.lock();
             if pool.live >= me.size || me.closed.load(Ordering::SeqCst) {
                 return;
@@ -607,26 +615,34 @@ impl Engine {
         Ok(from_value(&v)?)
     }
 
-    fn dispatcher(&self) -> mpsc::Sender<Job> {
+    /// The pool threads' queue, started on first use with one thread per worker (or as many
+    /// as the host can start, at least one).
+    fn dispatcher(&self) -> Result<mpsc::Sender<Job>> {
         let mut d = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
-        let d = d.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::channel::<Job>();
-            let rx = Arc::new(Mutex::new(rx));
-            let threads = (0..self.inner.size)
-                .map(|_| {
-                    let (rx, inner) = (rx.clone(), self.inner.clone());
-                    std::thread::spawn(move || loop {
-                        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        match job {
-                            Ok(job) => job(&inner),
-                            Err(_) => return,
-                        }
-                    })
-                })
-                .collect();
-            Dispatch { tx, threads }
-        });
-        d.tx.clone()
+        if let Some(d) = d.as_ref() {
+            return Ok(d.tx.clone());
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::new();
+        for _ in 0..self.inner.size {
+            let (rx, inner) = (rx.clone(), self.inner.clone());
+            let started = std::thread::Builder::new().spawn(move || loop {
+                let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                match job {
+                    Ok(job) => job(&inner),
+                    Err(_) => return,
+                }
+            });
+            match started {
+                Ok(t) => threads.push(t),
+                Err(e) if threads.is_empty() => return Err(Error::Spawn(std::io::Error::new(e.kind(), format!("cannot start a pool thread: {e}")))),
+                Err(_) => break,
+            }
+        }
+        let tx2 = tx.clone();
+        *d = Some(Dispatch { tx, threads });
+        Ok(tx2)
     }
 
     fn submit_value(&self, target: &str, args: Result<Value>, timeout: Option<Duration>) -> Arc<Slot> {
@@ -640,9 +656,14 @@ impl Engine {
         };
         let (target, s) = (target.to_owned(), slot.clone());
         let job: Job = Box::new(move |inner| s.fill(inner.call_value(&target, &args, timeout)));
-        if let Err(mpsc::SendError(job)) = self.dispatcher().send(job) {
-            drop(job);
-            slot.fill(Err(Error::Closed));
+        match self.dispatcher() {
+            Ok(tx) => {
+                if let Err(mpsc::SendError(job)) = tx.send(job) {
+                    drop(job);
+                    slot.fill(Err(Error::Closed));
+                }
+            }
+            Err(e) => slot.fill(Err(e)),
         }
         slot
     }
@@ -780,7 +801,7 @@ impl Engine {
         let mut w = spawner.spawn(&setup, true)?;
         let (out, err) = w.take_pipes();
         let read = |p: Option<Box<dyn std::io::Read + Send>>| {
-            std::thread::spawn(move || {
+            std::thread::Builder::new().spawn(move || {
                 let mut buf = Vec::new();
                 if let Some(mut p) = p {
                     let _ = p.read_to_end(&mut buf);
@@ -788,8 +809,16 @@ impl Engine {
                 buf
             })
         };
-        let t_out = read(out.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
-        let t_err = read(err.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+        let readers = read(out.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>))
+            .and_then(|o| Ok((o, read(err.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>))?)));
+        let (t_out, t_err) = match readers {
+            Ok(ts) => ts,
+            Err(e) => {
+                // Nobody to drain its pipes: the script must not run.
+                w.kill();
+                return Err(Error::Spawn(std::io::Error::new(e.kind(), format!("cannot start a thread to read the script's output: {e}"))));
+            }
+        };
         let timeout = script.timeout.or(self.inner.timeout);
         let waited = w.wait_script(timeout.map(|d| Instant::now() + d), &self.inner.host_fns);
         let pid = w.pid;
@@ -819,10 +848,13 @@ impl Drop for Engine {
         drop(self.inner.lock());
         self.inner.cond.notify_all();
         // Busy workers die too, so pool threads blocked in a call return at once.
-        let pids: Vec<u32> = self.inner.spawner.pids.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
-        for pid in pids {
+        let pids = self.inner.spawner.pids.lock().unwrap_or_else(|e| e.into_inner());
+        for &pid in pids.iter() {
+            // SAFETY: a plain syscall. The pid is our child, not yet reaped (`Worker::reap`
+            // unregisters it under this lock before it waits), so it cannot have been reused.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
+        drop(pids);
         if let Some(d) = self.dispatch.lock().unwrap_or_else(|e| e.into_inner()).take() {
             drop(d.tx);
             for t in d.threads {

@@ -53,7 +53,12 @@ impl fmt::Display for ExitStatus {
         match self {
             ExitStatus::Code(c) => write!(f, "exit code {c}"),
             ExitStatus::Signal(s) => {
-                let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(*s)) }.to_string_lossy();
+                // SAFETY: strsignal returns NULL or a NUL-terminated string that stays valid
+                // until the next call in this thread; it is copied out at once.
+                let name = unsafe {
+                    let p = libc::strsignal(*s);
+                    if p.is_null() { String::new() } else { std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned() }
+                };
                 write!(f, "signal {s} ({name})")
             }
             ExitStatus::Unknown => f.write_str("unknown status"),

@@ -275,6 +275,9 @@ impl Worker {
     /// Wait up to `grace` for the worker to end by itself, then kill it; reap and report how it ended.
     pub fn reap(&mut self, grace: Duration) -> ExitStatus {
         let Some(mut child) = self.child.take() else { return ExitStatus::Unknown };
+        // Out of the registry before it can be reaped: the engine's drop signals registered
+        // pids (under this lock), and a reaped pid may belong to another process by then.
+        self.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.pid);
         let start = Instant::now();
         let status = loop {
             match child.try_wait() {
@@ -287,7 +290,6 @@ impl Worker {
                 Err(_) => break None,
             }
         };
-        self.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.pid);
         use std::os::unix::process::ExitStatusExt;
         status.map(|s| ExitStatus::from_wait(s.into_raw())).unwrap_or(ExitStatus::Unknown)
     }
