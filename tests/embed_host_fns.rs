@@ -15,7 +15,7 @@ struct User {
 }
 
 const PLUGIN: &str = r#"
-from host import lookup, user, fails, panics, HostError
+from host import lookup, user, fails, panics, sizes, HostError
 import host
 
 def total(keys):
@@ -40,6 +40,11 @@ def wrong_args():
 def crash():
     return panics()
 
+def shared():
+    # The same list twice: the second travels as a shared reference to the first.
+    x = ['a', 'b']
+    return sizes([x, x, ['c']])
+
 def names():
     return sorted(n for n in dir(host) if not n.startswith('_'))
 "#;
@@ -54,6 +59,7 @@ fn engine(calls: Arc<AtomicUsize>) -> procpy::Engine {
         .host_fn("user", |(id, _greeting): (u32, String)| Ok::<_, String>(User { name: format!("user{id}"), age: 30 + id }))
         .host_fn("fails", |(): ()| Err::<(), _>("the host says no"))
         .host_fn("panics", |(): ()| -> Result<(), String> { panic!("host bug") })
+        .host_fn("sizes", |lists: Vec<Vec<String>>| Ok::<_, String>(lists.iter().map(Vec::len).collect::<Vec<_>>()))
         .source("plugin", PLUGIN)
         .build()
         .unwrap()
@@ -66,7 +72,13 @@ fn python_calls_typed_host_functions() {
     assert_eq!(e.call::<_, i64>("plugin:total", vec!["a", "b", "c", "a"]).unwrap(), 322);
     assert_eq!(calls.load(Ordering::SeqCst), 4, "each lookup ran in the host");
     assert_eq!(e.call::<_, String>("plugin:greet", 7).unwrap(), "user7 (37)");
-    assert_eq!(e.call::<_, Vec<String>>("plugin:names", ()).unwrap(), ["HostError", "fails", "lookup", "panics", "user"]);
+    assert_eq!(e.call::<_, Vec<String>>("plugin:names", ()).unwrap(), ["HostError", "fails", "lookup", "panics", "sizes", "user"]);
+}
+
+#[test]
+fn a_single_argument_keeps_its_shared_references() {
+    let e = engine(Arc::new(AtomicUsize::new(0)));
+    assert_eq!(e.call::<_, Vec<usize>>("plugin:shared", ()).unwrap(), [2, 2, 1]);
 }
 
 #[test]

@@ -14,7 +14,7 @@
 //! | unit enum variant | its name as a `str` |
 //! | other enum variants | `{"Variant": value}` (externally tagged, as serde_json does) |
 
-use procpy_interpreter::wire::Value;
+use procpy_interpreter::wire::{self, Value};
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 use serde::ser::{self, Serialize};
 use std::fmt;
@@ -131,7 +131,14 @@ pub fn to_value<T: Serialize + ?Sized>(v: &T) -> Result<Value, ValueError> {
 /// ```
 pub fn from_value<T: de::DeserializeOwned>(v: &Value) -> Result<T, ValueError> {
     let memo = memo_table(v);
-    T::deserialize(De { v, memo: &memo })
+    T::deserialize(De { v, memo: &memo, depth: 0 })
+}
+
+/// [`from_value`] of `v`, a value inside `root`: shared references are numbered across the
+/// whole of `root`.
+pub(crate) fn from_value_within<T: de::DeserializeOwned>(root: &Value, v: &Value) -> Result<T, ValueError> {
+    let memo = memo_table(root);
+    T::deserialize(De { v, memo: &memo, depth: 1 })
 }
 
 fn str_value(s: &str) -> Value {
@@ -510,14 +517,22 @@ fn describe_key(k: &Value) -> String {
 struct De<'a> {
     v: &'a Value,
     memo: &'a [&'a Value],
+    /// How many containers deep `v` sits, shared references followed.
+    depth: usize,
 }
 
 impl<'a> De<'a> {
     fn at(self, v: &'a Value) -> De<'a> {
-        De { v, memo: self.memo }
+        De { v, memo: self.memo, depth: self.depth + 1 }
     }
-    /// The value itself, with shared references followed.
+    /// The value itself, with shared references followed. Every descent asks for it, so this
+    /// is where a value that contains itself (a shared reference to an enclosing container),
+    /// read into a recursive type, stops: no deeper than the wire decoder lets a tree be,
+    /// instead of recursing until the host's stack overflows.
     fn value(&self) -> Result<&'a Value, ValueError> {
+        if self.depth > wire::MAX_DEPTH {
+            return Err(ValueError::msg(format!("nested deeper than {} levels (a value that contains itself?)", wire::MAX_DEPTH)));
+        }
         let mut v = self.v;
         for _ in 0..4 {
             match v {
@@ -558,15 +573,15 @@ impl<'a> De<'a> {
         }
     }
     /// Items of anything sequence-like: list, tuple, and set/frozenset (which travel reduced).
-    fn seq_items(&self) -> Option<&'a [Value]> {
-        match self.value().ok()? {
+    fn seq_items(&self) -> Result<Option<&'a [Value]>, ValueError> {
+        Ok(match self.value()? {
             Value::List(v) | Value::Tuple(v) => Some(v),
             Value::Reduce(r) => match (&r.func, &r.args) {
                 (Value::Global { module, qualname }, Value::Tuple(args))
                     if module == "builtins" && (qualname == "set" || qualname == "frozenset") =>
                 {
-                    match args.first().map(|a| self.at(a).value()) {
-                        Some(Ok(Value::List(items))) => Some(items),
+                    match args.first().map(|a| self.at(a).value()).transpose()? {
+                        Some(Value::List(items)) => Some(items),
                         None => Some(&[]),
                         _ => None,
                     }
@@ -574,7 +589,7 @@ impl<'a> De<'a> {
                 _ => None,
             },
             _ => None,
-        }
+        })
     }
 }
 
@@ -603,7 +618,7 @@ impl<'de, 'a> de::Deserializer<'de> for De<'a> {
             Value::Str(_) => v.visit_string(self.string("str")?),
             Value::Bytes(b) => v.visit_bytes(b),
             Value::Dict(items) => v.visit_map(MapAcc { de: self, items, i: 0 }),
-            _ => match self.seq_items() {
+            _ => match self.seq_items()? {
                 Some(items) => v.visit_seq(SeqAcc { de: self, items, i: 0 }),
                 None => Err(self.mismatch("a value serde can read")),
             },
@@ -688,13 +703,13 @@ impl<'de, 'a> de::Deserializer<'de> for De<'a> {
         v.visit_newtype_struct(self)
     }
     fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
-        match self.seq_items() {
+        match self.seq_items()? {
             Some(items) => v.visit_seq(SeqAcc { de: self, items, i: 0 }),
             None => Err(self.mismatch("a list")),
         }
     }
     fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, v: V) -> Result<V::Value, ValueError> {
-        match self.seq_items() {
+        match self.seq_items()? {
             Some(items) if items.len() == len => v.visit_seq(SeqAcc { de: self, items, i: 0 }),
             _ => Err(self.mismatch(&format!("a tuple of {len} items"))),
         }
@@ -765,7 +780,7 @@ impl<'de, 'a> de::MapAccess<'de> for MapAcc<'a> {
         seed.deserialize(self.de.at(k)).map(Some).map_err(|e| e.at(|| format!("[{}] (a key)", describe_key(k))))
     }
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, ValueError> {
-        let (k, v) = &self.items[self.i];
+        let Some((k, v)) = self.items.get(self.i) else { return Err(ValueError::msg("a dict value was asked for past its last key")) };
         self.i += 1;
         seed.deserialize(self.de.at(v)).map_err(|e| {
             e.at(|| match k {

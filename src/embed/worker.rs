@@ -2,7 +2,7 @@
 //! socket to it.
 
 use super::error::{Error, ExitStatus, Limit, Result};
-use super::value::{from_value, to_value};
+use super::value::{from_value, from_value_within, to_value};
 use procpy_interpreter::embed::{self, Frame, PyError, Setup};
 use procpy_interpreter::wire::{self, Value};
 use std::collections::{HashMap, HashSet};
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A host function, type-erased: argument tuple in, result or error message out.
-pub(crate) type HostFn = Arc<dyn Fn(&[Value]) -> std::result::Result<Value, String> + Send + Sync>;
+pub(crate) type HostFn = Arc<dyn Fn(&Value) -> std::result::Result<Value, String> + Send + Sync>;
 
 /// Registry of live worker pids, so the engine can kill every one (busy ones included) on drop.
 pub(crate) type Pids = Arc<Mutex<HashSet<u32>>>;
@@ -322,11 +322,7 @@ impl Drop for Worker {
 fn run_host_fn(host_fns: &HashMap<String, HostFn>, name: &str, args: &[u8]) -> std::result::Result<Vec<u8>, String> {
     let f = host_fns.get(name).ok_or_else(|| format!("no host function named {name:?}"))?;
     let args = wire::from_bytes(args).map_err(|e| e.to_string())?;
-    let items = match &args {
-        Value::Tuple(items) => items.as_slice(),
-        other => std::slice::from_ref(other),
-    };
-    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(items))).map_err(|_| format!("host function {name} panicked"))??;
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&args))).map_err(|_| format!("host function {name} panicked"))??;
     Ok(wire::to_bytes(&out))
 }
 
@@ -340,11 +336,13 @@ where
     F: Fn(A) -> std::result::Result<R, E> + Send + Sync + 'static,
 {
     let name = name.to_owned();
-    Arc::new(move |items: &[Value]| {
-        let arg = match items {
-            // A one-tuple `A` still reads a single argument.
-            [one] => from_value::<A>(one).or_else(|e| from_value::<A>(&Value::Tuple(vec![one.clone()])).map_err(|_| e)),
-            many => from_value::<A>(&Value::Tuple(many.to_vec())),
+    Arc::new(move |args: &Value| {
+        let arg = match args {
+            // One argument reads as `A` itself (a one-tuple `A` still reads it), inside the
+            // whole tuple: shared references count from there.
+            Value::Tuple(items) if items.len() == 1 => from_value_within::<A>(args, &items[0]).or_else(|e| from_value::<A>(args).map_err(|_| e)),
+            Value::Tuple(_) => from_value::<A>(args),
+            one => from_value::<A>(one),
         }
         .map_err(|e| format!("bad arguments to host function {name}: {e}"))?;
         let r = f(arg).map_err(|e| e.to_string())?;

@@ -22,7 +22,7 @@ const HANG_GUARD: Duration = Duration::from_secs(120);
 
 const PLUGIN: &str = r#"
 import os, stat, struct, threading, time
-from host import ping, twice
+from host import ping, twice, depth, HostError
 
 def pid():
     return os.getpid()
@@ -94,13 +94,34 @@ def growing_list():
     while True:
         items.append([0] * 1000)
 
+def cycle():
+    l = []
+    l.append(l)
+    return l
+
+def cycle_to_host():
+    l = []
+    l.append(l)
+    try:
+        return 'returned %r' % (depth(l),)
+    except HostError as e:
+        return 'HostError: %s' % (e,)
+
 def huge_mmap():
     import mmap
     return len(mmap.mmap(-1, 1 << 34))
 "#;
 
+/// A recursive type: a list of lists of lists...
+#[derive(serde::Deserialize, Debug)]
+struct Nested(Vec<Nested>);
+
 fn builder(workers: usize) -> procpy::Builder {
-    common::embed_builder(workers).source("plugin", PLUGIN).host_fn("ping", |(): ()| Ok::<_, String>(())).host_fn("twice", |x: i64| Ok::<_, String>(2 * x))
+    common::embed_builder(workers)
+        .source("plugin", PLUGIN)
+        .host_fn("ping", |(): ()| Ok::<_, String>(()))
+        .host_fn("twice", |x: i64| Ok::<_, String>(2 * x))
+        .host_fn("depth", |x: Nested| Ok::<_, String>(x.0.len()))
 }
 
 fn alive(pid: u32) -> bool {
@@ -202,12 +223,46 @@ fn garbage_frames_from_a_worker_are_errors() {
     }
 }
 
-/// Not a test by itself: the host of `an_oversized_frame_header_does_not_abort_the_host`,
-/// run in a child process under RLIMIT_AS.
+/// Run the ignored test `name` of this binary as a host in a child process, under an address
+/// space limit if given: a host that crashes fails the test that asked, not the whole suite.
+fn host_in_child(name: &str, address_space: Option<u64>) -> common::Outcome {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", &format!("embed::{name}"), "--ignored", "--nocapture", "--test-threads=1"]).env("PROCPY_EMBED_TEST_HOST", name);
+    if let Some(bytes) = address_space {
+        // SAFETY: only setrlimit (async-signal-safe) between fork and exec. The workers inherit
+        // the limit too.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let out = common::run_with_deadline(cmd, HANG_GUARD);
+    assert!(!out.timed_out, "the host hung");
+    assert_eq!(out.status, Some(0), "the host died: {out:?}");
+    out
+}
+
+/// Whether this process is the child host that `host_in_child(name)` started.
+fn is_host(name: &str) -> bool {
+    std::env::var("PROCPY_EMBED_TEST_HOST").is_ok_and(|v| v == name)
+}
+
+/// What the child host printed after `label `.
+fn printed(out: &common::Outcome, label: &str) -> String {
+    let label = format!("{label} ");
+    out.stdout.lines().find_map(|l| l.split_once(label.as_str()).map(|(_, r)| r.to_owned())).unwrap_or_default()
+}
+
+/// Not a test by itself: the host of `an_oversized_frame_header_does_not_abort_the_host`.
 #[test]
 #[ignore]
 fn host_under_an_address_space_limit() {
-    if std::env::var_os("PROCPY_EMBED_OVERSIZE_HOST").is_none() {
+    if !is_host("host_under_an_address_space_limit") {
         return;
     }
     let e = builder(1).build().unwrap();
@@ -219,25 +274,33 @@ fn host_under_an_address_space_limit() {
 
 #[test]
 fn an_oversized_frame_header_does_not_abort_the_host() {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "embed::host_under_an_address_space_limit", "--ignored", "--nocapture", "--test-threads=1"])
-        .env("PROCPY_EMBED_OVERSIZE_HOST", "1");
-    // SAFETY: only setrlimit (async-signal-safe) between fork and exec. 512 MiB: the host and
-    // its workers (which inherit it) run, but a buffer of the claimed 1 GiB cannot exist.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: 512 << 20, rlim_max: 512 << 20 };
-            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    // 512 MiB: the host and its workers run, but a buffer of the claimed 1 GiB cannot exist.
+    let out = host_in_child("host_under_an_address_space_limit", Some(512 << 20));
+    let r = printed(&out, "RESULT");
+    assert!(r.starts_with("Err(WorkerLost") && r.contains("Code(7)"), "{out:?}");
+}
+
+/// Not a test by itself: the host of `a_value_that_contains_itself_is_an_error`.
+#[test]
+#[ignore]
+fn host_reading_a_value_that_contains_itself() {
+    if !is_host("host_reading_a_value_that_contains_itself") {
+        return;
     }
-    let out = common::run_with_deadline(cmd, HANG_GUARD);
-    assert!(!out.timed_out, "the host hung");
-    assert_eq!(out.status, Some(0), "the host died: {out:?}");
-    let line = out.stdout.lines().find_map(|l| l.split_once("RESULT ").map(|(_, r)| r.to_owned())).unwrap_or_default();
-    assert!(line.starts_with("Err(WorkerLost") && line.contains("Code(7)"), "{out:?}");
+    let e = builder(1).build().unwrap();
+    println!("RESULT {:?}", e.call::<_, Nested>("plugin:cycle", ()));
+    println!("HOSTFN {:?}", e.call::<_, String>("plugin:cycle_to_host", ()));
+}
+
+#[test]
+fn a_value_that_contains_itself_is_an_error() {
+    // A list that contains itself, read into a recursive type: as a call's result and as a
+    // host function's argument. Recursing without end would overflow the host's stack.
+    let out = host_in_child("host_reading_a_value_that_contains_itself", None);
+    let r = printed(&out, "RESULT");
+    assert!(r.starts_with("Err(Codec") && r.contains("deeper than"), "{out:?}");
+    let r = printed(&out, "HOSTFN");
+    assert!(r.starts_with("Ok(\"HostError: ") && r.contains("deeper than"), "{out:?}");
 }
 
 #[test]
