@@ -107,6 +107,23 @@ def cycle_to_host():
     except HostError as e:
         return 'HostError: %s' % (e,)
 
+def fork_and_call_host():
+    # The child may not use the parent's channel: its frames would interleave with ours.
+    pid = os.fork()
+    if pid == 0:
+        try:
+            twice(1)
+            os._exit(4)
+        except RuntimeError as e:
+            os._exit(3 if 'forked' in str(e) else 5)
+        except BaseException:
+            os._exit(6)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+def fork_and_return():
+    # A bare fork whose child returns too: only the worker may answer.
+    return 'child' if os.fork() == 0 else 'parent'
+
 def huge_mmap():
     import mmap
     return len(mmap.mmap(-1, 1 << 34))
@@ -220,6 +237,28 @@ fn garbage_frames_from_a_worker_are_errors() {
         }
         assert!(!alive(first), "{what}: the worker that broke the protocol was killed");
         assert_eq!(e.call::<_, i64>("builtins:abs", -3).unwrap(), 3, "{what}: the engine still serves");
+    }
+}
+
+#[test]
+fn a_process_forked_in_a_call_leaves_the_channel_alone() {
+    let e = Arc::new(builder(1).build().unwrap());
+    let worker: u32 = e.call("plugin:pid", ()).unwrap();
+    let e2 = e.clone();
+    let outcome = guarded(move || {
+        let code: i32 = e2.call("plugin:fork_and_call_host", ())?;
+        let mut answers = Vec::new();
+        for _ in 0..20 {
+            answers.push(e2.call::<_, String>("plugin:fork_and_return", ())?);
+            answers.push(e2.call::<_, u32>("plugin:pid", ())?.to_string());
+        }
+        Ok::<_, Error>((code, answers))
+    })
+    .expect("a call hung");
+    let (code, answers) = outcome.unwrap();
+    assert_eq!(code, 3, "a forked child's host call raises RuntimeError");
+    for pair in answers.chunks(2) {
+        assert_eq!(pair, ["parent".to_owned(), worker.to_string()], "only the worker answers");
     }
 }
 
