@@ -117,15 +117,27 @@ fn send_record(fd: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
 }
 
 /// Parse a queue record into its payload and the descriptors of the handles inside it.
-fn parse_record(buf: &[u8], mut fds: Vec<OwnedFd>) -> io::Result<Record> {
-    match buf.first() {
-        Some(0) => Ok((buf[1..].to_vec(), fds)),
-        Some(1) if buf.len() == 9 && !fds.is_empty() => {
+/// Records come from any process holding the queue: a record cut short by the receive buffer
+/// (`truncated`: longer than any procpy writes) or one that does not parse is `InvalidData`,
+/// and a memory file is read by [`ipc::memfd_read`], which checks its size first.
+fn parse_record(buf: &[u8], mut fds: Vec<OwnedFd>, truncated: bool) -> io::Result<Record> {
+    let malformed = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("malformed queue record: {what}"));
+    if truncated {
+        return Err(malformed("longer than any queue writes inline"));
+    }
+    match buf {
+        [0, payload @ ..] => Ok((payload.to_vec(), fds)),
+        [1, len @ ..] => {
+            let Ok(len) = <[u8; 8]>::try_from(len) else { return Err(malformed("bad length field")) };
+            if fds.is_empty() {
+                return Err(malformed("its memory file is missing"));
+            }
             let mem = fds.remove(0);
-            let len = u64::from_le_bytes(buf[1..9].try_into().unwrap_or_default()) as usize;
+            let len = usize::try_from(u64::from_le_bytes(len)).unwrap_or(usize::MAX);
             Ok((ipc::memfd_read(mem.as_raw_fd(), len)?, fds))
         }
-        _ => Err(io::Error::new(io::ErrorKind::InvalidData, "malformed queue record")),
+        [] => Err(malformed("empty")),
+        _ => Err(malformed("unknown kind")),
     }
 }
 
@@ -247,7 +259,7 @@ impl QueueBase {
         loop {
             // With a backlog the record is already there: one system call, no poll.
             match RECV_BUF.with_borrow_mut(|buf| {
-                ipc::recv_with_fds(fd, buf, 253, libc::MSG_DONTWAIT).and_then(|(n, fds, _)| parse_record(&buf[..n], fds))
+                ipc::recv_with_fds(fd, buf, 253, libc::MSG_DONTWAIT).and_then(|(n, fds, cut)| parse_record(&buf[..n.min(buf.len())], fds, cut))
             }) {
                 Ok(record) => return Ok(Some(record)),
                 // Empty, or another consumer took it first.
