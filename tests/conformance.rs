@@ -110,6 +110,7 @@ conformance!(
     sync_condition_event_barrier,
     sync_locks,
     thread_pool,
+    timeouts_out_of_range,
 );
 
 macro_rules! examples {

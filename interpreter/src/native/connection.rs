@@ -295,7 +295,7 @@ impl Connection {
             OptionalArg::Missing => Some(0.0),
             OptionalArg::Present(t) => t.map(ArgIntoFloat::into_float),
         };
-        wait_readable(vm, fd, deadline(timeout))
+        wait_readable(vm, fd, deadline(vm, timeout)?)
     }
 
     #[pymethod]

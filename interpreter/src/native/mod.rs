@@ -95,8 +95,37 @@ fn retry<T>(vm: &VirtualMachine, mut f: impl FnMut() -> io::Result<T>) -> PyResu
     }
 }
 
-fn deadline(timeout: Option<f64>) -> Option<Instant> {
-    timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)))
+/// The instant `timeout` seconds from now (`None`: no deadline; negative: now), for the
+/// waits CPython converts to its nanosecond clock (`Connection.poll`, `Queue.get`,
+/// `connection.wait`): NaN, infinity and more than that clock holds (about 292 years) raise
+/// what CPython raises there.
+fn deadline(vm: &VirtualMachine, timeout: Option<f64>) -> PyResult<Option<Instant>> {
+    let Some(t) = timeout else { return Ok(None) };
+    if t.is_nan() {
+        return Err(vm.new_value_error("cannot convert float NaN to integer"));
+    }
+    if t.is_infinite() && t > 0.0 {
+        return Err(vm.new_overflow_error("cannot convert float infinity to integer"));
+    }
+    let too_large = || vm.new_overflow_error("timestamp too large to convert to C _PyTime_t");
+    if t * 1e9 > i64::MAX as f64 {
+        return Err(too_large());
+    }
+    let d = Duration::try_from_secs_f64(t.max(0.0)).map_err(|_| too_large())?;
+    Instant::now().checked_add(d).map(Some).ok_or_else(too_large)
+}
+
+/// The instant `timeout` seconds from now for the waits CPython hands to `sem_timedwait`
+/// (`Queue.put`, `SemLock.acquire`): NaN or infinity is OSError(EINVAL) as there, a negative
+/// timeout (-infinity too) is now, and a deadline too far to represent waits without one (as a
+/// deadline centuries away does).
+fn sem_deadline(vm: &VirtualMachine, timeout: Option<f64>) -> PyResult<Option<Instant>> {
+    let Some(t) = timeout else { return Ok(None) };
+    if t.is_nan() || t == f64::INFINITY {
+        return Err(os_err(vm, io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    let d = Duration::try_from_secs_f64(t.max(0.0)).ok();
+    Ok(d.and_then(|d| Instant::now().checked_add(d)))
 }
 
 /// How long a reader polls before it sleeps: `PROCPY_SPIN_US` microseconds, default 0 (off).
@@ -485,7 +514,7 @@ pub(crate) mod _procpy {
             };
             fds.push((fd, libc::POLLIN));
         }
-        let until = deadline(timeout.flatten().map(ArgIntoFloat::into_float));
+        let until = deadline(vm, timeout.flatten().map(ArgIntoFloat::into_float))?;
         loop {
             match vm.allow_threads(|| ipc::poll(&fds, ipc::remaining(until))) {
                 Ok(r) => {

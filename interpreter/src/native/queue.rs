@@ -1,7 +1,9 @@
 //! Queues: one `SOCK_SEQPACKET` pair shared by every process (a record per item, so no lock),
 //! counts in shared memory, and a feeder thread per process so `put` never blocks on the socket.
 
-use super::{deadline, dumps_with_connections, loads_with, os_err, queue_exception, retry, wait_readable, wait_readable_spin, Record};
+use super::{
+    deadline, dumps_with_connections, loads_with, os_err, queue_exception, retry, sem_deadline, wait_readable, wait_readable_spin, Record,
+};
 use crate::ipc::{self, SharedCounters};
 use crate::trace;
 use crossbeam_channel::{Receiver, Sender};
@@ -338,10 +340,11 @@ impl QueueBase {
         if timeout.is_some_and(|t| t < 0.0) {
             return Err(vm.new_value_error("'timeout' must be a non-negative number"));
         }
+        let until = sem_deadline(vm, timeout)?;
         let t0 = trace::clock();
         // Encode first: an unencodable object raises here and leaves the queue untouched.
         let (data, fds) = dumps_with_connections(vm, &args.obj)?;
-        zelf.acquire_slot(args.block, deadline(timeout), vm)?;
+        zelf.acquire_slot(args.block, until, vm)?;
         if zelf.kind == 1 {
             zelf.shared.counters.get(UNFINISHED).fetch_add(1, Ordering::AcqRel);
         }
@@ -380,7 +383,7 @@ impl QueueBase {
             return Err(vm.new_value_error("'timeout' must be a non-negative number"));
         }
         let t0 = trace::clock();
-        match zelf.recv_record(args.block, deadline(timeout), vm)? {
+        match zelf.recv_record(args.block, deadline(vm, timeout)?, vm)? {
             None => Err(queue_exception(vm, "Empty")),
             Some((payload, fds)) => {
                 zelf.release_slot();
