@@ -137,7 +137,9 @@ pub fn poll(fds: &[(RawFd, i16)], timeout: Option<Duration>) -> io::Result<Vec<i
     let mut pfds: Vec<libc::pollfd> = fds.iter().map(|&(fd, events)| libc::pollfd { fd, events, revents: 0 }).collect();
     let ms = match timeout {
         None => -1,
-        Some(d) => d.as_millis().min(i32::MAX as u128) as i32 + i32::from(d.subsec_nanos() % 1_000_000 != 0),
+        // Rounded up to whole milliseconds; a wait longer than poll takes (24 days) is cut to
+        // that, and the callers loop.
+        Some(d) => (d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0)).min(i32::MAX as u128) as i32,
     };
     cvt(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) })?;
     Ok(pfds.iter().map(|p| p.revents).collect())
@@ -187,7 +189,7 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], max_fds: usize, flags: libc::c
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let bytes = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
                 let p = libc::CMSG_DATA(c).cast::<RawFd>();
                 for i in 0..bytes / std::mem::size_of::<RawFd>() {
                     fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(p.add(i))));

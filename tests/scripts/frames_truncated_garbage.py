@@ -13,7 +13,7 @@ def show(label, f):
         r = f()
     except Exception as e:
         # Decoder messages differ between pickle and procpy's codec: only their type is compared.
-        detail = str(e) if isinstance(e, (OSError, EOFError)) else ''
+        detail = str(e) if isinstance(e, (OSError, EOFError, ValueError)) else ''
         print('  %s -> %s %s' % (label, type(e).__name__, detail))
     else:
         print('  %s -> %r' % (label, r))
@@ -86,6 +86,12 @@ def main():
         print('BufferTooShort', len(e.args[0]))
     b.send_bytes(b'after')
     print('after BufferTooShort:', a.recv_bytes())
+
+    # offset + size beyond any buffer (their sum overflowed a machine word in procpy).
+    for offset, size in ((1, sys.maxsize), (sys.maxsize, sys.maxsize), (2, 1)):
+        show('send_bytes(b"xy", %d, %d)' % (offset, size), lambda: b.send_bytes(b'xy', offset, size))
+    b.send_bytes(b'xy', 1, 1)
+    print('then:', a.recv_bytes())
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@ connection.wait, Lock.acquire and Event.wait: the exception CPython raises for e
 nanosecond clock: OverflowError/ValueError; its sem_timedwait: OSError EINVAL), never a crash;
 -infinity is 'now'."""
 import sys
+import threading
 
 import multiprocessing as mp
 import multiprocessing.connection
@@ -25,7 +26,7 @@ def main():
     lock = mp.Lock()
     lock.acquire()
     event = mp.Event()
-    for v in (float('inf'), float('nan'), 1e10, 1e18):
+    for v in (float('inf'), float('nan'), 1e10, 1e18, 1e7, 2147483.6471):
         show('poll(%r)' % v, lambda: a.poll(v))
         show('Queue.get(timeout=%r)' % v, lambda: q.get(timeout=v))
         show('wait(timeout=%r)' % v, lambda: mp.connection.wait([a], v))
@@ -37,6 +38,26 @@ def main():
     for v in (float('-inf'), -1e18):
         show('poll(%r)' % v, lambda: a.poll(v))
         show('wait(timeout=%r)' % v, lambda: mp.connection.wait([a], v))
+    # Long timeouts that end early because the awaited thing happens: a helper thread does it
+    # (before or during the wait: same result). 2147483.647 s is the longest poll() takes;
+    # the semaphore waits take any.
+    def soon(f):
+        t = threading.Thread(target=f)
+        t.start()
+        return t
+    for label, act, wait in (
+        ('poll(2147483.647)', lambda: b.send_bytes(b'x'), lambda: a.poll(2147483.647)),
+        ('wait(timeout=2147483.647)', lambda: None, lambda: len(mp.connection.wait([a], 2147483.647))),
+        ('Queue.get(timeout=2147483.647)', lambda: q.put('item'), lambda: q.get(timeout=2147483.647)),
+        ('Lock.acquire(timeout=1e7)', lock.release, lambda: lock.acquire(timeout=1e7)),
+        ('Queue.put(timeout=1e7) when full', full.get, lambda: full.put(3, timeout=1e7)),
+    ):
+        t = soon(act)
+        show(label, wait)
+        t.join()
+    a.recv_bytes()
+    full.get(timeout=5)
+    full.put(2)
     # Still usable afterwards.
     b.send('ok')
     print('then:', a.recv(), full.get(timeout=5), lock.acquire(False) is False)

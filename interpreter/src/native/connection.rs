@@ -243,7 +243,10 @@ impl Connection {
             let size = match args.size {
                 None => n - args.offset,
                 Some(s) if s < 0 => return Err(vm.new_value_error("size is negative")),
-                Some(s) if args.offset + s > n => return Err(vm.new_value_error("buffer length < offset + size")),
+                // Checked: offset + size may overflow isize (Python ints do not).
+                Some(s) if args.offset.checked_add(s).is_none_or(|end| end > n) => {
+                    return Err(vm.new_value_error("buffer length < offset + size"))
+                }
                 Some(s) => s,
             };
             let t0 = trace::clock();
@@ -284,7 +287,13 @@ impl Connection {
             return Err(vm.new_exception(cls, vec![vm.ctx.new_bytes(data).into()]));
         }
         let mut b = buf.borrow_buf_mut();
-        b[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
+        // The length checked above is the buffer's; `get_mut` keeps a disagreement a Python error.
+        let start = offset as usize;
+        let Some(dest) = b.get_mut(start..start + data.len()) else {
+            let cls = mp_exception(vm, "BufferTooShort");
+            return Err(vm.new_exception(cls, vec![vm.ctx.new_bytes(data).into()]));
+        };
+        dest.copy_from_slice(&data);
         Ok(data.len())
     }
 

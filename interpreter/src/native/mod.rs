@@ -97,8 +97,8 @@ fn retry<T>(vm: &VirtualMachine, mut f: impl FnMut() -> io::Result<T>) -> PyResu
 
 /// The instant `timeout` seconds from now (`None`: no deadline; negative: now), for the
 /// waits CPython converts to its nanosecond clock (`Connection.poll`, `Queue.get`,
-/// `connection.wait`): NaN, infinity and more than that clock holds (about 292 years) raise
-/// what CPython raises there.
+/// `connection.wait`): NaN, infinity, more than that clock holds (about 292 years) or than
+/// `poll` takes (24.8 days) raise what CPython raises there.
 fn deadline(vm: &VirtualMachine, timeout: Option<f64>) -> PyResult<Option<Instant>> {
     let Some(t) = timeout else { return Ok(None) };
     if t.is_nan() {
@@ -110,6 +110,10 @@ fn deadline(vm: &VirtualMachine, timeout: Option<f64>) -> PyResult<Option<Instan
     let too_large = || vm.new_overflow_error("timestamp too large to convert to C _PyTime_t");
     if t * 1e9 > i64::MAX as f64 {
         return Err(too_large());
+    }
+    // CPython's wait ends in poll(), whose timeout is an int of milliseconds.
+    if (t * 1e3).ceil() > i32::MAX as f64 {
+        return Err(vm.new_overflow_error("timeout is too large"));
     }
     let d = Duration::try_from_secs_f64(t.max(0.0)).map_err(|_| too_large())?;
     Instant::now().checked_add(d).map(Some).ok_or_else(too_large)
