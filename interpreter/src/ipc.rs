@@ -317,10 +317,11 @@ impl From<BodyError<io::Error>> for io::Error {
 ///   [`BodyError::NoMemory`], as CPython (which allocates the declared length) raises
 ///   MemoryError; that trial allocation is released at once, and the buffer then starts at
 ///   [`BODY_STEP`] and doubles only when full, so a peer that declares much and sends little
-///   makes us hold about twice what it sent, never what it declared.
+///   makes us hold the larger of one step (not committed until written) and twice what it
+///   sent, never what it declared.
 ///
-/// Every allocation is fallible (`try_reserve`): running out of memory midway is
-/// [`BodyError::NoMemory`], never an abort.
+/// Every allocation is fallible (`try_reserve`, `alloc_zeroed`): running out of memory midway
+/// is [`BodyError::NoMemory`], never an abort.
 pub fn read_body<E>(len: usize, mut read: impl FnMut(&mut [u8]) -> Result<usize, E>) -> Result<Vec<u8>, BodyError<E>> {
     if len == 0 {
         return Ok(Vec::new());
