@@ -67,6 +67,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    authkey_refusals,
     child_exception_exitcode,
     codec_unpicklable,
     codec_values,
@@ -76,6 +77,7 @@ conformance!(
     daemon_processes,
     dummy_connection,
     dummy_threads_api,
+    frames_truncated_garbage,
     futures_process_pool,
     futures_process_pool_more,
     join_at_exit,
@@ -108,6 +110,7 @@ conformance!(
     sync_condition_event_barrier,
     sync_locks,
     thread_pool,
+    timeouts_out_of_range,
 );
 
 macro_rules! examples {

@@ -16,6 +16,36 @@ fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
 }
 
+/// An OS error and what was being done when it happened ("cannot start the resource tracker"):
+/// `native::os_err` turns it into `OSError(errno, "what: strerror")`, so neither is lost.
+#[derive(Debug)]
+pub struct Doing {
+    /// The errno of the failure.
+    pub errno: i32,
+    /// What failed, e.g. "cannot start the resource tracker".
+    pub what: String,
+}
+
+impl std::fmt::Display for Doing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = io::Error::from_raw_os_error(self.errno).to_string();
+        // io::Error's text ends with " (os error N)"; Python's strerror does not.
+        let text = text.rsplit_once(" (os error").map_or(text.as_str(), |(t, _)| t);
+        write!(f, "{}: {text}", self.what)
+    }
+}
+
+impl std::error::Error for Doing {}
+
+/// `e` with what was being done; an error without an errno just gets the words prepended.
+pub fn doing(e: io::Error, what: impl Into<String>) -> io::Error {
+    let what = what.into();
+    match e.raw_os_error() {
+        Some(errno) => io::Error::new(e.kind(), Doing { errno, what }),
+        None => io::Error::new(e.kind(), format!("{what}: {e}")),
+    }
+}
+
 /// A close-on-exec AF_UNIX socket pair of the given type (`SOCK_STREAM`, `SOCK_SEQPACKET`).
 pub fn socketpair(kind: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
@@ -107,7 +137,9 @@ pub fn poll(fds: &[(RawFd, i16)], timeout: Option<Duration>) -> io::Result<Vec<i
     let mut pfds: Vec<libc::pollfd> = fds.iter().map(|&(fd, events)| libc::pollfd { fd, events, revents: 0 }).collect();
     let ms = match timeout {
         None => -1,
-        Some(d) => d.as_millis().min(i32::MAX as u128) as i32 + i32::from(d.subsec_nanos() % 1_000_000 != 0),
+        // Rounded up to whole milliseconds; a wait longer than poll takes (24 days) is cut to
+        // that, and the callers loop.
+        Some(d) => (d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0)).min(i32::MAX as u128) as i32,
     };
     cvt(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) })?;
     Ok(pfds.iter().map(|p| p.revents).collect())
@@ -157,7 +189,7 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], max_fds: usize, flags: libc::c
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let bytes = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
                 let p = libc::CMSG_DATA(c).cast::<RawFd>();
                 for i in 0..bytes / std::mem::size_of::<RawFd>() {
                     fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(p.add(i))));
@@ -195,19 +227,164 @@ pub fn memfd_with(data: &[u8]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Read `len` bytes from the start of a memory file made by [`memfd_with`].
+/// Read `len` bytes (a length a peer declared) from the start of a memory file made by
+/// [`memfd_with`]. The file must be a regular file holding at least `len` bytes (checked with
+/// `fstat` before anything is allocated); the body is read with [`read_body`].
 pub fn memfd_read(fd: RawFd, len: usize) -> io::Result<Vec<u8>> {
-    let mut out = vec![0u8; len];
-    let mut off = 0;
-    while off < len {
-        match cvt_size(unsafe { libc::pread(fd, out[off..].as_mut_ptr().cast(), len - off, off as i64) }) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short message file")),
-            Ok(n) => off += n,
+    let size = regular_file_size(fd, "message file")?;
+    if (size as u128) < len as u128 {
+        return Err(invalid(format!("message file holds {size} bytes, its record says {len}")));
+    }
+    let mut off = 0usize;
+    let body = read_body(len, |b| loop {
+        match cvt_size(unsafe { libc::pread(fd, b.as_mut_ptr().cast(), b.len(), off as i64) }) {
+            Ok(n) => {
+                off += n;
+                return Ok(n);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    });
+    body.map_err(io::Error::from)
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// The size of `fd`, which must be a regular file (a memory file or a POSIX shared memory
+/// segment); `what` names it in the error otherwise.
+pub fn regular_file_size(fd: RawFd, what: &str) -> io::Result<u64> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(invalid(format!("the {what} is not a memory file")));
     }
-    Ok(out)
+    Ok(st.st_size.max(0) as u64)
+}
+
+/// Whether `fd` is a socket of type `kind` (`SOCK_STREAM`, `SOCK_SEQPACKET`, ...).
+pub fn is_socket_of_type(fd: RawFd, kind: libc::c_int) -> bool {
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut ty as *mut libc::c_int).cast(), &mut len) };
+    r == 0 && ty == kind
+}
+
+/// Frame bodies up to this size are read into one buffer of their declared length (zeroed by
+/// the allocator: pages not yet read into are not committed); a larger declared length is read
+/// in steps, the buffer growing (doubling) only as bytes arrive.
+pub const BODY_STEP: usize = 1 << 20;
+
+/// Why [`read_body`] stopped before the end of the body.
+#[derive(Debug)]
+pub enum BodyError<E> {
+    /// End of file after `got` bytes of the body (0: before its first byte).
+    Eof {
+        /// Bytes of the body that did arrive.
+        got: usize,
+    },
+    /// No memory for a body of this length (an allocation failed; nothing was aborted).
+    NoMemory {
+        /// The declared length.
+        len: usize,
+    },
+    /// `read` failed.
+    Read(E),
+}
+
+impl From<BodyError<io::Error>> for io::Error {
+    fn from(e: BodyError<io::Error>) -> io::Error {
+        match e {
+            BodyError::Eof { .. } => io::Error::new(io::ErrorKind::UnexpectedEof, "got end of file during message"),
+            BodyError::NoMemory { len } => {
+                io::Error::new(io::ErrorKind::OutOfMemory, format!("cannot allocate memory for a message of {len} bytes"))
+            }
+            BodyError::Read(e) => e,
+        }
+    }
+}
+
+/// Read the body of a frame whose header declared `len` bytes: the one rule of every reader of
+/// a length-prefixed frame, because the header comes from a peer and is not to be trusted.
+///
+/// `read` fills a prefix of the slice it is given and returns how much it filled (0 = end of
+/// file); it is called until the body is complete. Nothing is allocated from `len` alone:
+/// - a body of at most [`BODY_STEP`] bytes gets one buffer of that size (the fast path: one
+///   allocation, and usually one `read`, as before);
+/// - for a larger one, a length no allocation could hold fails at once with
+///   [`BodyError::NoMemory`], as CPython (which allocates the declared length) raises
+///   MemoryError; that trial allocation is released at once, and the buffer then starts at
+///   [`BODY_STEP`] and doubles only when full, so a peer that declares much and sends little
+///   makes us hold the larger of one step (not committed until written) and twice what it
+///   sent, never what it declared.
+///
+/// Every allocation is fallible (`try_reserve`, `alloc_zeroed`): running out of memory midway
+/// is [`BodyError::NoMemory`], never an abort.
+pub fn read_body<E>(len: usize, mut read: impl FnMut(&mut [u8]) -> Result<usize, E>) -> Result<Vec<u8>, BodyError<E>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    if len > BODY_STEP {
+        // Address space only: the pages are never touched before being given back.
+        Vec::<u8>::new().try_reserve_exact(len).map_err(|_| no_memory_of(len))?;
+    }
+    let mut buf = zeroed(len.min(BODY_STEP)).ok_or_else(|| no_memory_of(len))?;
+    let mut got = 0;
+    while got < len {
+        if got == buf.len() {
+            let more = len.min(got.saturating_mul(2)) - got;
+            buf.try_reserve_exact(more).map_err(|_| no_memory_of(len))?;
+            // SAFETY: `more` bytes of spare capacity were reserved just above; they are all
+            // initialised (zeroed) before `set_len` makes them part of the vector.
+            unsafe {
+                std::ptr::write_bytes(buf.as_mut_ptr().add(got), 0, more);
+                buf.set_len(got + more);
+            }
+        }
+        let room = buf.len() - got;
+        let n = read(&mut buf[got..]).map_err(BodyError::Read)?;
+        if n == 0 {
+            return Err(BodyError::Eof { got });
+        }
+        // A reader claiming more than the room it had is a bug; never index past the buffer.
+        got += n.min(room);
+    }
+    Ok(buf)
+}
+
+fn no_memory_of<E>(len: usize) -> BodyError<E> {
+    BodyError::NoMemory { len }
+}
+
+/// `n` (> 0) zero bytes, or `None` if they cannot be allocated. Zeroed by the allocator
+/// (`calloc`): a large block comes from fresh pages that are not touched, hence not committed,
+/// until data is read into them — no memset, as with `vec![0; n]`, but fallible.
+fn zeroed(n: usize) -> Option<Vec<u8>> {
+    let layout = std::alloc::Layout::array::<u8>(n).ok()?;
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    // SAFETY: the layout has a non-zero size. A non-null result is `n` zeroed (so initialised)
+    // bytes from the global allocator with the layout of `[u8; n]`, which is what
+    // `Vec::from_raw_parts` needs for a vector of length and capacity `n`.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout);
+        (!p.is_null()).then(|| Vec::from_raw_parts(p, n, n))
+    }
+}
+
+/// [`read_body`] from an `io::Read` (retrying `EINTR`), for VM-free readers such as the
+/// embedding's frames: end of file midway is `UnexpectedEof`, no memory is `OutOfMemory`.
+pub fn read_body_from(r: &mut impl io::Read, len: usize) -> io::Result<Vec<u8>> {
+    let body = read_body(len, |b| loop {
+        match r.read(b) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    });
+    body.map_err(io::Error::from)
 }
 
 /// Counters in memory shared by every process that holds the descriptor, with futex waits.
@@ -230,8 +407,14 @@ impl SharedCounters {
         Self::map(fd, n)
     }
 
-    /// Map counters created by another process.
+    /// Map counters created by another process. The descriptor came from a peer: it must be a
+    /// memory file holding all `n` counters (touching a mapping past the end of its file is
+    /// SIGBUS), else `InvalidData` says what is wrong.
     pub fn map(fd: OwnedFd, n: usize) -> io::Result<Self> {
+        let size = regular_file_size(fd.as_raw_fd(), "counters' descriptor")?;
+        if size < (n * 4) as u64 {
+            return Err(invalid(format!("the counters' memory file holds {size} bytes, {} needed", n * 4)));
+        }
         let p = unsafe {
             libc::mmap(std::ptr::null_mut(), n * 4, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
         };
@@ -246,7 +429,8 @@ impl SharedCounters {
         self.fd.as_raw_fd()
     }
 
-    /// Counter `i`.
+    /// Counter `i`. Callers pass their own slot constants, all below the `n` they mapped, so the
+    /// assertion is a guard against a programming error, not reachable from input.
     pub fn get(&self, i: usize) -> &AtomicU32 {
         assert!(i < self.n);
         unsafe { &*self.ptr.add(i) }
@@ -308,6 +492,101 @@ mod tests {
         let data: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
         let fd = memfd_with(&data).unwrap();
         assert_eq!(memfd_read(fd.as_raw_fd(), data.len()).unwrap(), data);
+    }
+
+    /// A reader that hands out `data` at most `step` bytes a call, recording how much room it
+    /// was offered each time.
+    fn trickle<'a>(data: &'a [u8], step: usize, offered: &'a mut Vec<usize>) -> impl FnMut(&mut [u8]) -> io::Result<usize> + 'a {
+        let mut pos = 0;
+        move |b: &mut [u8]| {
+            offered.push(b.len());
+            let n = b.len().min(step).min(data.len() - pos);
+            b[..n].copy_from_slice(&data[pos..pos + n]);
+            pos += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn read_body_reads_small_bodies_in_one_buffer() {
+        let data = b"hello world".to_vec();
+        let mut offered = Vec::new();
+        let body = read_body(data.len(), trickle(&data, usize::MAX, &mut offered)).unwrap();
+        assert_eq!(body, data);
+        assert_eq!(offered, [data.len()], "one read into a buffer of exactly the declared size");
+    }
+
+    #[test]
+    fn read_body_grows_with_the_bytes_not_the_header() {
+        let data: Vec<u8> = (0..3 * BODY_STEP + 7).map(|i| i as u8).collect();
+        let mut offered = Vec::new();
+        assert_eq!(read_body(data.len(), trickle(&data, 4096, &mut offered)).unwrap(), data);
+        // The first read is offered one step, never the declared length.
+        assert_eq!(offered[0], BODY_STEP);
+        assert!(offered.iter().all(|&n| n <= 2 * BODY_STEP), "{:?}", &offered[..4]);
+    }
+
+    #[test]
+    fn read_body_holds_about_what_arrived_when_the_peer_stops() {
+        // 4 GiB declared, 10 bytes sent: end of file after them, and at most one step allocated.
+        let mut offered = Vec::new();
+        match read_body(4 << 30, trickle(b"0123456789", usize::MAX, &mut offered)) {
+            Err(BodyError::Eof { got: 10 }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(offered.iter().all(|&n| n <= BODY_STEP));
+    }
+
+    #[test]
+    fn read_body_refuses_impossible_lengths_without_reading() {
+        for len in [usize::MAX, isize::MAX as usize, 1 << 62] {
+            let mut calls = 0;
+            match read_body(len, |_b: &mut [u8]| -> io::Result<usize> {
+                calls += 1;
+                Ok(0)
+            }) {
+                Err(BodyError::NoMemory { len: l }) => assert_eq!(l, len),
+                other => panic!("{len}: {other:?}"),
+            }
+            assert_eq!(calls, 0);
+        }
+        let e = io::Error::from(BodyError::<io::Error>::NoMemory { len: 5 });
+        assert_eq!(e.kind(), io::ErrorKind::OutOfMemory);
+    }
+
+    #[test]
+    fn read_body_passes_read_errors_and_survives_a_lying_reader() {
+        match read_body(10, |_b: &mut [u8]| Err::<usize, _>("boom")) {
+            Err(BodyError::Read("boom")) => {}
+            other => panic!("{other:?}"),
+        }
+        // A reader claiming more than it was offered does not make us index past the buffer.
+        let body = read_body(10, |b: &mut [u8]| Ok::<_, ()>(b.len() + 100)).unwrap();
+        assert_eq!(body.len(), 10);
+    }
+
+    #[test]
+    fn memfd_read_checks_the_file_before_allocating() {
+        let fd = memfd_with(b"short").unwrap();
+        let e = memfd_read(fd.as_raw_fd(), 1 << 40).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        let (r, _w) = pipe().unwrap();
+        assert_eq!(memfd_read(r.as_raw_fd(), 10).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn counters_refuse_a_file_too_small_for_them() {
+        let fd = memfd_with(&[0u8; 4]).unwrap();
+        let e = SharedCounters::map(fd, 3).err().expect("3 counters over 4 bytes");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    }
+
+    #[test]
+    fn doing_keeps_errno_and_says_what_failed() {
+        let e = doing(io::Error::from_raw_os_error(libc::EMFILE), "cannot start the resource tracker");
+        let d = e.get_ref().and_then(|i| i.downcast_ref::<Doing>()).expect("a Doing");
+        assert_eq!(d.errno, libc::EMFILE);
+        assert_eq!(d.to_string(), "cannot start the resource tracker: Too many open files");
     }
 
     #[test]

@@ -57,7 +57,10 @@ pub fn ensure_running() -> io::Result<RawFd> {
     if let Some(fd) = fd() {
         return Ok(fd);
     }
-    let (r, w) = crate::ipc::pipe()?;
+    // Errors keep their errno and say what failed (a bare "Too many open files" from
+    // Process.start would not say which part ran out).
+    let what = "cannot start the resource tracker";
+    let (r, w) = crate::ipc::pipe().map_err(|e| crate::ipc::doing(e, what))?;
     // The read end becomes the tracker's stdin (a posix_spawn file action: no fork of this
     // multi-threaded process, and nothing else can inherit it by accident). Its stdout goes
     // nowhere; its stderr is ours, for the leak warning. Not waited for: it outlives us.
@@ -70,7 +73,7 @@ pub fn ensure_running() -> io::Result<RawFd> {
         .stdin(Stdio::from(r))
         .stdout(Stdio::null())
         .spawn()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot start the resource tracker: {e}")))?;
+        .map_err(|e| crate::ipc::doing(e, what))?;
     PID.store(child.id() as i32, Ordering::Release);
     FD.store(w.into_raw_fd(), Ordering::Release);
     Ok(FD.load(Ordering::Acquire))
@@ -103,6 +106,38 @@ pub fn send(msg: &[u8]) -> io::Result<()> {
         return Err(io::Error::other(format!("resource tracker: short write ({n} of {})", msg.len())));
     }
     Ok(())
+}
+
+/// The longest line the tracker accepts: writers send at most 512 bytes a line (see the module
+/// comment); a longer one is not ours, and is dropped without being buffered whole.
+const MAX_LINE: usize = 4096;
+
+/// Read one line (at most [`MAX_LINE`] bytes, `\n` included) into `line`; a longer line is
+/// read to its end and discarded: `Ok(false)` then. `Ok(true)` with an empty `line` is end of
+/// file.
+fn read_line(r: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<bool> {
+    line.clear();
+    io::Read::take(&mut *r, MAX_LINE as u64).read_until(b'\n', line)?;
+    if line.len() < MAX_LINE || line.ends_with(b"\n") {
+        return Ok(true);
+    }
+    // Skip the rest of the line, a buffer at a time.
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                r.consume(i + 1);
+                return Ok(false);
+            }
+            None => {
+                let n = buf.len();
+                r.consume(n);
+            }
+        }
+    }
 }
 
 /// The resource types the tracker can clean up, as in CPython 3.11.
@@ -141,10 +176,13 @@ pub fn main() -> i32 {
     let mut lock = stdin.lock();
     let mut line = Vec::new();
     loop {
-        line.clear();
-        match lock.read_until(b'\n', &mut line) {
-            Ok(0) => break,
-            Ok(_) => {}
+        match read_line(&mut lock, &mut line) {
+            Ok(true) if line.is_empty() => break,
+            Ok(true) => {}
+            Ok(false) => {
+                eprintln!("resource_tracker: malformed message (a line over {MAX_LINE} bytes)");
+                continue;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
@@ -192,4 +230,24 @@ pub fn main() -> i32 {
         }
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_over_the_limit_is_skipped_whole_and_the_next_one_read() {
+        let mut input = vec![b'x'; 3 * MAX_LINE + 5];
+        input.extend_from_slice(b"\nREGISTER:/a:noop\nlast");
+        let mut r = io::BufReader::with_capacity(1000, &input[..]);
+        let mut line = Vec::new();
+        assert!(!read_line(&mut r, &mut line).unwrap(), "the long line is reported malformed");
+        assert!(line.len() <= MAX_LINE, "and never held whole");
+        assert!(read_line(&mut r, &mut line).unwrap());
+        assert_eq!(line, b"REGISTER:/a:noop\n");
+        assert!(read_line(&mut r, &mut line).unwrap());
+        assert_eq!(line, b"last");
+        assert!(read_line(&mut r, &mut line).unwrap() && line.is_empty(), "then end of file");
+    }
 }

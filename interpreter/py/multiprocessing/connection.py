@@ -91,9 +91,10 @@ class Listener(object):
         '''Accept a connection on the bound socket or named pipe of `self`.
 
         Returns a `Connection` object.'''
-        if self._listener is None:
+        listener = self._listener  # close() from another thread may clear it meanwhile
+        if listener is None:
             raise OSError('listener is closed')
-        c = self._listener.accept()
+        c = listener.accept()
         if self._authkey:
             try:
                 deliver_challenge(c, self._authkey)
@@ -174,7 +175,14 @@ class SocketListener(object):
         return Connection(s.detach())
 
     def close(self):
+        import socket
         try:
+            # Wake a thread blocked in accept() first (it fails with EINVAL): it holds
+            # RustPython's socket lock, which close() needs, so close() would wait for ever.
+            try:
+                self._socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._socket.close()
         finally:
             unlink = self._unlink

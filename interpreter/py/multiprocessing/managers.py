@@ -262,6 +262,19 @@ class Server(object):
             except (EOFError, OSError):
                 util.debug('got EOF -- exiting thread serving a connection')
                 return
+            except Exception as e:
+                # A message that could not be read or decoded: the client is told why, as by
+                # CPython. A frame that did not decode was read whole, so the next one can be
+                # served; after a MemoryError only its header was, and the stream is out of
+                # step: hang up.
+                try:
+                    send(('#TRACEBACK', _format_exc()))
+                except Exception:
+                    pass
+                if isinstance(e, MemoryError):
+                    conn.close()
+                    return
+                continue
             try:
                 ident, methodname, args, kwds = request
                 try:

@@ -1,20 +1,26 @@
 //! `Connection`: one end of a `Pipe()`, framed like CPython's (4-byte big-endian length).
 
-use super::{deadline, dumps_with_connections, fill, loads_with, mp_exception, read_exact, retry, wait_readable, wait_readable_spin, write_all, Record};
+use super::{
+    deadline, dumps_with_connections, eof_error, fill, loads_with, mp_exception, read_frame_body, retry, wait_readable,
+    wait_readable_spin, write_all, Record,
+};
 use crate::{codec, ipc, trace};
 use rustpython_vm::builtins::PyBytesRef;
 use rustpython_vm::function::{ArgBytesLike, ArgIntoFloat, ArgMemoryBuffer, FuncArgs, OptionalArg};
 use rustpython_vm::builtins::PyType;
 use rustpython_vm::types::{Constructor, Representable};
 use rustpython_vm::{pyclass, FromArgs, Py, PyObjectRef, PyPayload, PyResult, VirtualMachine};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 #[pyclass(name = "Connection", module = "multiprocessing.connection")]
 #[derive(Debug, PyPayload)]
 pub struct Connection {
     pub(crate) fd: AtomicI32,
-    pub(crate) readable: bool,
+    /// Cleared (as CPython does) when a duplex connection meets a message over `maxlength`:
+    /// the stream is then out of step, but the connection can still send.
+    pub(crate) readable: AtomicBool,
     pub(crate) writable: bool,
     /// A Unix socket (duplex Pipe) can carry descriptors; a pipe cannot.
     socket: bool,
@@ -23,7 +29,8 @@ pub struct Connection {
 impl Connection {
     pub(crate) fn new(fd: OwnedFd, readable: bool, writable: bool) -> Self {
         let socket = ipc::is_unix_socket(fd.as_raw_fd());
-        Connection { fd: AtomicI32::new(std::os::fd::IntoRawFd::into_raw_fd(fd)), readable, writable, socket }
+        let fd = AtomicI32::new(std::os::fd::IntoRawFd::into_raw_fd(fd));
+        Connection { fd, readable: AtomicBool::new(readable), writable, socket }
     }
 
     pub(super) fn fd(&self, vm: &VirtualMachine) -> PyResult<RawFd> {
@@ -35,7 +42,7 @@ impl Connection {
 
     fn rfd(&self, vm: &VirtualMachine) -> PyResult<RawFd> {
         let fd = self.fd(vm)?;
-        if !self.readable {
+        if !self.readable.load(Ordering::Acquire) {
             return Err(vm.new_os_error("connection is write-only".to_owned()));
         }
         Ok(fd)
@@ -78,16 +85,24 @@ impl Connection {
 
     /// Fill `buf`, collecting descriptors that arrive with it (sockets only).
     fn read_exact_fds(&self, fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>, vm: &VirtualMachine) -> PyResult<bool> {
-        if !self.socket {
-            return read_exact(vm, fd, buf);
-        }
-        fill(vm, buf, |b| {
-            let (n, more, _) = ipc::recv_with_fds(fd, b, 253, 0)?;
-            fds.extend(more);
-            Ok(n)
-        })
+        fill(vm, buf, |b| self.read_some(fd, b, fds))
     }
 
+    /// One read into `b` (0 at end of file), collecting descriptors that arrive with it.
+    fn read_some(&self, fd: RawFd, b: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+        if !self.socket {
+            return ipc::read(fd, b);
+        }
+        let (n, more, _) = ipc::recv_with_fds(fd, b, 253, 0)?;
+        fds.extend(more);
+        Ok(n)
+    }
+
+    /// One frame, read as CPython's `_recv_bytes` reads it: end of file before the header is
+    /// EOFError; a negative length (other than -1, which announces an 8-byte one) is an empty
+    /// message; a length over `maxsize` is OSError("bad message length") and leaves the
+    /// connection unreadable (closed if it cannot send either). The body is read by
+    /// [`read_frame_body`]: a length a peer declared never decides an allocation alone.
     fn recv_frame(&self, maxsize: Option<usize>, vm: &VirtualMachine) -> PyResult<Record> {
         let fd = self.rfd(vm)?;
         let mut fds = Vec::new();
@@ -95,28 +110,26 @@ impl Connection {
         // A reply often comes within microseconds: poll briefly before the read sleeps.
         wait_readable_spin(vm, fd, None)?;
         if !self.read_exact_fds(fd, &mut h, &mut fds, vm)? {
-            return Err(vm.new_eof_error(String::new()));
+            return Err(eof_error(vm));
         }
         let mut len = i32::from_be_bytes(h) as i64;
         if len == -1 {
             let mut h8 = [0u8; 8];
-            if !read_exact(vm, fd, &mut h8)? {
+            if !self.read_exact_fds(fd, &mut h8, &mut fds, vm)? {
                 return Err(vm.new_os_error("got end of file during message".to_owned()));
             }
             len = u64::from_be_bytes(h8).min(i64::MAX as u64) as i64;
         }
-        if len < 0 {
-            return Err(vm.new_os_error("bad message length".to_owned()));
-        }
-        let len = len as usize;
+        let len = usize::try_from(len).unwrap_or(0);
         if maxsize.is_some_and(|m| len > m) {
-            self.do_close();
+            if self.writable {
+                self.readable.store(false, Ordering::Release);
+            } else {
+                self.do_close();
+            }
             return Err(vm.new_os_error("bad message length".to_owned()));
         }
-        let mut buf = vec![0u8; len];
-        if len > 0 && !self.read_exact_fds(fd, &mut buf, &mut fds, vm)? {
-            return Err(vm.new_os_error("got end of file during message".to_owned()));
-        }
+        let buf = read_frame_body(vm, len, |b| retry(vm, || self.read_some(fd, b, &mut fds)))?;
         Ok((buf, fds))
     }
 
@@ -230,7 +243,10 @@ impl Connection {
             let size = match args.size {
                 None => n - args.offset,
                 Some(s) if s < 0 => return Err(vm.new_value_error("size is negative")),
-                Some(s) if args.offset + s > n => return Err(vm.new_value_error("buffer length < offset + size")),
+                // Checked: offset + size may overflow isize (Python ints do not).
+                Some(s) if args.offset.checked_add(s).is_none_or(|end| end > n) => {
+                    return Err(vm.new_value_error("buffer length < offset + size"))
+                }
                 Some(s) => s,
             };
             let t0 = trace::clock();
@@ -271,7 +287,13 @@ impl Connection {
             return Err(vm.new_exception(cls, vec![vm.ctx.new_bytes(data).into()]));
         }
         let mut b = buf.borrow_buf_mut();
-        b[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
+        // The length checked above is the buffer's; `get_mut` keeps a disagreement a Python error.
+        let start = offset as usize;
+        let Some(dest) = b.get_mut(start..start + data.len()) else {
+            let cls = mp_exception(vm, "BufferTooShort");
+            return Err(vm.new_exception(cls, vec![vm.ctx.new_bytes(data).into()]));
+        };
+        dest.copy_from_slice(&data);
         Ok(data.len())
     }
 
@@ -282,7 +304,7 @@ impl Connection {
             OptionalArg::Missing => Some(0.0),
             OptionalArg::Present(t) => t.map(ArgIntoFloat::into_float),
         };
-        wait_readable(vm, fd, deadline(timeout))
+        wait_readable(vm, fd, deadline(vm, timeout)?)
     }
 
     #[pymethod]
@@ -302,7 +324,7 @@ impl Connection {
 
     #[pygetset]
     fn readable(&self) -> bool {
-        self.readable
+        self.readable.load(Ordering::Acquire)
     }
 
     #[pygetset]

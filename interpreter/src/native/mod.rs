@@ -36,10 +36,50 @@ pub(crate) use queue::{QueueBase, QueueShared};
 pub(crate) use shared_buffer::SharedBuffer;
 pub(crate) use sync::SemLock;
 
-/// Turn an OS error into Python's `OSError` (with errno).
+/// Turn an OS error into a Python exception: `OSError` (the subclass its errno picks) with
+/// errno and text; with [`ipc::Doing`], what was being done as well; one without an errno
+/// (a message of ours) keeps its message; `OutOfMemory` is `MemoryError`. (RustPython's own
+/// conversion reads only the errno: a message without one became "[Errno 0] Success".)
 fn os_err(vm: &VirtualMachine, e: io::Error) -> PyBaseExceptionRef {
     use rustpython_vm::convert::ToPyException;
-    e.to_pyexception(vm)
+    if let Some(d) = e.get_ref().and_then(|inner| inner.downcast_ref::<ipc::Doing>()) {
+        return os_error_with(vm, d.errno, d.to_string());
+    }
+    match e.raw_os_error() {
+        Some(_) => e.to_pyexception(vm),
+        None if e.kind() == io::ErrorKind::OutOfMemory => vm.new_memory_error(e.to_string()),
+        None => vm.new_os_error(e.to_string()),
+    }
+}
+
+/// `OSError(errno, strerror)`: Python picks the subclass (FileNotFoundError, ...).
+fn os_error_with(vm: &VirtualMachine, errno: i32, strerror: String) -> PyBaseExceptionRef {
+    use rustpython_vm::AsObject;
+    match vm.ctx.exceptions.os_error.as_object().call((errno, strerror.clone()), vm) {
+        Ok(exc) => exc.downcast().unwrap_or_else(|_| vm.new_os_error(strerror)),
+        Err(exc) => exc,
+    }
+}
+
+/// Read the body of a frame whose header (sent by a peer) declared `len` bytes, with
+/// [`ipc::read_body`]'s rule: the buffer grows as bytes arrive, never from the header alone.
+/// As CPython: end of file before the body's first byte is EOFError, later it is
+/// OSError("got end of file during message"), and no memory for it is MemoryError.
+fn read_frame_body(vm: &VirtualMachine, len: usize, read: impl FnMut(&mut [u8]) -> PyResult<usize>) -> PyResult<Vec<u8>> {
+    match ipc::read_body(len, read) {
+        Ok(body) => Ok(body),
+        Err(ipc::BodyError::Eof { got: 0 }) => Err(eof_error(vm)),
+        Err(ipc::BodyError::Eof { .. }) => Err(vm.new_os_error("got end of file during message".to_owned())),
+        Err(ipc::BodyError::NoMemory { len }) => {
+            Err(vm.new_memory_error(format!("cannot allocate memory for a message of {len} bytes")))
+        }
+        Err(ipc::BodyError::Read(e)) => Err(e),
+    }
+}
+
+/// A bare `EOFError` (CPython's `raise EOFError`: no arguments).
+fn eof_error(vm: &VirtualMachine) -> PyBaseExceptionRef {
+    vm.new_exception_empty(vm.ctx.exceptions.eof_error.to_owned())
 }
 
 /// Run a syscall, retrying after EINTR once Python signal handlers have run (they may raise,
@@ -55,8 +95,41 @@ fn retry<T>(vm: &VirtualMachine, mut f: impl FnMut() -> io::Result<T>) -> PyResu
     }
 }
 
-fn deadline(timeout: Option<f64>) -> Option<Instant> {
-    timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)))
+/// The instant `timeout` seconds from now (`None`: no deadline; negative: now), for the
+/// waits CPython converts to its nanosecond clock (`Connection.poll`, `Queue.get`,
+/// `connection.wait`): NaN, infinity, more than that clock holds (about 292 years) or than
+/// `poll` takes (24.8 days) raise what CPython raises there.
+fn deadline(vm: &VirtualMachine, timeout: Option<f64>) -> PyResult<Option<Instant>> {
+    let Some(t) = timeout else { return Ok(None) };
+    if t.is_nan() {
+        return Err(vm.new_value_error("cannot convert float NaN to integer"));
+    }
+    if t.is_infinite() && t > 0.0 {
+        return Err(vm.new_overflow_error("cannot convert float infinity to integer"));
+    }
+    let too_large = || vm.new_overflow_error("timestamp too large to convert to C _PyTime_t");
+    if t * 1e9 > i64::MAX as f64 {
+        return Err(too_large());
+    }
+    // CPython's wait ends in poll(), whose timeout is an int of milliseconds.
+    if (t * 1e3).ceil() > i32::MAX as f64 {
+        return Err(vm.new_overflow_error("timeout is too large"));
+    }
+    let d = Duration::try_from_secs_f64(t.max(0.0)).map_err(|_| too_large())?;
+    Instant::now().checked_add(d).map(Some).ok_or_else(too_large)
+}
+
+/// The instant `timeout` seconds from now for the waits CPython hands to `sem_timedwait`
+/// (`Queue.put`, `SemLock.acquire`): NaN or infinity is OSError(EINVAL) as there, a negative
+/// timeout (-infinity too) is now, and a deadline too far to represent waits without one (as a
+/// deadline centuries away does).
+fn sem_deadline(vm: &VirtualMachine, timeout: Option<f64>) -> PyResult<Option<Instant>> {
+    let Some(t) = timeout else { return Ok(None) };
+    if t.is_nan() || t == f64::INFINITY {
+        return Err(os_err(vm, io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    let d = Duration::try_from_secs_f64(t.max(0.0)).ok();
+    Ok(d.and_then(|d| Instant::now().checked_add(d)))
 }
 
 /// How long a reader polls before it sleeps: `PROCPY_SPIN_US` microseconds, default 0 (off).
@@ -149,7 +222,8 @@ fn send_with_fds_stream(vm: &VirtualMachine, sock: RawFd, payload: &[u8], fds: &
     write_all(vm, sock, payload)
 }
 
-/// Receive what [`send_with_fds_stream`] sent. `None` on end of file.
+/// Receive what [`send_with_fds_stream`] sent. `None` on end of file before the header.
+/// The length comes from the peer: the body is read by [`read_frame_body`].
 fn recv_with_fds_stream(vm: &VirtualMachine, sock: RawFd) -> PyResult<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     let mut header = [0u8; 8];
     let (n, fds, _) = retry(vm, || ipc::recv_with_fds(sock, &mut header, 253, 0))?;
@@ -159,11 +233,8 @@ fn recv_with_fds_stream(vm: &VirtualMachine, sock: RawFd) -> PyResult<Option<(Ve
     if n < 8 && !read_exact(vm, sock, &mut header[n..])? {
         return Err(vm.new_os_error("got end of file during message".to_owned()));
     }
-    let len = u64::from_be_bytes(header) as usize;
-    let mut payload = vec![0u8; len];
-    if len > 0 && !read_exact(vm, sock, &mut payload)? {
-        return Err(vm.new_os_error("got end of file during message".to_owned()));
-    }
+    let len = usize::try_from(u64::from_be_bytes(header)).unwrap_or(usize::MAX);
+    let payload = read_frame_body(vm, len, |b| retry(vm, || ipc::read(sock, b)))?;
     Ok(Some((payload, fds)))
 }
 
@@ -202,6 +273,10 @@ fn dumps_with_connections(vm: &VirtualMachine, obj: &PyObject) -> PyResult<Recor
 
 /// Decode a message and release the descriptors that came with it (rebuilt handles hold dups).
 fn loads_with(vm: &VirtualMachine, data: &[u8], fds: Vec<OwnedFd>) -> PyResult {
+    if data.is_empty() {
+        // What pickle says of an empty message (CPython's recv of a zero-length frame).
+        return Err(vm.new_eof_error("Ran out of input".to_owned()));
+    }
     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     codec::loads(vm, data, &raw)
 }
@@ -211,7 +286,7 @@ fn loads_with(vm: &VirtualMachine, data: &[u8], fds: Vec<OwnedFd>) -> PyResult {
 pub(crate) fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i64>)> {
     if let Some(c) = obj.downcast_ref::<Connection>() {
         let fd = c.fd.load(Ordering::Acquire);
-        return Some((HandleKind::Connection, vec![fd], vec![c.readable as i64, c.writable as i64]));
+        return Some((HandleKind::Connection, vec![fd], vec![c.readable.load(Ordering::Acquire) as i64, c.writable as i64]));
     }
     if let Some(q) = obj.downcast_ref::<QueueBase>() {
         let s = &q.shared;
@@ -238,9 +313,15 @@ pub(crate) fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i
 }
 
 /// Rebuild a native handle in the child from its (received) descriptors, which are duplicated.
+/// The message may come from any peer: the descriptors must be of the kind the handle needs
+/// and memory files must hold what the handle maps (else first use would be SIGBUS); anything
+/// else is an UnpicklingError naming the problem.
 pub(crate) fn rebuild_handle(vm: &VirtualMachine, kind: HandleKind, fds: &[RawFd], extra: &[i64]) -> PyResult {
     let dup = |fd: RawFd| ipc::dup(fd).map_err(|e| os_err(vm, e));
-    let bad = || codec::unpickling_error(vm, "malformed message: bad handle".into());
+    let malformed = |what: String| codec::unpickling_error(vm, format!("malformed message: bad {kind:?} handle: {what}"));
+    let bad = || malformed("wrong number of descriptors or values".to_owned());
+    // A size or kind check of ipc/shared_buffer (InvalidData) is the message's fault.
+    let mapping_err = |e: io::Error| if e.kind() == io::ErrorKind::InvalidData { malformed(e.to_string()) } else { os_err(vm, e) };
     match kind {
         HandleKind::Connection => {
             let (&[fd], &[r, w]) = (fds, extra) else { return Err(bad()) };
@@ -249,9 +330,13 @@ pub(crate) fn rebuild_handle(vm: &VirtualMachine, kind: HandleKind, fds: &[RawFd
         }
         HandleKind::Queue => {
             let (&[r, w, c], &[maxsize, kind]) = (fds, extra) else { return Err(bad()) };
-            let counters = SharedCounters::map(dup(c)?, 2).map_err(|e| os_err(vm, e))?;
+            if ![r, w].iter().all(|&fd| ipc::is_socket_of_type(fd, libc::SOCK_SEQPACKET)) {
+                return Err(malformed("its descriptors are not a queue's sockets".to_owned()));
+            }
+            let counters = SharedCounters::map(dup(c)?, 2).map_err(mapping_err)?;
             let shared = Arc::new(QueueShared { rfd: dup(r)?, wfd: Arc::new(dup(w)?), counters });
-            let q = QueueBase::from_shared(shared, maxsize as u32, kind as u8);
+            let maxsize = u32::try_from(maxsize.clamp(0, i32::MAX as i64)).unwrap_or(0);
+            let q = QueueBase::from_shared(shared, maxsize, kind as u8);
             let cls_name = match kind {
                 1 => "JoinableQueue",
                 2 => "SimpleQueue",
@@ -266,12 +351,13 @@ pub(crate) fn rebuild_handle(vm: &VirtualMachine, kind: HandleKind, fds: &[RawFd
         }
         HandleKind::SemLock => {
             let (&[fd], &[kind, maxvalue]) = (fds, extra) else { return Err(bad()) };
-            let shared = SharedCounters::map(dup(fd)?, sync::SLOTS).map_err(|e| os_err(vm, e))?;
+            let shared = SharedCounters::map(dup(fd)?, sync::SLOTS).map_err(mapping_err)?;
             Ok(SemLock::from_shared(Arc::new(shared), kind as i32, maxvalue as i32).into_pyobject(vm))
         }
         HandleKind::SharedBuffer => {
             let (&[fd], &[len]) = (fds, extra) else { return Err(bad()) };
-            let b = SharedBuffer::from_fd(dup(fd)?, len as usize).map_err(|e| os_err(vm, e))?;
+            let len = usize::try_from(len).map_err(|_| malformed(format!("negative size {len}")))?;
+            let b = SharedBuffer::from_fd(dup(fd)?, len).map_err(mapping_err)?;
             Ok(b.into_pyobject(vm))
         }
     }
@@ -432,7 +518,7 @@ pub(crate) mod _procpy {
             };
             fds.push((fd, libc::POLLIN));
         }
-        let until = deadline(timeout.flatten().map(ArgIntoFloat::into_float));
+        let until = deadline(vm, timeout.flatten().map(ArgIntoFloat::into_float))?;
         loop {
             match vm.allow_threads(|| ipc::poll(&fds, ipc::remaining(until))) {
                 Ok(r) => {
@@ -485,9 +571,9 @@ pub(crate) mod _procpy {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| {
-            vm.new_os_error(format!("cannot start child process {}: {e} (see multiprocessing.set_executable)", exe))
-        })?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| os_err(vm, ipc::doing(e, format!("cannot start child process {exe} (see multiprocessing.set_executable)"))))?;
         drop(theirs);
         let pid = child.id() as i32;
         payload.with_ref(|p| send_with_fds_stream(vm, ours.as_raw_fd(), p, &fds))?;

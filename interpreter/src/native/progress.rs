@@ -54,7 +54,8 @@ mod _procpy_progress {
             let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr_with_hz(10)).with_position(done);
             bar.set_style(style(total.is_some()));
             bar.set_prefix(label);
-            let elapsed = std::time::Duration::from_secs_f64(elapsed.max(0.0));
+            // Any float may come in (NaN, infinity): what cannot be a duration counts as none.
+            let elapsed = std::time::Duration::try_from_secs_f64(elapsed.max(0.0)).unwrap_or_default();
             let start = std::time::Instant::now().checked_sub(elapsed).unwrap_or_else(std::time::Instant::now);
             let p = Progress { bar, start };
             p.update_message();

@@ -1,7 +1,9 @@
 //! Queues: one `SOCK_SEQPACKET` pair shared by every process (a record per item, so no lock),
 //! counts in shared memory, and a feeder thread per process so `put` never blocks on the socket.
 
-use super::{deadline, dumps_with_connections, loads_with, os_err, queue_exception, retry, wait_readable, wait_readable_spin, Record};
+use super::{
+    deadline, dumps_with_connections, loads_with, os_err, queue_exception, retry, sem_deadline, wait_readable, wait_readable_spin, Record,
+};
 use crate::ipc::{self, SharedCounters};
 use crate::trace;
 use crossbeam_channel::{Receiver, Sender};
@@ -117,15 +119,27 @@ fn send_record(fd: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
 }
 
 /// Parse a queue record into its payload and the descriptors of the handles inside it.
-fn parse_record(buf: &[u8], mut fds: Vec<OwnedFd>) -> io::Result<Record> {
-    match buf.first() {
-        Some(0) => Ok((buf[1..].to_vec(), fds)),
-        Some(1) if buf.len() == 9 && !fds.is_empty() => {
+/// Records come from any process holding the queue: a record cut short by the receive buffer
+/// (`truncated`: longer than any procpy writes) or one that does not parse is `InvalidData`,
+/// and a memory file is read by [`ipc::memfd_read`], which checks its size first.
+fn parse_record(buf: &[u8], mut fds: Vec<OwnedFd>, truncated: bool) -> io::Result<Record> {
+    let malformed = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("malformed queue record: {what}"));
+    if truncated {
+        return Err(malformed("longer than any queue writes inline"));
+    }
+    match buf {
+        [0, payload @ ..] => Ok((payload.to_vec(), fds)),
+        [1, len @ ..] => {
+            let Ok(len) = <[u8; 8]>::try_from(len) else { return Err(malformed("bad length field")) };
+            if fds.is_empty() {
+                return Err(malformed("its memory file is missing"));
+            }
             let mem = fds.remove(0);
-            let len = u64::from_le_bytes(buf[1..9].try_into().unwrap_or_default()) as usize;
+            let len = usize::try_from(u64::from_le_bytes(len)).unwrap_or(usize::MAX);
             Ok((ipc::memfd_read(mem.as_raw_fd(), len)?, fds))
         }
-        _ => Err(io::Error::new(io::ErrorKind::InvalidData, "malformed queue record")),
+        [] => Err(malformed("empty")),
+        _ => Err(malformed("unknown kind")),
     }
 }
 
@@ -247,7 +261,7 @@ impl QueueBase {
         loop {
             // With a backlog the record is already there: one system call, no poll.
             match RECV_BUF.with_borrow_mut(|buf| {
-                ipc::recv_with_fds(fd, buf, 253, libc::MSG_DONTWAIT).and_then(|(n, fds, _)| parse_record(&buf[..n], fds))
+                ipc::recv_with_fds(fd, buf, 253, libc::MSG_DONTWAIT).and_then(|(n, fds, cut)| parse_record(&buf[..n.min(buf.len())], fds, cut))
             }) {
                 Ok(record) => return Ok(Some(record)),
                 // Empty, or another consumer took it first.
@@ -326,10 +340,11 @@ impl QueueBase {
         if timeout.is_some_and(|t| t < 0.0) {
             return Err(vm.new_value_error("'timeout' must be a non-negative number"));
         }
+        let until = sem_deadline(vm, timeout)?;
         let t0 = trace::clock();
         // Encode first: an unencodable object raises here and leaves the queue untouched.
         let (data, fds) = dumps_with_connections(vm, &args.obj)?;
-        zelf.acquire_slot(args.block, deadline(timeout), vm)?;
+        zelf.acquire_slot(args.block, until, vm)?;
         if zelf.kind == 1 {
             zelf.shared.counters.get(UNFINISHED).fetch_add(1, Ordering::AcqRel);
         }
@@ -368,7 +383,7 @@ impl QueueBase {
             return Err(vm.new_value_error("'timeout' must be a non-negative number"));
         }
         let t0 = trace::clock();
-        match zelf.recv_record(args.block, deadline(timeout), vm)? {
+        match zelf.recv_record(args.block, deadline(vm, timeout)?, vm)? {
             None => Err(queue_exception(vm, "Empty")),
             Some((payload, fds)) => {
                 zelf.release_slot();

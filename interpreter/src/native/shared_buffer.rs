@@ -36,7 +36,17 @@ impl Mapping {
         Self::map(fd, len)
     }
 
+    /// Map `len` bytes of `fd`, which must be a memory file (or shared memory segment) holding
+    /// at least that much: the descriptor may come from a peer, and touching a mapping past the
+    /// end of its file is SIGBUS. `InvalidData` says what is wrong.
     pub(crate) fn map(fd: OwnedFd, len: usize) -> io::Result<Self> {
+        let size = crate::ipc::regular_file_size(fd.as_raw_fd(), "shared buffer's descriptor")?;
+        if size < len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a shared buffer of {len} bytes over a memory file of {size}"),
+            ));
+        }
         // mmap refuses a zero length; a zero-sized buffer still needs a valid pointer.
         let map_len = len.max(1);
         let p = unsafe {

@@ -279,7 +279,7 @@ impl SemLock {
     #[pymethod]
     fn acquire(&self, args: AcquireArgs, vm: &VirtualMachine) -> PyResult<bool> {
         let until = match args.timeout {
-            Some(t) if args.block => Some(Instant::now() + Duration::from_secs_f64(t.into_float().max(0.0))),
+            Some(t) if args.block => super::sem_deadline(vm, Some(t.into_float()))?,
             _ => None,
         };
         self.acquire_impl(args.block, until, vm)
