@@ -76,6 +76,7 @@ conformance!(
     daemon_processes,
     dummy_connection,
     dummy_threads_api,
+    forkserver_restart_private,
     futures_process_pool,
     futures_process_pool_more,
     join_at_exit,
