@@ -687,7 +687,12 @@ if __name__ == '__main__':
             }
             "server terminated" => {
                 assert_eq!(unsafe { libc::kill(server, libc::SIGTERM) }, 0);
-                assert!(wait_gone(server, HANG_GUARD), "the server ignored SIGTERM");
+                assert!(
+                    wait_gone(server, HANG_GUARD),
+                    "the server ignored SIGTERM: waiting in {:?}, its directory {}",
+                    std::fs::read_to_string(format!("/proc/{server}/wchan")),
+                    if private.exists() { "still there (it never reached its clean-up)" } else { "removed (it hung after)" }
+                );
                 assert!(!private.exists(), "{private:?} left by a server ended by SIGTERM");
                 owner.say("go");
                 let (status, stdout, stderr) = owner.finish();

@@ -185,16 +185,27 @@ def _serve(prep, preload, boot):
     gc.freeze()
     # Ctrl-C goes to the whole process group: the parent handles it, the server carries on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Asked to end: end through the `finally` that removes the socket and its directory.
+    # Asked to end: end through the `finally` that removes the socket and its directory. The
+    # wakeup pipe makes a signal that lands just before the loop blocks wake it anyway.
+    sig_r, sig_w = os.pipe()
+    os.set_blocking(sig_r, False)
+    os.set_blocking(sig_w, False)
+    signal.set_wakeup_fd(sig_w)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on_signal)
     children = {}   # pidfd -> (pid, connection to the requesting parent)
     while True:
         watch, timeout = _procpy.forkserver_gate_watch()
-        ready = _procpy.wait([boot] + list(children) + watch, timeout)
+        ready = _procpy.wait([boot, sig_r] + list(children) + watch, timeout)
         if boot in ready:
             # Our parent has exited.
             break
+        if sig_r in ready:
+            # The handler runs (and raises SystemExit) at the next instruction.
+            try:
+                os.read(sig_r, 512)
+            except BlockingIOError:
+                pass
         for fd in ready:
             if fd in children:
                 pid, conn = children.pop(fd)
@@ -211,7 +222,7 @@ def _serve(prep, preload, boot):
                 _procpy.close_fds([fd, conn])
         for conn, body, cfds in _procpy.forkserver_gate_service(ready):
             try:
-                _start_child(conn, body, cfds, boot, children)
+                _start_child(conn, body, cfds, (boot, sig_r, sig_w), children)
             except Exception as e:
                 # Whatever went wrong concerns this request only: say so, serve the next.
                 _refuse(conn, cfds, e, 'cannot start the child')
@@ -228,7 +239,7 @@ def _refuse(conn, cfds, exc, what):
     _procpy.close_fds([conn] + list(cfds))
 
 
-def _start_child(conn, body, cfds, boot, children):
+def _start_child(conn, body, cfds, own_fds, children):
     util._flush_std_streams()
     # The child waits for a go on this pipe, given once the client has its pid: a server that
     # dies before that (the client then retries with a new server) leaves no child running.
@@ -246,7 +257,8 @@ def _start_child(conn, body, cfds, boot, children):
     if pid == 0:
         code = 1
         try:
-            others = [boot, conn, go_w]
+            signal.set_wakeup_fd(-1)
+            others = list(own_fds) + [conn, go_w]
             for pfd, (_, c) in children.items():
                 others += [pfd, c]
             _procpy.forkserver_gate_close(False)
