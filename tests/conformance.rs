@@ -78,6 +78,7 @@ conformance!(
     dummy_connection,
     dummy_threads_api,
     frames_truncated_garbage,
+    forkserver_restart_private,
     futures_process_pool,
     futures_process_pool_more,
     join_at_exit,

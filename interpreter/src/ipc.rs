@@ -175,6 +175,13 @@ pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd], flags: libc::c_int
 /// `recvmsg` into `buf`, accepting up to `max_fds` descriptors (received close-on-exec).
 /// Returns the byte count, the descriptors, and whether the record was truncated.
 pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], max_fds: usize, flags: libc::c_int) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
+    let (n, fds, msg_flags) = recv_with_fds_flags(sock, buf, max_fds, flags)?;
+    Ok((n, fds, msg_flags & libc::MSG_TRUNC != 0))
+}
+
+/// [`recv_with_fds`] returning the message's `msg_flags` whole: `MSG_CTRUNC` there means
+/// descriptors were sent but not all could be received (no room, or out of descriptors).
+pub fn recv_with_fds_flags(sock: RawFd, buf: &mut [u8], max_fds: usize, flags: libc::c_int) -> io::Result<(usize, Vec<OwnedFd>, libc::c_int)> {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -198,7 +205,7 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], max_fds: usize, flags: libc::c
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    Ok((n, fds, msg.msg_flags & libc::MSG_TRUNC != 0))
+    Ok((n, fds, msg.msg_flags))
 }
 
 /// A descriptor that becomes readable when process `pid` exits.

@@ -3,6 +3,7 @@
 //! - [`boot`] builds an interpreter with the frozen stdlib and procpy's own `multiprocessing`;
 //! - [`wire`] is the VM-free wire model of the codec, [`codec`] maps Python objects onto it;
 //! - [`ipc`] is the VM-free OS plumbing (sockets, descriptor passing, pidfds, shared counters);
+//! - [`forkserver`] is the fork server's VM-free door: its socket, handshake and request framing;
 //! - [`tracker`] is the resource tracker process (VM-free) and its client side;
 //! - [`trace`] records `procpy --trace` events (VM-free);
 //! - [`embed`] is the host<->worker protocol of embedding, [`worker`] its worker side;
@@ -12,6 +13,7 @@
 pub mod boot;
 pub mod codec;
 pub mod embed;
+pub mod forkserver;
 pub mod ipc;
 mod native;
 pub mod trace;

@@ -125,8 +125,7 @@ class PopenForkServer(_Popen):
     def _launch(self, process_obj):
         from . import forkserver
         payload, fds = self._encode(process_obj)
-        address = forkserver.ensure_running()
-        self.pid, self.sentinel = _procpy.forkserver_request(address, payload, fds)
+        self.pid, self.sentinel = forkserver.request(payload, fds)
         self._fds = [self.sentinel]
 
     def poll(self, flag=os.WNOHANG):

@@ -362,6 +362,85 @@ pub(crate) fn rebuild_handle(vm: &VirtualMachine, kind: HandleKind, fds: &[RawFd
         }
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// The fork server's client side and its gate (the protocol itself: `crate::forkserver`)
+
+use crate::forkserver as fsdoor;
+use std::os::unix::ffi::OsStrExt;
+
+/// The fork server's gate: one per server process, used only from its (single) loop thread.
+fn gate_lock() -> std::sync::MutexGuard<'static, Option<fsdoor::Gate>> {
+    static GATE: std::sync::Mutex<Option<fsdoor::Gate>> = std::sync::Mutex::new(None);
+    GATE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Like [`retry`], but hands the OS error back for the caller to classify.
+fn io_retry<T>(vm: &VirtualMachine, mut f: impl FnMut() -> io::Result<T>) -> PyResult<io::Result<T>> {
+    loop {
+        match vm.allow_threads(&mut f) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
+            r => return Ok(r),
+        }
+    }
+}
+
+/// An error that means the fork server is gone (or going) rather than refusing us.
+fn server_gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ECONNRESET | libc::EPIPE | libc::ENOTCONN))
+}
+
+/// Fill `buf` from the fork server; `Ok(false)` if it hung up first.
+fn recv_full(vm: &VirtualMachine, fd: RawFd, buf: &mut [u8]) -> PyResult<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        match io_retry(vm, || ipc::read(fd, &mut buf[got..]))? {
+            Ok(0) => return Ok(false),
+            Ok(n) => got += n,
+            Err(e) if server_gone(&e) => return Ok(false),
+            Err(e) => return Err(os_err(vm, e)),
+        }
+    }
+    Ok(true)
+}
+
+/// Send all of `data` to the fork server, `fds` attached to its first byte; `Ok(false)` if it
+/// stopped reading (hung up).
+fn send_all(vm: &VirtualMachine, fd: RawFd, mut data: &[u8], mut fds: &[RawFd]) -> PyResult<bool> {
+    while !data.is_empty() {
+        match io_retry(vm, || ipc::send_with_fds(fd, data, fds, 0))? {
+            Ok(n) => {
+                data = &data[n..];
+                fds = &[];
+            }
+            Err(e) if server_gone(&e) => return Ok(false),
+            Err(e) => return Err(os_err(vm, e)),
+        }
+    }
+    Ok(true)
+}
+
+/// Read the rest of an error record (its kind byte already read) into an OSError.
+fn recv_refusal(vm: &VirtualMachine, fd: RawFd) -> PyBaseExceptionRef {
+    let malformed = || vm.new_os_error("fork server: malformed error reply".to_owned());
+    let mut head = [0u8; fsdoor::ERROR_HEAD_LEN];
+    head[0] = fsdoor::REC_ERROR;
+    match recv_full(vm, fd, &mut head[1..]) {
+        Ok(true) => {}
+        Ok(false) => return malformed(),
+        Err(e) => return e,
+    }
+    let Some((errno, len)) = fsdoor::decode_error_head(&head) else { return malformed() };
+    let mut msg = vec![0u8; len];
+    match recv_full(vm, fd, &mut msg) {
+        Ok(true) => {}
+        Ok(false) => return malformed(),
+        Err(e) => return e,
+    }
+    let errno = if errno > 0 { errno } else { libc::EIO };
+    vm.new_errno_error(errno, String::from_utf8_lossy(&msg).into_owned()).upcast()
+}
+
 #[pymodule]
 pub(crate) mod _procpy {
     use super::*;
@@ -601,79 +680,184 @@ pub(crate) mod _procpy {
         Ok(vm.new_tuple((vm.ctx.new_bytes(payload), int_list(vm, &fds), fd)).into())
     }
 
-    /// A listening socket for the fork server, on a fresh abstract-namespace address.
+    // ---------------------------------------------------------------- fork server
+
+    /// A listening socket for the fork server at a fresh path in a new directory of mode
+    /// 0700: (listener fd, path). See `crate::forkserver`.
     #[pyfunction]
     fn forkserver_listen(vm: &VirtualMachine) -> PyResult<(i32, PyBytesRef)> {
-        let mut rnd = [0u8; 8];
-        getrandom::fill(&mut rnd).map_err(|e| vm.new_os_error(e.to_string()))?;
-        let name = format!("\0procpy-forkserver-{}-{:016x}", std::process::id(), u64::from_le_bytes(rnd));
-        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(os_err(vm, io::Error::last_os_error()));
-        }
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let (addr, len) = unix_addr(name.as_bytes());
-        if unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len) } < 0
-            || unsafe { libc::listen(fd, 128) } < 0
-        {
-            return Err(os_err(vm, io::Error::last_os_error()));
-        }
-        Ok((std::os::fd::IntoRawFd::into_raw_fd(owned), vm.ctx.new_bytes(name.into_bytes())))
+        let (fd, path) = fsdoor::listen_private().map_err(|e| os_err(vm, e))?;
+        let path = path.into_os_string().into_encoded_bytes();
+        Ok((std::os::fd::IntoRawFd::into_raw_fd(fd), vm.ctx.new_bytes(path)))
     }
 
-    /// Ask the fork server at `address` for a child running `payload`; returns (pid, sentinel):
-    /// the sentinel becomes readable when the server reports the child's exit status.
+    /// Remove a fork server's socket and its private directory (what is gone already is fine).
     #[pyfunction]
-    fn forkserver_request(address: ArgBytesLike, payload: ArgBytesLike, fds: Vec<i32>, vm: &VirtualMachine) -> PyResult<(i32, i32)> {
-        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
+    fn forkserver_cleanup(address: ArgBytesLike) {
+        let path = address.with_ref(|b| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b)));
+        fsdoor::remove_private(&path);
+    }
+
+    /// What the answer to the challenge covers before the nonce (for tests that speak the
+    /// protocol by hand).
+    #[pyattr(name = "_forkserver_challenge_tag")]
+    fn forkserver_challenge_tag(vm: &VirtualMachine) -> PyBytesRef {
+        vm.ctx.new_bytes(fsdoor::CHALLENGE_TAG.to_vec())
+    }
+
+    /// Ask the fork server at `address` for a child running `payload` (with `fds`), proving
+    /// we hold `key`. Returns (pid, sentinel): the sentinel becomes readable when the server
+    /// reports the child's exit status. When the server could not be reached or hung up before
+    /// answering, returns why instead: 'refused' (no listener), 'missing' (no socket file) or
+    /// 'hangup'; then no child was started (a child waits for the server's go, given only once
+    /// we have its pid), and the caller may replace the server and retry. A refusal by the
+    /// server raises OSError with its errno and message.
+    #[pyfunction]
+    fn forkserver_request(
+        address: ArgBytesLike,
+        key: ArgBytesLike,
+        payload: ArgBytesLike,
+        fds: Vec<i32>,
+        vm: &VirtualMachine,
+    ) -> PyResult {
+        let hangup = || Ok(vm.ctx.new_str("hangup").into());
+        let (addr, len) = address.with_ref(fsdoor::sockaddr).map_err(|e| os_err(vm, e))?;
+        // SAFETY: plain socket(2); the result is checked and owned below.
+        let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
             return Err(os_err(vm, io::Error::last_os_error()));
         }
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-        let (addr, len) = address.with_ref(unix_addr);
-        retry(vm, || {
+        // SAFETY: a fresh descriptor from socket(2), owned by nobody else.
+        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = sock.as_raw_fd();
+        let connected = io_retry(vm, || {
+            // SAFETY: `addr` is a valid sockaddr_un of length `len`.
             if unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) } < 0 {
                 Err(io::Error::last_os_error())
             } else {
                 Ok(())
             }
         })?;
-        payload.with_ref(|p| send_with_fds_stream(vm, fd, p, &fds))?;
+        match connected {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(vm.ctx.new_str("missing").into()),
+            Err(e) if server_gone(&e) => return Ok(vm.ctx.new_str("refused").into()),
+            Err(e) => return Err(os_err(vm, e)),
+        }
+        // The listener must be the one this very process made: the kernel reports who called
+        // listen() on it, which nobody can fake. (A server that cannot be impersonated: the
+        // request may carry secrets.)
+        let cred = fsdoor::peer_cred(fd).map_err(|e| os_err(vm, e))?;
+        // SAFETY: geteuid cannot fail.
+        if cred.uid != unsafe { libc::geteuid() } || cred.pid as u32 != std::process::id() {
+            return Err(vm
+                .new_errno_error(libc::EACCES, format!("fork server: the socket at {:?} is not this process's (peer pid {}, uid {})",
+                    address.with_ref(|b| String::from_utf8_lossy(b).into_owned()), cred.pid, cred.uid))
+                .upcast());
+        }
+        let mut kind = [0u8; 1];
+        if !recv_full(vm, fd, &mut kind)? {
+            return hangup();
+        }
+        match kind[0] {
+            fsdoor::REC_CHALLENGE => {}
+            fsdoor::REC_ERROR => return Err(recv_refusal(vm, fd)),
+            _ => return Err(vm.new_os_error("fork server: malformed reply".to_owned())),
+        }
+        let mut nonce = [0u8; fsdoor::NONCE_LEN];
+        if !recv_full(vm, fd, &mut nonce)? {
+            return hangup();
+        }
+        let answer = key.with_ref(|k| fsdoor::answer(k, &nonce));
+        let header = (payload.with_ref(|p| p.len()) as u64).to_be_bytes();
+        // A server that stops reading (it refused the request) says why before it hangs up:
+        // after a failed send, its reply is still read.
+        let _sent = send_all(vm, fd, &answer, &[])? && send_all(vm, fd, &header, &fds)? && payload.with_ref(|p| send_all(vm, fd, p, &[]))?;
+        if !recv_full(vm, fd, &mut kind)? {
+            return hangup();
+        }
+        match kind[0] {
+            fsdoor::REC_PID => {}
+            fsdoor::REC_ERROR => return Err(recv_refusal(vm, fd)),
+            _ => return Err(vm.new_os_error("fork server: malformed reply".to_owned())),
+        }
         let mut pid = [0u8; 8];
-        if !read_exact(vm, fd, &mut pid)? {
-            return Err(vm.new_os_error("the fork server closed the connection before starting the child".to_owned()));
+        if !recv_full(vm, fd, &mut pid)? {
+            return hangup();
         }
-        Ok((i64::from_be_bytes(pid) as i32, std::os::fd::IntoRawFd::into_raw_fd(sock)))
+        let pid = i64::from_be_bytes(pid);
+        if pid <= 0 || pid > i32::MAX as i64 {
+            return Err(vm.new_os_error(format!("fork server: malformed pid {pid}")));
+        }
+        Ok(vm.new_tuple((pid as i32, std::os::fd::IntoRawFd::into_raw_fd(sock))).into())
     }
 
-    fn unix_addr(name: &[u8]) -> (libc::sockaddr_un, libc::socklen_t) {
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        let n = name.len().min(addr.sun_path.len());
-        for (d, s) in addr.sun_path.iter_mut().zip(&name[..n]) {
-            *d = *s as libc::c_char;
-        }
-        let len = std::mem::size_of::<libc::sa_family_t>() + n;
-        (addr, len as libc::socklen_t)
-    }
-
-    /// Fork server: accept one request; returns (connection fd, payload, descriptors) or None
-    /// if the client went away before sending.
+    /// Fork server: serve `listener` (taking it over) with `key`; `address` is removed when
+    /// the server closes the gate. One gate per process.
     #[pyfunction]
-    fn forkserver_accept(listener: i32, vm: &VirtualMachine) -> PyResult {
-        let fd = retry(vm, || {
-            let r = unsafe { libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
-            if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
-        })?;
-        let conn = unsafe { OwnedFd::from_raw_fd(fd) };
-        match recv_with_fds_stream(vm, fd)? {
-            None => Ok(vm.ctx.none()),
-            Some((payload, fds)) => {
-                let fds: Vec<i32> = fds.into_iter().map(std::os::fd::IntoRawFd::into_raw_fd).collect();
-                let conn = std::os::fd::IntoRawFd::into_raw_fd(conn);
-                Ok(vm.new_tuple((conn, vm.ctx.new_bytes(payload), int_list(vm, &fds))).into())
-            }
+    fn forkserver_gate_open(listener: i32, key: ArgBytesLike, address: ArgBytesLike, vm: &VirtualMachine) -> PyResult<()> {
+        if listener < 0 {
+            return Err(vm.new_value_error("bad listener descriptor".to_owned()));
         }
+        // SAFETY: the caller hands the listener over (it was received for this purpose).
+        let listener = unsafe { OwnedFd::from_raw_fd(listener) };
+        let path = address.with_ref(|b| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b)));
+        let gate = key.with_ref(|k| fsdoor::Gate::new(listener, k, Some(path))).map_err(|e| os_err(vm, e))?;
+        *gate_lock() = Some(gate);
+        Ok(())
+    }
+
+    /// Fork server: (descriptors to poll, seconds until the next deadline or None).
+    #[pyfunction]
+    fn forkserver_gate_watch(vm: &VirtualMachine) -> (PyObjectRef, Option<f64>) {
+        let g = gate_lock();
+        match g.as_ref() {
+            Some(g) => (int_list(vm, &g.watch()), g.timeout().map(|d| d.as_secs_f64())),
+            None => (int_list(vm, &[]), None),
+        }
+    }
+
+    /// Fork server: advance the connections among `ready`, accept new ones, expire stalled
+    /// ones; the completed requests as [(connection, body, descriptors)]. Never raises for a
+    /// client's fault: that client is told and dropped.
+    #[pyfunction]
+    fn forkserver_gate_service(ready: Vec<i32>, vm: &VirtualMachine) -> PyObjectRef {
+        let done = match gate_lock().as_mut() {
+            Some(g) => vm.allow_threads(|| g.service(&ready)),
+            None => Vec::new(),
+        };
+        let items = done
+            .into_iter()
+            .map(|r| {
+                let fds: Vec<i32> = r.fds.into_iter().map(std::os::fd::IntoRawFd::into_raw_fd).collect();
+                let conn = std::os::fd::IntoRawFd::into_raw_fd(r.conn);
+                vm.new_tuple((conn, vm.ctx.new_bytes(r.body), int_list(vm, &fds))).into()
+            })
+            .collect();
+        vm.ctx.new_list(items).into()
+    }
+
+    /// Fork server: close the listener and every connection in progress and forget the key;
+    /// with `remove`, also remove the socket and its directory (the server exiting, as
+    /// opposed to a child it just forked).
+    #[pyfunction]
+    fn forkserver_gate_close(remove: bool) {
+        if let Some(mut g) = gate_lock().take() {
+            g.close(remove);
+        }
+    }
+
+    /// Fork server: tell a client its child's pid.
+    #[pyfunction]
+    fn forkserver_reply_pid(conn: i32, pid: i32, vm: &VirtualMachine) -> PyResult<()> {
+        fsdoor::send_pid(conn, pid).map_err(|e| os_err(vm, e))
+    }
+
+    /// Fork server: tell a client its request failed (`errno`, `message`); a client that is
+    /// gone is no error.
+    #[pyfunction]
+    fn forkserver_reply_error(conn: i32, errno: i32, message: String) {
+        let _ = fsdoor::send_error(conn, errno, &message);
     }
 
     /// Write one big-endian i64 (a pid or an exit status) to `fd`.
