@@ -98,6 +98,7 @@ conformance!(
     pool_lifecycle,
     pool_reentry,
     process_basics,
+    process_descriptor_lifetime,
     process_errors_messages,
     process_exitcode_signals,
     process_subclass_run,

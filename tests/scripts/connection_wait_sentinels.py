@@ -82,6 +82,11 @@ if __name__ == '__main__':
     print('mixed, nothing pending:', wait(objs, timeout=0.05))
     parent_conn.send('go')
     p.join()
+    # As above: under CPython's forkserver the sentinel turns ready (EOF) a moment after
+    # join() has read the exit status, while the connection is at EOF already, so a single
+    # mixed wait may report only the connection. Once the sentinel alone is ready, the mixed
+    # wait must report both.
+    print('sentinel ready after exit:', wait([p.sentinel], timeout=10) == [p.sentinel])
     print('mixed, after child exit:', idx(objs, wait(objs, timeout=10)))
     try:
         parent_conn.recv()

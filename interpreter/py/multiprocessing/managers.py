@@ -736,7 +736,13 @@ class BaseProxy(object):
         kind, result = conn.recv()
         if kind == '#RETURN':
             return result
-        return self._unusual_answer(kind, result)
+        try:
+            return self._unusual_answer(kind, result)
+        finally:
+            # A raised error's traceback holds this frame: without this, error -> frame ->
+            # result -> error is a cycle that keeps the proxy, its connection and the manager
+            # (its server's sentinel) open until the cycle collector runs.
+            del result
 
     def _unusual_answer(self, kind, result):
         '''A proxy to build (method_to_typeid) or an error to raise.'''
@@ -755,7 +761,12 @@ class BaseProxy(object):
             finally:
                 conn.close()
             return proxy
-        raise convert_to_error(kind, result)
+        exc = convert_to_error(kind, result)
+        del result      # as in _callmethod: no cycle through this frame
+        try:
+            raise exc
+        finally:
+            del exc
 
     def _getvalue(self):
         '''Get a copy of the value of the referent'''
@@ -865,7 +876,13 @@ def _forwarder(name):
         kind, result = conn.recv()
         if kind == '#RETURN':
             return result
-        return self._unusual_answer(kind, result)
+        try:
+            return self._unusual_answer(kind, result)
+        finally:
+            # A raised error's traceback holds this frame: without this, error -> frame ->
+            # result -> error is a cycle that keeps the proxy, its connection and the manager
+            # (its server's sentinel) open until the cycle collector runs.
+            del result
     method.__name__ = method.__qualname__ = name
     return method
 

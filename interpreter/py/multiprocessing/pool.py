@@ -368,8 +368,15 @@ class ApplyResult(object):
             raise TimeoutError
         if self._success:
             return self._value
-        else:
-            raise self._value
+        exc = self._value
+        del self
+        try:
+            raise exc
+        finally:
+            # As CPython's Future.result: the error's traceback holds this frame, which must not
+            # hold the error (directly or through self._value); that cycle would keep the
+            # caller's frame, and any pool in it, until the cycle collector runs.
+            del exc
 
     def _set(self, i, obj):
         self._settled = True
@@ -492,7 +499,10 @@ class IMapIterator(object):
         success, value = item
         if success:
             return value
-        raise value
+        try:
+            raise value
+        finally:
+            del value, item     # no cycle through this frame (see ApplyResult.get)
 
     __next__ = next
 
@@ -811,6 +821,8 @@ class _ProcessCore(object):
         self._feeders = 0
         self._failed = []
         self._wake_r, self._wake_w = os.pipe()
+        # Closed when the core is freed (nothing can wake it then), whichever thread frees it.
+        self._wake_fds = _procpy.Descriptors([self._wake_r, self._wake_w])
         self._manager_done = threading.Lock()
         self._manager_done.acquire()
         self._manager = None

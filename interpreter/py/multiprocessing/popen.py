@@ -20,19 +20,50 @@ def _exitcode(status):
     return os.WEXITSTATUS(status)
 
 
+def _reserve_fd():
+    '''Hold a descriptor for the sentinel of a child about to start: out of descriptors,
+    start() then fails before there is a child (CPython's opens its pipes first).'''
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _sentinel(pid, reserve):
+    '''The started child's pidfd, in the slot `reserve` held. Should another thread take the
+    slot meanwhile, the child is killed and reaped rather than left running unwatched.'''
+    os.close(reserve)
+    try:
+        return _procpy.pidfd_open(pid)
+    except OSError:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+        raise
+
+
 class _Popen(object):
     method = None
 
     def __init__(self, process_obj):
         util._flush_std_streams()
         self.returncode = None
+        # What _launch opens (the sentinel among them), appended as each one is opened.
         self._fds = []
-        if _tracing:
-            t0 = _trace.now()
-            self._launch(process_obj)
-            _trace.started(t0, process_obj.name, self.pid, self.method)
-        else:
-            self._launch(process_obj)
+        try:
+            if _tracing:
+                t0 = _trace.now()
+                self._launch(process_obj)
+                _trace.started(t0, process_obj.name, self.pid, self.method)
+            else:
+                self._launch(process_obj)
+        except BaseException:
+            _procpy.close_fds(self._fds)
+            raise
+        # As CPython: the descriptors live as long as this object, so p.sentinel stays valid
+        # until the Process is closed or freed, and not a moment longer. Closed natively when
+        # freed (CPython's util.Finalize would run Python code wherever that happens; see
+        # native/fds.rs).
+        self._fds = _procpy.Descriptors(self._fds)
 
     def poll(self, flag=os.WNOHANG):
         if self.returncode is None:
@@ -72,8 +103,7 @@ class _Popen(object):
         self._send_signal(signal.SIGKILL)
 
     def close(self):
-        _procpy.close_fds(self._fds)
-        self._fds = []
+        self._fds.close()
 
     def _encode(self, process_obj):
         '''Encode what a fresh interpreter needs: preparation data, then the process object
@@ -96,16 +126,18 @@ class PopenFork(_Popen):
         # every child shares it (CPython starts one lazily in whichever process first creates
         # shared memory, so a fork child's own tracker would unlink its segments as it exits).
         _procpy.tracker_getfd()
+        reserve = _reserve_fd()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
+                os.close(reserve)
                 code = process_obj._bootstrap(parent_sentinel=spawn._parent_sentinel(parent_pid))
             finally:
                 os._exit(code)
         self.pid = pid
-        self.sentinel = _procpy.pidfd_open(pid)
-        self._fds = [self.sentinel]
+        self.sentinel = _sentinel(pid, reserve)
+        self._fds.append(self.sentinel)
 
 
 class PopenSpawn(_Popen):
@@ -113,10 +145,16 @@ class PopenSpawn(_Popen):
 
     def _launch(self, process_obj):
         payload, fds = self._encode(process_obj)
-        self.pid, boot = _procpy.spawn_child(spawn.get_executable(), spawn.child_args(),
-                                             payload, fds)
-        self.sentinel = _procpy.pidfd_open(self.pid)
-        self._fds = [self.sentinel, boot]
+        reserve = _reserve_fd()
+        try:
+            self.pid, boot = _procpy.spawn_child(spawn.get_executable(), spawn.child_args(),
+                                                 payload, fds)
+        except BaseException:
+            os.close(reserve)
+            raise
+        self._fds.append(boot)
+        self.sentinel = _sentinel(self.pid, reserve)
+        self._fds.append(self.sentinel)
 
 
 class PopenForkServer(_Popen):
@@ -126,7 +164,7 @@ class PopenForkServer(_Popen):
         from . import forkserver
         payload, fds = self._encode(process_obj)
         self.pid, self.sentinel = forkserver.request(payload, fds)
-        self._fds = [self.sentinel]
+        self._fds.append(self.sentinel)
 
     def poll(self, flag=os.WNOHANG):
         # The child is the server's, not ours: the server reports its status on the sentinel.

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 pub(crate) use _procpy::module_def;
 
 mod connection;
+mod fds;
 pub(crate) mod gil;
 pub(crate) mod progress;
 mod queue;
@@ -333,7 +334,7 @@ pub(crate) fn rebuild_handle(vm: &VirtualMachine, kind: HandleKind, fds: &[RawFd
             if ![r, w].iter().all(|&fd| ipc::is_socket_of_type(fd, libc::SOCK_SEQPACKET)) {
                 return Err(malformed("its descriptors are not a queue's sockets".to_owned()));
             }
-            let counters = SharedCounters::map(dup(c)?, 2).map_err(mapping_err)?;
+            let counters = SharedCounters::map(dup(c)?, queue::SLOTS).map_err(mapping_err)?;
             let shared = Arc::new(QueueShared { rfd: dup(r)?, wfd: Arc::new(dup(w)?), counters });
             let maxsize = u32::try_from(maxsize.clamp(0, i32::MAX as i64)).unwrap_or(0);
             let q = QueueBase::from_shared(shared, maxsize, kind as u8);
@@ -515,6 +516,12 @@ pub(crate) mod _procpy {
         SharedBuffer::make_static_type()
     }
 
+    #[pyattr(name = "Descriptors")]
+    fn descriptors_type(_vm: &VirtualMachine) -> PyTypeRef {
+        use rustpython_vm::class::PyClassImpl;
+        fds::Descriptors::make_static_type()
+    }
+
     #[pyattr(name = "QueueBase")]
     fn queue_type(_vm: &VirtualMachine) -> PyTypeRef {
         use rustpython_vm::class::PyClassImpl;
@@ -650,12 +657,17 @@ pub(crate) mod _procpy {
                 Ok(())
             });
         }
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| os_err(vm, ipc::doing(e, format!("cannot start child process {exe} (see multiprocessing.set_executable)"))))?;
         drop(theirs);
         let pid = child.id() as i32;
-        payload.with_ref(|p| send_with_fds_stream(vm, ours.as_raw_fd(), p, &fds))?;
+        if let Err(e) = payload.with_ref(|p| send_with_fds_stream(vm, ours.as_raw_fd(), p, &fds)) {
+            // Nobody would ever reap it: no zombie left behind.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
         Ok((pid, std::os::fd::IntoRawFd::into_raw_fd(ours)))
     }
 

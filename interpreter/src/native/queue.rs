@@ -2,7 +2,7 @@
 //! counts in shared memory, and a feeder thread per process so `put` never blocks on the socket.
 
 use super::{
-    deadline, dumps_with_connections, loads_with, os_err, queue_exception, retry, sem_deadline, wait_readable, wait_readable_spin, Record,
+    deadline, dumps_with_connections, loads_with, os_err, queue_exception, sem_deadline, wait_readable, wait_readable_spin, Record,
 };
 use crate::ipc::{self, SharedCounters};
 use crate::trace;
@@ -20,9 +20,12 @@ use std::time::{Duration, Instant};
 
 /// Largest payload sent inline in one queue record; bigger ones travel in a memory file.
 const INLINE_MAX: usize = 32 * 1024;
-/// Counter slots of a queue: items in the queue, unfinished tasks (JoinableQueue).
+/// Counter slots of a queue: items in the queue, unfinished tasks (JoinableQueue), and
+/// whether any record has carried descriptors (then readers make sure they can take them).
 const COUNT: usize = 0;
 const UNFINISHED: usize = 1;
+const CARRIES_FDS: usize = 2;
+pub(crate) const SLOTS: usize = 3;
 
 
 /// Per-process writer thread of a queue, as CPython's feeder: `put` never blocks on the pipe.
@@ -36,7 +39,9 @@ struct Feeder {
 }
 
 impl Feeder {
-    fn start(wfd: Arc<OwnedFd>) -> Arc<Feeder> {
+    /// Start this process's feeder for a queue; fails (as CPython's `Thread.start`) when no
+    /// thread can be created.
+    fn start(shared: Arc<QueueShared>, kind: u8) -> io::Result<Arc<Feeder>> {
         let (tx, rx): (Sender<Record>, Receiver<Record>) = crossbeam_channel::unbounded();
         let pending = Arc::new(AtomicUsize::new(0));
         let p2 = pending.clone();
@@ -45,11 +50,26 @@ impl Feeder {
             .spawn(move || {
                 for (payload, fds) in rx {
                     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-                    let _ = send_record(wfd.as_raw_fd(), &payload, &raw);
+                    // A shortage waits here, as CPython's feeder waits on a full pipe: the item
+                    // is counted already, and a put that did not raise must arrive.
+                    let mut nap = Duration::from_millis(1);
+                    let sent = loop {
+                        match send_record(&shared, &payload, &raw) {
+                            Err(e) if is_shortage(&e) => {
+                                std::thread::sleep(nap);
+                                nap = (nap * 2).min(Duration::from_millis(100));
+                            }
+                            r => break r,
+                        }
+                    };
+                    if let Err(e) = sent {
+                        // Not a shortage (none is known to happen): say so, and uncount it.
+                        eprintln!("procpy: a queue item could not be sent and was dropped: {e}");
+                        uncount(&shared, kind);
+                    }
                     p2.fetch_sub(1, Ordering::AcqRel);
                 }
-            })
-            .expect("spawn queue feeder thread");
+            })?;
         let f = Arc::new(Feeder {
             pid: ipc::pid(),
             tx: Mutex::new(Some(tx)),
@@ -58,7 +78,7 @@ impl Feeder {
             cancelled: AtomicBool::new(false),
         });
         FEEDERS.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&f));
-        f
+        Ok(f)
     }
 
     /// Stop accepting records; the thread drains what it has and ends.
@@ -93,19 +113,28 @@ static FEEDERS: Mutex<Vec<Weak<Feeder>>> = Mutex::new(Vec::new());
 
 
 
-/// Write one queue record: inline, or as a memory file when large, with `fds` attached.
-/// Blocks while the socket is full.
-fn send_record(fd: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+/// Write one queue record: inline, or as a memory file when large (or when the socket's
+/// buffer is too small for it inline), with `fds` attached. Blocks while the socket is full.
+///
+/// A record is `[kind, number of descriptors attached, ...]`: kind 0 is followed by the
+/// payload, kind 1 by the payload's length (the payload is in the first descriptor, a memory
+/// file). The count lets a reader see that descriptors it could not take were dropped.
+fn send_record(shared: &QueueShared, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let fd = shared.wfd.as_raw_fd();
     let mut tries = 0;
+    let mut inline = payload.len() <= INLINE_MAX;
     loop {
-        let r = if payload.len() <= INLINE_MAX {
-            let mut rec = Vec::with_capacity(payload.len() + 1);
-            rec.push(0u8);
+        if !(inline && fds.is_empty()) {
+            shared.counters.get(CARRIES_FDS).store(1, Ordering::Release);
+        }
+        let r = if inline {
+            let mut rec = Vec::with_capacity(payload.len() + 2);
+            rec.extend_from_slice(&[0, fds.len() as u8]);
             rec.extend_from_slice(payload);
             ipc::send_with_fds(fd, &rec, fds, 0)
         } else {
             let mem = ipc::memfd_with(payload)?;
-            let mut rec = vec![1u8];
+            let mut rec = vec![1, fds.len() as u8 + 1];
             rec.extend_from_slice(&(payload.len() as u64).to_le_bytes());
             let mut all = vec![mem.as_raw_fd()];
             all.extend_from_slice(fds);
@@ -113,33 +142,78 @@ fn send_record(fd: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
         };
         match r {
             Err(e) if e.kind() == io::ErrorKind::Interrupted && tries < 1000 => tries += 1,
+            Err(e) if inline && e.raw_os_error() == Some(libc::EMSGSIZE) => inline = false,
             r => return r.map(drop),
         }
     }
 }
 
+/// A shortage that passes: more descriptors in flight than the sender's RLIMIT_NOFILE
+/// (ETOOMANYREFS: readers taking items release them; root is exempt), no descriptor free for
+/// the memory file (EMFILE, ENFILE), or kernel memory (ENOBUFS, ENOMEM).
+fn is_shortage(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ETOOMANYREFS | libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// Take back the counts of an item that will never arrive.
+fn uncount(shared: &QueueShared, kind: u8) {
+    shared.counters.get(COUNT).fetch_sub(1, Ordering::AcqRel);
+    shared.counters.wake_all(COUNT);
+    if kind == 1 {
+        shared.counters.get(UNFINISHED).fetch_sub(1, Ordering::AcqRel);
+        shared.counters.wake_all(UNFINISHED);
+    }
+}
+
+/// Parse a queue record into its payload and the descriptors of the handles inside it.
 /// Parse a queue record into its payload and the descriptors of the handles inside it.
 /// Records come from any process holding the queue: a record cut short by the receive buffer
 /// (`truncated`: longer than any procpy writes) or one that does not parse is `InvalidData`,
 /// and a memory file is read by [`ipc::memfd_read`], which checks its size first.
-fn parse_record(buf: &[u8], mut fds: Vec<OwnedFd>, truncated: bool) -> io::Result<Record> {
-    let malformed = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("malformed queue record: {what}"));
+fn parse_record(buf: &[u8], mut fds: Vec<OwnedFd>, truncated: bool) -> Result<Record, RecordError> {
+    let malformed = |what: &str| RecordError::Os(io::Error::new(io::ErrorKind::InvalidData, format!("malformed queue record: {what}")));
     if truncated {
         return Err(malformed("longer than any queue writes inline"));
     }
-    match buf {
-        [0, payload @ ..] => Ok((payload.to_vec(), fds)),
-        [1, len @ ..] => {
-            let Ok(len) = <[u8; 8]>::try_from(len) else { return Err(malformed("bad length field")) };
+    let [kind, nfds, ref rest @ ..] = *buf else {
+        return Err(malformed(if buf.is_empty() { "empty" } else { "no descriptor count" }));
+    };
+    if fds.len() < nfds as usize {
+        // The kernel dropped what did not fit in our descriptor table: the item is gone.
+        return Err(RecordError::Lost);
+    }
+    match kind {
+        0 => Ok((rest.to_vec(), fds)),
+        1 => {
+            let Ok(len) = <[u8; 8]>::try_from(rest) else { return Err(malformed("bad length field")) };
             if fds.is_empty() {
                 return Err(malformed("its memory file is missing"));
             }
             let mem = fds.remove(0);
             let len = usize::try_from(u64::from_le_bytes(len)).unwrap_or(usize::MAX);
-            Ok((ipc::memfd_read(mem.as_raw_fd(), len)?, fds))
+            Ok((ipc::memfd_read(mem.as_raw_fd(), len).map_err(RecordError::Os)?, fds))
         }
-        [] => Err(malformed("empty")),
         _ => Err(malformed("unknown kind")),
+    }
+}
+
+enum RecordError {
+    Os(io::Error),
+    /// Received, but its descriptors could not be: the reader was out of descriptors.
+    Lost,
+}
+
+/// Before taking a record that may carry descriptors: whether this process can take them.
+/// `Ok(false)` when the queue is empty. A peek installs copies of the descriptors (closed at
+/// once), so a record that does not fit stays in the queue and `get` raises EMFILE, as a
+/// reader out of descriptors must not consume an item it cannot deliver.
+fn room_for_next(fd: RawFd) -> io::Result<bool> {
+    let mut head = [0u8; 2];
+    match ipc::recv_with_fds(fd, &mut head, 253, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Ok((n, fds, _)) if n == 2 && fds.len() < head[1] as usize => Err(io::Error::from_raw_os_error(libc::EMFILE)),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -184,15 +258,17 @@ impl QueueBase {
     }
 
     /// This process's feeder (a fork child starts its own; the parent's thread is not here).
-    fn feeder(&self) -> Arc<Feeder> {
+    fn feeder(&self, vm: &VirtualMachine) -> PyResult<Arc<Feeder>> {
         let mut g = self.feeder.lock();
         let pid = ipc::pid();
         match &*g {
-            Some(f) if f.pid == pid => f.clone(),
+            Some(f) if f.pid == pid => Ok(f.clone()),
             _ => {
-                let f = Feeder::start(self.shared.wfd.clone());
+                // CPython's error when its feeder thread cannot start.
+                let f = Feeder::start(self.shared.clone(), self.kind)
+                    .map_err(|_| vm.new_runtime_error("can't start new thread"))?;
                 *g = Some(f.clone());
-                f
+                Ok(f)
             }
         }
     }
@@ -259,15 +335,43 @@ impl QueueBase {
         let until = if block { until } else { Some(Instant::now()) };
         let mut first = true;
         loop {
+            // Only queues that have carried descriptors pay for the peek.
+            let careful = self.shared.counters.get(CARRIES_FDS).load(Ordering::Acquire) != 0;
+            let ready = if careful {
+                match room_for_next(fd) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                        vm.check_signals()?;
+                        continue;
+                    }
+                    Err(e) => return Err(os_err(vm, e)),
+                }
+            } else {
+                true
+            };
             // With a backlog the record is already there: one system call, no poll.
-            match RECV_BUF.with_borrow_mut(|buf| {
-                ipc::recv_with_fds(fd, buf, 253, libc::MSG_DONTWAIT).and_then(|(n, fds, cut)| parse_record(&buf[..n.min(buf.len())], fds, cut))
-            }) {
+            let got = if ready {
+                RECV_BUF.with_borrow_mut(|buf| match ipc::recv_with_fds(fd, buf, 253, libc::MSG_DONTWAIT) {
+                    Ok((n, fds, cut)) => parse_record(&buf[..n.min(buf.len())], fds, cut),
+                    Err(e) => Err(RecordError::Os(e)),
+                })
+            } else {
+                Err(RecordError::Os(io::ErrorKind::WouldBlock.into()))
+            };
+            match got {
                 Ok(record) => return Ok(Some(record)),
                 // Empty, or another consumer took it first.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
-                Err(e) => return Err(os_err(vm, e)),
+                Err(RecordError::Os(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(RecordError::Os(e)) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
+                Err(RecordError::Os(e)) => return Err(os_err(vm, e)),
+                Err(RecordError::Lost) => {
+                    // Only if another thread took the descriptors the peek found free: the
+                    // item is gone; say so, and keep the count right.
+                    self.release_slot();
+                    return Err(vm.new_os_error(
+                        "a queue item was lost: no descriptor was free to receive it (too many open files)".to_owned(),
+                    ));
+                }
             }
             // Our own feeder may still hold records we just put: keep looking in short steps
             // (past the deadline) rather than report empty a queue this process filled.
@@ -282,6 +386,25 @@ impl QueueBase {
             } else {
                 wait_readable(vm, fd, wait_until)?;
             }
+        }
+    }
+}
+
+/// SimpleQueue's synchronous write. Too many descriptors in flight (or no kernel buffer) is a
+/// full pipe for CPython: wait until readers take some (signal handlers run meanwhile). Out of
+/// descriptors in this process: raise, the item not counted.
+fn send_simple(vm: &VirtualMachine, shared: &QueueShared, data: &[u8], fds: &[RawFd]) -> PyResult<()> {
+    let mut nap = Duration::from_millis(1);
+    loop {
+        match vm.allow_threads(|| send_record(shared, data, fds)) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
+            Err(e) if is_shortage(&e) && !matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                vm.allow_threads(|| std::thread::sleep(nap));
+                vm.check_signals()?;
+                nap = (nap * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(os_err(vm, e)),
         }
     }
 }
@@ -305,7 +428,7 @@ impl Constructor for QueueBase {
 
     fn py_new(_cls: &Py<PyType>, args: Self::Args, vm: &VirtualMachine) -> PyResult<Self> {
         let (r, w) = ipc::socketpair(libc::SOCK_SEQPACKET).map_err(|e| os_err(vm, e))?;
-        let counters = SharedCounters::create(2).map_err(|e| os_err(vm, e))?;
+        let counters = SharedCounters::create(SLOTS).map_err(|e| os_err(vm, e))?;
         let maxsize = if args.maxsize <= 0 { 0 } else { args.maxsize.min(i32::MAX as i64) as u32 };
         // Writers use one end, readers the other; records keep their boundaries.
         let shared = Arc::new(QueueShared { rfd: w, wfd: Arc::new(r), counters });
@@ -344,19 +467,19 @@ impl QueueBase {
         let t0 = trace::clock();
         // Encode first: an unencodable object raises here and leaves the queue untouched.
         let (data, fds) = dumps_with_connections(vm, &args.obj)?;
+        // The feeder before the slot: no thread, no item counted.
+        let f = if zelf.kind == 2 { None } else { Some(zelf.feeder(vm)?) };
         zelf.acquire_slot(args.block, until, vm)?;
         if zelf.kind == 1 {
             zelf.shared.counters.get(UNFINISHED).fetch_add(1, Ordering::AcqRel);
         }
-        if zelf.kind == 2 {
+        let Some(f) = f else {
             // SimpleQueue: written synchronously, as CPython's.
-            let fd = zelf.shared.wfd.as_raw_fd();
             let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-            retry(vm, || send_record(fd, &data, &raw)).inspect_err(|_| zelf.release_slot())?;
+            send_simple(vm, &zelf.shared, &data, &raw).inspect_err(|_| zelf.release_slot())?;
             zelf.traced(true, t0, &data);
             return Ok(());
-        }
-        let f = zelf.feeder();
+        };
         f.pending.fetch_add(1, Ordering::AcqRel);
         // Recorded before the feeder owns the bytes; a put that fails below leaves an unpaired
         // send, which the converter drops.

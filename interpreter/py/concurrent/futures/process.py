@@ -155,6 +155,21 @@ class _CoreOwner(object):
         return ctx.Process(*args, **kwds)
 
 
+def _weak_on_lost(executor):
+    '''The core's on_lost callback without a reference to the executor: the executor holds
+    the core, and that cycle would keep both, with every worker's descriptors, until the cycle
+    collector happened to run.'''
+    ref = weakref.ref(executor)
+
+    def on_lost(name, pid, exitcode):
+        ex = ref()
+        if ex is None:
+            return BrokenProcessPool('A child process terminated abruptly, the process pool '
+                                     'is not usable anymore')
+        return ex._on_worker_lost(name, pid, exitcode)
+    return on_lost
+
+
 class ProcessPoolExecutor(_base.Executor):
     def __init__(self, max_workers=None, mp_context=None,
                  initializer=None, initargs=(), *, max_tasks_per_child=None):
@@ -218,7 +233,7 @@ class ProcessPoolExecutor(_base.Executor):
             init, initargs = _init_worker, (self._initializer, self._initargs)
         owner = _CoreOwner(self._mp_context, self._max_workers, init, initargs,
                            self._max_tasks_per_child, self._cache)
-        self._core = _pool._ProcessCore(owner, on_lost=self._on_worker_lost)
+        self._core = _pool._ProcessCore(owner, on_lost=_weak_on_lost(self))
         _executors.add(self)
 
     @property
