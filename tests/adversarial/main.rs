@@ -8,4 +8,5 @@ mod common;
 mod embed;
 mod forkserver;
 mod frames;
+mod kills;
 mod leaks;
