@@ -33,6 +33,9 @@ pub const TRACKER_FD_ENV: &str = "PROCPY_TRACKER_FD";
 static FD: AtomicI32 = AtomicI32::new(-1);
 /// The tracker's pid when this process started it (0 otherwise).
 static PID: AtomicI32 = AtomicI32::new(0);
+/// The process that started the tracker in `PID` (a fork child inherits both copies, and the
+/// tracker is not its child).
+static STARTER: AtomicI32 = AtomicI32::new(0);
 /// Two threads must not start two trackers.
 static START: Mutex<()> = Mutex::new(());
 
@@ -45,7 +48,7 @@ pub fn fd() -> Option<RawFd> {
 /// The tracker's pid if this process started it.
 pub fn pid() -> Option<i32> {
     let p = PID.load(Ordering::Acquire);
-    (p > 0).then_some(p)
+    (p > 0 && STARTER.load(Ordering::Acquire) == crate::ipc::pid() as i32).then_some(p)
 }
 
 /// Start the tracker unless this process already has one; return the pipe's write end.
@@ -74,19 +77,30 @@ pub fn ensure_running() -> io::Result<RawFd> {
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| crate::ipc::doing(e, what))?;
+    STARTER.store(crate::ipc::pid() as i32, Ordering::Release);
     PID.store(child.id() as i32, Ordering::Release);
     FD.store(w.into_raw_fd(), Ordering::Release);
     Ok(FD.load(Ordering::Acquire))
 }
 
-/// Forget (and close) this process's tracker pipe, e.g. after the tracker died.
+/// Forget (and close) this process's tracker pipe, after the tracker died (a write got
+/// `EPIPE`), and reap it if this process started it, so no zombie stays for the program's life.
 pub fn reset() {
     let _one = START.lock().unwrap_or_else(|e| e.into_inner());
     let fd = FD.swap(-1, Ordering::AcqRel);
     if fd >= 0 {
+        // SAFETY: `FD` owned this descriptor and was just cleared, so nothing else closes it.
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
     }
-    PID.store(0, Ordering::Release);
+    let ours = STARTER.swap(0, Ordering::AcqRel) == crate::ipc::pid() as i32;
+    let pid = PID.swap(0, Ordering::AcqRel);
+    if pid > 0 && ours {
+        // Our own unreaped child, so the pid cannot have been reused. `EPIPE` means its read
+        // end is closed, which it does only as it exits: this wait is short. ECHILD (someone
+        // else reaped it) is fine.
+        // SAFETY: plain syscall; a null status pointer is allowed.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    }
 }
 
 /// Adopt a write end received from the parent (a spawned child or the fork server).

@@ -276,9 +276,14 @@ impl QueueFeeder {
     /// descriptors) then a good record holding the string 'ok'.
     fn queue(&mut self, label: &str, kind: i64, bad: &[u8], bad_fds: &[RawFd]) {
         let (a, b) = socketpair(libc::SOCK_SEQPACKET);
-        let counters = memfd(8);
+        let counters = memfd(COUNTERS);
+        // The "has carried descriptors" slot set: readers then peek at each record's
+        // descriptors before taking it, the path a record that lies about them could block.
+        let carries = 1u32.to_ne_bytes();
+        // SAFETY: `carries` is 4 readable bytes for the call's duration.
+        assert_eq!(unsafe { libc::pwrite(counters.as_raw_fd(), carries.as_ptr().cast(), 4, 8) }, 4);
         send_with_fds(b.as_raw_fd(), bad, bad_fds);
-        let mut good = vec![0u8];
+        let mut good = vec![0u8, 0];
         good.extend_from_slice(&encoded(&text("ok")));
         send_with_fds(b.as_raw_fd(), &good, &[]);
         send_frame(self.conn, &encoded(&text(label)), &[]);
@@ -288,8 +293,12 @@ impl QueueFeeder {
     }
 }
 
-fn memfd_record(len: u64) -> Vec<u8> {
-    let mut rec = vec![1u8];
+/// A queue's counters: three u32 slots (interpreter/src/native/queue.rs `SLOTS`).
+const COUNTERS: u64 = 12;
+
+/// A record (kind 1: the item is in a memory file) that declares `nfds` descriptors.
+fn memfd_record(len: u64, nfds: u8) -> Vec<u8> {
+    let mut rec = vec![1u8, nfds];
     rec.extend_from_slice(&len.to_le_bytes());
     rec
 }
@@ -304,15 +313,18 @@ fn bad_queue_records_raise_and_the_queue_stays_usable() {
         let mut f = QueueFeeder { conn, keep: Vec::new() };
         for (kind, name) in [(0, "get Queue"), (2, "get SimpleQueue")] {
             let empty = memfd(0);
-            f.queue(&format!("{name} 2^40 in an empty file"), kind, &memfd_record(1 << 40), &[empty.as_raw_fd()]);
+            f.queue(&format!("{name} 2^40 in an empty file"), kind, &memfd_record(1 << 40, 1), &[empty.as_raw_fd()]);
             let sparse = memfd(1 << 40);
-            f.queue(&format!("{name} 2^40 in a sparse file"), kind, &memfd_record(1 << 40), &[sparse.as_raw_fd()]);
+            f.queue(&format!("{name} 2^40 in a sparse file"), kind, &memfd_record(1 << 40, 1), &[sparse.as_raw_fd()]);
             let short = memfd(10);
-            f.queue(&format!("{name} 100 in a file of 10"), kind, &memfd_record(100), &[short.as_raw_fd()]);
-            f.queue(&format!("{name} memory file missing"), kind, &memfd_record(100), &[]);
+            f.queue(&format!("{name} 100 in a file of 10"), kind, &memfd_record(100, 1), &[short.as_raw_fd()]);
+            f.queue(&format!("{name} memory file missing"), kind, &memfd_record(100, 0), &[]);
+            // A record that declares a descriptor it does not carry is no shortage of ours: it
+            // is refused, and cannot block the queue (readers must not wait for room for it).
+            f.queue(&format!("{name} descriptor claimed, none sent"), kind, &memfd_record(100, 1), &[]);
             let (r, _w) = pipe();
-            f.queue(&format!("{name} memory file is a pipe"), kind, &memfd_record(100), &[r.as_raw_fd()]);
-            let mut long = vec![0u8];
+            f.queue(&format!("{name} memory file is a pipe"), kind, &memfd_record(100, 1), &[r.as_raw_fd()]);
+            let mut long = vec![0u8, 0];
             long.extend(std::iter::repeat_n(0x42, 48 * 1024));
             f.queue(&format!("{name} inline record of 48 KiB"), kind, &long, &[]);
             f.queue(&format!("{name} empty record"), kind, &[], &[]);
@@ -333,6 +345,7 @@ fn bad_queue_records_raise_and_the_queue_stays_usable() {
         expect(&format!("{name} 2^40 in a sparse file"), "MemoryError");
         expect(&format!("{name} 100 in a file of 10"), "OSError");
         expect(&format!("{name} memory file missing"), "OSError");
+        expect(&format!("{name} descriptor claimed, none sent"), "OSError");
         expect(&format!("{name} memory file is a pipe"), "OSError");
         expect(&format!("{name} inline record of 48 KiB"), "OSError");
         expect(&format!("{name} empty record"), "OSError");
@@ -369,9 +382,9 @@ fn crafted_handles_raise_instead_of_sigbus() {
         let (a, b) = socketpair(libc::SOCK_SEQPACKET);
         send("queue counters over empty", HandleKind::Queue, vec![a, b, memfd(0)], vec![0, 0]);
         let (r, w) = pipe();
-        send("queue over pipes", HandleKind::Queue, vec![r, w, memfd(8)], vec![0, 0]);
+        send("queue over pipes", HandleKind::Queue, vec![r, w, memfd(COUNTERS)], vec![0, 0]);
         let (a, b) = socketpair(libc::SOCK_SEQPACKET);
-        send("queue good", HandleKind::Queue, vec![a, b, memfd(8)], vec![0, 0]);
+        send("queue good", HandleKind::Queue, vec![a, b, memfd(COUNTERS)], vec![0, 0]);
         let (a, b) = socketpair(libc::SOCK_STREAM);
         send("connection good", HandleKind::Connection, vec![a], vec![1, 1]);
         // Its peer stays open until the script is done: poll() then says "nothing to read".

@@ -166,11 +166,12 @@ fn uncount(shared: &QueueShared, kind: u8) {
 }
 
 /// Parse a queue record into its payload and the descriptors of the handles inside it.
-/// Parse a queue record into its payload and the descriptors of the handles inside it.
 /// Records come from any process holding the queue: a record cut short by the receive buffer
 /// (`truncated`: longer than any procpy writes) or one that does not parse is `InvalidData`,
-/// and a memory file is read by [`ipc::memfd_read`], which checks its size first.
-fn parse_record(buf: &[u8], mut fds: Vec<OwnedFd>, truncated: bool) -> Result<Record, RecordError> {
+/// and a memory file is read by [`ipc::memfd_read`], which checks its size first. `ctrunc`
+/// (`MSG_CTRUNC`) tells a reader out of descriptors from a record that claims more than it
+/// carries.
+fn parse_record(buf: &[u8], mut fds: Vec<OwnedFd>, truncated: bool, ctrunc: bool) -> Result<Record, RecordError> {
     let malformed = |what: &str| RecordError::Os(io::Error::new(io::ErrorKind::InvalidData, format!("malformed queue record: {what}")));
     if truncated {
         return Err(malformed("longer than any queue writes inline"));
@@ -179,8 +180,11 @@ fn parse_record(buf: &[u8], mut fds: Vec<OwnedFd>, truncated: bool) -> Result<Re
         return Err(malformed(if buf.is_empty() { "empty" } else { "no descriptor count" }));
     };
     if fds.len() < nfds as usize {
-        // The kernel dropped what did not fit in our descriptor table: the item is gone.
-        return Err(RecordError::Lost);
+        if ctrunc {
+            // The kernel dropped what did not fit in our descriptor table: the item is gone.
+            return Err(RecordError::Lost);
+        }
+        return Err(malformed(&format!("it claims {nfds} descriptors and carries {}", fds.len())));
     }
     match kind {
         0 => Ok((rest.to_vec(), fds)),
@@ -207,10 +211,14 @@ enum RecordError {
 /// `Ok(false)` when the queue is empty. A peek installs copies of the descriptors (closed at
 /// once), so a record that does not fit stays in the queue and `get` raises EMFILE, as a
 /// reader out of descriptors must not consume an item it cannot deliver.
+/// A record that claims more descriptors than it carries (no `MSG_CTRUNC`) is not a shortage:
+/// it is taken, and refused as malformed, so it cannot block the queue.
 fn room_for_next(fd: RawFd) -> io::Result<bool> {
     let mut head = [0u8; 2];
-    match ipc::recv_with_fds(fd, &mut head, 253, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-        Ok((n, fds, _)) if n == 2 && fds.len() < head[1] as usize => Err(io::Error::from_raw_os_error(libc::EMFILE)),
+    match ipc::recv_with_fds_flags(fd, &mut head, 253, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Ok((n, fds, flags)) if n == 2 && fds.len() < head[1] as usize && flags & libc::MSG_CTRUNC != 0 => {
+            Err(io::Error::from_raw_os_error(libc::EMFILE))
+        }
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
         Err(e) => Err(e),
@@ -351,8 +359,13 @@ impl QueueBase {
             };
             // With a backlog the record is already there: one system call, no poll.
             let got = if ready {
-                RECV_BUF.with_borrow_mut(|buf| match ipc::recv_with_fds(fd, buf, 253, libc::MSG_DONTWAIT) {
-                    Ok((n, fds, cut)) => parse_record(&buf[..n.min(buf.len())], fds, cut),
+                RECV_BUF.with_borrow_mut(|buf| match ipc::recv_with_fds_flags(fd, buf, 253, libc::MSG_DONTWAIT) {
+                    Ok((n, fds, flags)) => parse_record(
+                        &buf[..n.min(buf.len())],
+                        fds,
+                        flags & libc::MSG_TRUNC != 0,
+                        flags & libc::MSG_CTRUNC != 0,
+                    ),
                     Err(e) => Err(RecordError::Os(e)),
                 })
             } else {
