@@ -395,3 +395,98 @@ fn queue_put_without_threads_raises() {
     );
     assert_eq!(out.status, Some(0), "stderr:\n{}", out.stderr);
 }
+
+const START_WITHOUT_PROCESSES: &str = r#"
+import multiprocessing as mp, os, resource
+
+def ppid(pid):
+    try:
+        with open('/proc/%s/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[1]
+    except OSError:
+        return None
+
+def role(pid):
+    try:
+        with open('/proc/%s/cmdline' % pid, 'rb') as f:
+            args = f.read().split(b'\0')
+    except OSError:
+        return None
+    flag = args[1].decode() if len(args) > 1 else ''
+    return flag if flag in ('--multiprocessing-resource-tracker', '--multiprocessing-forkserver') else 'other'
+
+def others():
+    '''Descendants that are neither the resource tracker nor the fork server.'''
+    parent = {d: ppid(d) for d in os.listdir('/proc') if d.isdigit()}
+    tree, grew = {str(os.getpid())}, True
+    while grew:
+        new = {d for d, p in parent.items() if p in tree} - tree
+        grew = bool(new)
+        tree |= new
+    return [d for d in tree - {str(os.getpid())} if role(d) == 'other']
+
+if __name__ == '__main__':
+    soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    for method in ('fork', 'spawn', 'forkserver'):
+        ctx = mp.get_context(method)
+        for what in ('Process', 'Pool'):
+            resource.setrlimit(resource.RLIMIT_NPROC, (1, hard))
+            try:
+                if what == 'Process':
+                    p = ctx.Process(target=int)
+                    p.start()
+                    p.join()
+                    print(method, what, 'started anyway')
+                else:
+                    with ctx.Pool(2) as pool:
+                        print(method, what, 'started anyway', pool.map(abs, [-1, -2]))
+            except (OSError, RuntimeError) as e:
+                # RuntimeError: a pool whose workers the fork server could start, but whose
+                # own threads could not (CPython's Pool raises it too).
+                print(method, what, 'raised', 'EAGAIN' if getattr(e, 'errno', None) == 11 else type(e).__name__)
+            resource.setrlimit(resource.RLIMIT_NPROC, (hard, hard))
+            print(method, what, 'left behind:', others())
+            if what == 'Process':
+                p = ctx.Process(target=int)
+                p.start()
+                p.join()
+                print(method, what, 'once processes can start:', p.exitcode)
+            else:
+                with ctx.Pool(2) as pool:
+                    print(method, what, 'once processes can start:', pool.map(abs, [-1, -2]))
+"#;
+
+/// Out of processes (`RLIMIT_NPROC`), `Process.start()` and `Pool()` raise (`EAGAIN`, as
+/// CPython's `os.fork` does) instead of hanging or panicking, leave no child or worker behind,
+/// and work again once processes can start — under every start method, the fork server
+/// included (it cannot start, or its pool's threads cannot). As root the script runs as uid
+/// 65534, since root ignores the limit.
+#[test]
+fn start_without_processes_raises_and_recovers() {
+    let dir = TempDir::new("nproc");
+    let script = dir.0.join("start_without_processes.py");
+    std::fs::write(&script, START_WITHOUT_PROCESSES).expect("write script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod script");
+    let Some(exe) = procpy_for_nobody(&dir) else {
+        eprintln!("skipped: no copy of procpy that uid {NOBODY} can run");
+        return;
+    };
+    let mut cmd = Command::new(exe);
+    cmd.arg(&script).current_dir("/");
+    with_limits(&mut cmd, Limits { unprivileged: true, ..Limits::default() });
+    let out = run_with_deadline(cmd, LIMIT);
+    assert_eq!(out.status, Some(0), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    for method in ["fork", "spawn", "forkserver"] {
+        for what in ["Process", "Pool"] {
+            let tag = format!("{method} {what} ");
+            let ours: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix(tag.as_str())).collect();
+            let raised = ours.first().copied().unwrap_or_default();
+            let allowed: &[&str] = if what == "Pool" { &["raised EAGAIN", "raised RuntimeError"] } else { &["raised EAGAIN"] };
+            assert!(allowed.contains(&raised), "{tag}: {raised:?}\n{out:?}");
+            assert_eq!(ours.get(1).copied(), Some("left behind: []"), "{tag}\n{out:?}");
+            let again = if what == "Pool" { "once processes can start: [1, 2]" } else { "once processes can start: 0" };
+            assert_eq!(ours.get(2).copied(), Some(again), "{tag}\n{out:?}");
+        }
+    }
+}
