@@ -162,7 +162,7 @@ impl Encoder<'_> {
 
     fn enc(&mut self, obj: &PyObject) -> PyResult<Value> {
         let vm = self.vm;
-        if self.path.len() > wire::MAX_DEPTH / 2 {
+        if self.path.len() > wire::ENCODE_DEPTH {
             let e = vm.new_recursion_error("maximum recursion depth exceeded while encoding an object".to_owned());
             return Err(self.fail(e));
         }

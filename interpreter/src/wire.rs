@@ -137,8 +137,15 @@ pub enum HandleKind {
 #[error("malformed message: {0}")]
 pub struct WireError(#[from] postcard::Error);
 
-/// Deepest nesting accepted from the wire; deeper input is rejected instead of overflowing the stack.
-pub const MAX_DEPTH: usize = 1000;
+/// Deepest nesting accepted from the wire; deeper input is rejected instead of overflowing the
+/// stack. Decoding (this crate's serde walk, then the codec's) recurses once per level, and must
+/// fit the 2 MiB stack of any Python thread in a debug build: 650 levels did not (SIGSEGV in a
+/// thread's `recv()`). The encoder stops at [`ENCODE_DEPTH`], a little below, so whatever it
+/// writes is accepted.
+pub const MAX_DEPTH: usize = 512;
+
+/// Deepest object nesting the encoder follows (`RecursionError` beyond, as CPython's pickler).
+pub const ENCODE_DEPTH: usize = 500;
 
 /// Serialize a value tree.
 pub fn to_bytes(v: &Value) -> Vec<u8> {

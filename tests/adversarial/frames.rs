@@ -645,3 +645,63 @@ if __name__ == '__main__':
         );
     }
 }
+
+/// Nesting from a peer is bounded by what a Python thread's stack can decode. A thread (2 MiB
+/// of stack: pool result handlers and manager servers receive on threads) gets messages nested
+/// 650 and 100,000 levels deep as raw bytes: `UnpicklingError`, the process lives; the deepest
+/// object the encoder writes (500 levels) still travels, one level more is its RecursionError.
+const DEEP_IN_A_THREAD: &str = r#"
+import threading
+import multiprocessing as mp
+
+def nested(n):
+    v = []
+    for _ in range(n):
+        v = [v]
+    return v
+
+def depth(v):
+    d = 0
+    while v:
+        v, d = v[0], d + 1
+    return d
+
+def in_thread(fn):
+    out = []
+    def run():
+        try:
+            out.append(fn())
+        except Exception as e:
+            out.append(type(e).__name__)
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    return out[0]
+
+a, b = mp.Pipe()
+for n in (650, 100000):
+    # A list of one element (tag 7, length 1), n times, around None (tag 0).
+    a.send_bytes(b'\x07\x01' * n + b'\x00')
+    print('raw', n, in_thread(b.recv))
+a.send(nested(500))
+print('encoded 500', in_thread(lambda: depth(b.recv())))
+try:
+    a.send(nested(501))
+    print('encoded 501 sent')
+except RecursionError:
+    print('encoded 501 RecursionError')
+a.send('after')
+print('alive', b.recv())
+"#;
+
+#[test]
+fn deep_nesting_from_a_peer_raises_in_a_thread() {
+    let o = run_with_deadline(procpy_c(DEEP_IN_A_THREAD, &[]), LIMIT);
+    assert_lived(&o, "alive after");
+    assert_eq!(
+        lines(&o)[..4],
+        ["raw 650 UnpicklingError", "raw 100000 UnpicklingError", "encoded 500 500", "encoded 501 RecursionError"],
+        "{}",
+        o.stdout
+    );
+}
