@@ -490,3 +490,86 @@ fn start_without_processes_raises_and_recovers() {
         }
     }
 }
+
+const MANAGER_OUT_OF_THREADS: &str = r#"
+import resource, socket, threading
+from multiprocessing.managers import BaseManager
+
+class M(BaseManager):
+    pass
+
+M.register('get', callable=list)
+
+def call(addr, timeout):
+    '''A client's round trip, on a thread so that a hang is seen, not suffered.'''
+    res = []
+    def go():
+        try:
+            c = M(address=addr, authkey=b'secret')
+            c.connect()
+            res.append(c.get()._getvalue())
+        except Exception as e:
+            res.append(type(e).__name__)
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(timeout)
+    return res[0] if res else 'HUNG'
+
+if __name__ == '__main__':
+    m = M(address=('127.0.0.1', 0), authkey=b'secret')
+    m.start()       # the server keeps the low RLIMIT_NPROC it started with
+    soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    resource.setrlimit(resource.RLIMIT_NPROC, (hard, hard))
+    addr = m.address
+    print('before:', call(addr, 60))
+    silent = []
+    for _ in range(300):
+        try:
+            silent.append(socket.create_connection(addr, timeout=5))
+        except OSError:
+            break
+    print('silent clients:', len(silent) >= soft)
+    # The server may have a thread for this client or drop it; it must not hang it.
+    print('among silent clients:', call(addr, 60) != 'HUNG')
+    for s in silent:
+        s.close()
+    after = 'HUNG'
+    for _ in range(20):
+        after = call(addr, 60)
+        if after == []:
+            break
+    print('after:', after)
+    m.shutdown()
+"#;
+
+/// A manager whose threads run out (clients that connect and say nothing, under a low
+/// `RLIMIT_NPROC`) drops the connections it has no thread for and serves again once they go;
+/// CPython's accepter thread dies there and the manager never answers again. Silent clients
+/// also time out of the handshake (`Server.handshake_timeout`). As root, runs as uid 65534.
+#[test]
+fn a_manager_out_of_threads_serves_again() {
+    let dir = TempDir::new("mgr");
+    let script = dir.0.join("manager_out_of_threads.py");
+    std::fs::write(&script, MANAGER_OUT_OF_THREADS).expect("write script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod script");
+    let Some(exe) = procpy_for_nobody(&dir) else {
+        eprintln!("skipped: no copy of procpy that uid {NOBODY} can run");
+        return;
+    };
+    if !is_root() {
+        eprintln!("skipped: RLIMIT_NPROC counts every process of this uid; the test needs its own (root, to run as {NOBODY})");
+        return;
+    }
+    let mut cmd = Command::new(exe);
+    cmd.arg(&script).current_dir("/");
+    with_limits(&mut cmd, Limits { nproc: Some(100), unprivileged: true, ..Limits::default() });
+    let out = run_with_deadline(cmd, LIMIT);
+    assert_eq!(
+        out.stdout,
+        "before: []\nsilent clients: True\namong silent clients: True\nafter: []\n",
+        "status {:?}, stderr:\n{}",
+        out.status,
+        out.stderr
+    );
+    assert_eq!(out.status, Some(0), "stderr:\n{}", out.stderr);
+}

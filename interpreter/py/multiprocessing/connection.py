@@ -217,13 +217,21 @@ def _digest(authkey, message):
     return hmac.new(authkey, message, 'md5').digest()
 
 
-def deliver_challenge(connection, authkey):
+def _await_peer(connection, timeout):
+    '''A server's bound on a peer that stays silent during the handshake (procpy's; CPython
+    waits for ever, holding the thread).'''
+    if timeout is not None and not connection.poll(timeout):
+        raise AuthenticationError('no answer within %s seconds' % timeout)
+
+
+def deliver_challenge(connection, authkey, timeout=None):
     if not isinstance(authkey, bytes):
         raise ValueError(
             "Authkey must be bytes, not {0!s}".format(type(authkey)))
     message = os.urandom(MESSAGE_LENGTH)
     connection.send_bytes(CHALLENGE + message)
     digest = _digest(authkey, message)
+    _await_peer(connection, timeout)
     response = connection.recv_bytes(256)        # reject large message
     # Constant time (CPython 3.12 too): `==` would tell a timing attacker how much was right.
     import hmac
@@ -234,15 +242,17 @@ def deliver_challenge(connection, authkey):
         raise AuthenticationError('digest received was wrong')
 
 
-def answer_challenge(connection, authkey):
+def answer_challenge(connection, authkey, timeout=None):
     if not isinstance(authkey, bytes):
         raise ValueError(
             "Authkey must be bytes, not {0!s}".format(type(authkey)))
+    _await_peer(connection, timeout)
     message = connection.recv_bytes(256)         # reject large message
     assert message[:len(CHALLENGE)] == CHALLENGE, 'message = %r' % message
     message = message[len(CHALLENGE):]
     digest = _digest(authkey, message)
     connection.send_bytes(digest)
+    _await_peer(connection, timeout)
     response = connection.recv_bytes(256)        # reject large message
     if response != WELCOME:
         raise AuthenticationError('digest sent was rejected')

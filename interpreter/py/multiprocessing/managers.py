@@ -191,20 +191,39 @@ class Server(object):
                 sys.stderr = sys.__stderr__
             sys.exit(0)
 
+    # Seconds a connection may take over each step of the handshake: a client that connects
+    # and says nothing holds a thread until then, not for ever.
+    handshake_timeout = 60.0
+
     def accepter(self):
+        pause = 0.001
         while True:
             try:
                 c = self.listener.accept()
             except OSError:
                 if self.stop_event.is_set() or self.listener._listener is None:
                     return
+                # Out of descriptors, say: the connection waits in the backlog. Try again
+                # shortly instead of spinning.
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
                 continue
-            _thread.start_new_thread(self.handle_request, (c,))
+            try:
+                _thread.start_new_thread(self.handle_request, (c,))
+                pause = 0.001
+            except RuntimeError as e:
+                # No thread for it (RLIMIT_NPROC, or silent clients holding threads): drop this
+                # connection and keep serving. CPython's accepter dies here, and the manager
+                # then never answers again.
+                util.info('dropped a connection: %r', e)
+                c.close()
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
 
     def _handle_request(self, c):
         try:
-            connection.deliver_challenge(c, self.authkey)
-            connection.answer_challenge(c, self.authkey)
+            connection.deliver_challenge(c, self.authkey, self.handshake_timeout)
+            connection.answer_challenge(c, self.authkey, self.handshake_timeout)
         except Exception as e:
             # A peer that fails the handshake is told nothing more (CPython would send it the
             # traceback of the failure).
