@@ -271,6 +271,35 @@ pub fn regular_file_size(fd: RawFd, what: &str) -> io::Result<u64> {
     Ok(st.st_size.max(0) as u64)
 }
 
+/// A memory file of `len` zero bytes whose size is sealed (`F_SEAL_SHRINK | F_SEAL_GROW`, then
+/// `F_SEAL_SEAL`): every process that maps it may touch all `len` bytes for as long as it lives,
+/// since no holder of the descriptor, however hostile, can shrink it (touching a mapping past
+/// the end of its file is SIGBUS). For memory that is mapped; see [`require_sealed`].
+pub fn sealed_memfd(name: &std::ffi::CStr, len: usize) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is a valid C string; a non-negative result is a new descriptor we own.
+    let fd = cvt(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) })?;
+    // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = libc::off_t::try_from(len).map_err(|_| invalid(format!("a memory file of {len} bytes is too large")))?;
+    // SAFETY: plain system calls on a descriptor we own.
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL) })?;
+    Ok(fd)
+}
+
+/// A memory file from a peer, about to be mapped, must be sealed against shrinking (as
+/// [`sealed_memfd`] makes them): otherwise any process holding it could make every process that
+/// maps it die of SIGBUS at its next access, by `ftruncate`. `what` names it in the error.
+pub fn require_sealed(fd: RawFd, what: &str) -> io::Result<()> {
+    // SAFETY: F_GET_SEALS reads the descriptor's seals; an unsuitable descriptor is an error.
+    let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+    if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+        return Err(invalid(format!("the {what} is not sealed against shrinking (procpy seals the memory files it maps)")));
+    }
+    Ok(())
+}
+
 /// Whether `fd` is a socket of type `kind` (`SOCK_STREAM`, `SOCK_SEQPACKET`, ...).
 pub fn is_socket_of_type(fd: RawFd, kind: libc::c_int) -> bool {
     let mut ty: libc::c_int = 0;
@@ -408,10 +437,7 @@ unsafe impl Sync for SharedCounters {}
 impl SharedCounters {
     /// `n` zeroed counters in a fresh memory file.
     pub fn create(n: usize) -> io::Result<Self> {
-        let fd = cvt(unsafe { libc::memfd_create(c"procpy-counters".as_ptr(), libc::MFD_CLOEXEC) })?;
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), (n * 4) as i64) })?;
-        Self::map(fd, n)
+        Self::map(sealed_memfd(c"procpy-counters", n * 4)?, n)
     }
 
     /// Map counters created by another process. The descriptor came from a peer: it must be a
@@ -422,6 +448,7 @@ impl SharedCounters {
         if size < (n * 4) as u64 {
             return Err(invalid(format!("the counters' memory file holds {size} bytes, {} needed", n * 4)));
         }
+        require_sealed(fd.as_raw_fd(), "counters' memory file")?;
         let p = unsafe {
             libc::mmap(std::ptr::null_mut(), n * 4, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
         };

@@ -43,6 +43,17 @@ fn memfd(size: u64) -> OwnedFd {
     fd
 }
 
+/// A memory file of `size` bytes sealed against resizing, as procpy makes the ones it maps.
+fn sealed_memfd(size: u64) -> OwnedFd {
+    // SAFETY: a valid C string; the new descriptor is owned by the OwnedFd at once.
+    let fd = unsafe { OwnedFd::from_raw_fd(cvt(libc::memfd_create(c"frames-test".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING))) };
+    // SAFETY: plain system calls on a descriptor we own.
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) });
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) });
+    fd
+}
+
 /// `sendmsg` of `data` with `fds` attached (SCM_RIGHTS); all of `data` must go in one call.
 fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) {
     let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
@@ -276,7 +287,7 @@ impl QueueFeeder {
     /// descriptors) then a good record holding the string 'ok'.
     fn queue(&mut self, label: &str, kind: i64, bad: &[u8], bad_fds: &[RawFd]) {
         let (a, b) = socketpair(libc::SOCK_SEQPACKET);
-        let counters = memfd(COUNTERS);
+        let counters = sealed_memfd(COUNTERS);
         // The "has carried descriptors" slot set: readers then peek at each record's
         // descriptors before taking it, the path a record that lies about them could block.
         let carries = 1u32.to_ne_bytes();
@@ -376,15 +387,20 @@ fn crafted_handles_raise_instead_of_sigbus() {
         send("buffer negative size", HandleKind::SharedBuffer, vec![memfd(4096)], vec![-1]);
         send("buffer over a socket", HandleKind::SharedBuffer, vec![socketpair(libc::SOCK_STREAM).0], vec![16]);
         send("buffer without fd", HandleKind::SharedBuffer, vec![], vec![16]);
-        send("buffer good", HandleKind::SharedBuffer, vec![memfd(16)], vec![16]);
+        // Unsealed: any holder could shrink it under the receiver's mapping.
+        send("buffer unsealed", HandleKind::SharedBuffer, vec![memfd(16)], vec![16]);
+        send("buffer good", HandleKind::SharedBuffer, vec![sealed_memfd(16)], vec![16]);
         send("semlock over empty", HandleKind::SemLock, vec![memfd(0)], vec![1, 1]);
-        send("semlock good", HandleKind::SemLock, vec![memfd(12)], vec![1, 1]);
+        send("semlock unsealed", HandleKind::SemLock, vec![memfd(12)], vec![1, 1]);
+        send("semlock good", HandleKind::SemLock, vec![sealed_memfd(12)], vec![1, 1]);
         let (a, b) = socketpair(libc::SOCK_SEQPACKET);
         send("queue counters over empty", HandleKind::Queue, vec![a, b, memfd(0)], vec![0, 0]);
         let (r, w) = pipe();
-        send("queue over pipes", HandleKind::Queue, vec![r, w, memfd(COUNTERS)], vec![0, 0]);
+        send("queue over pipes", HandleKind::Queue, vec![r, w, sealed_memfd(COUNTERS)], vec![0, 0]);
         let (a, b) = socketpair(libc::SOCK_SEQPACKET);
-        send("queue good", HandleKind::Queue, vec![a, b, memfd(COUNTERS)], vec![0, 0]);
+        send("queue counters unsealed", HandleKind::Queue, vec![a, b, memfd(COUNTERS)], vec![0, 0]);
+        let (a, b) = socketpair(libc::SOCK_SEQPACKET);
+        send("queue good", HandleKind::Queue, vec![a, b, sealed_memfd(COUNTERS)], vec![0, 0]);
         let (a, b) = socketpair(libc::SOCK_STREAM);
         send("connection good", HandleKind::Connection, vec![a], vec![1, 1]);
         // Its peer stays open until the script is done: poll() then says "nothing to read".
@@ -405,6 +421,9 @@ fn crafted_handles_raise_instead_of_sigbus() {
         "semlock over empty",
         "queue counters over empty",
         "queue over pipes",
+        "buffer unsealed",
+        "semlock unsealed",
+        "queue counters unsealed",
     ] {
         let l = line(label);
         assert!(l.starts_with(&format!("{label} UnpicklingError malformed message:")), "{l:?}\n{}", o.stdout);
@@ -704,4 +723,66 @@ fn deep_nesting_from_a_peer_raises_in_a_thread() {
         "{}",
         o.stdout
     );
+}
+
+/// A child that holds a Queue, a Lock, a RawValue and a RawArray shrinks every memory file it
+/// can find (`ftruncate` to 0): the kernel refuses (the files are sealed), and the parent uses
+/// each afterwards without SIGBUS. Before the seals, the parent died of SIGBUS in all four.
+const SHRINK_SHARED_FILES: &str = r#"
+import os, sys, multiprocessing as mp
+
+def shrink(obj):
+    refused = 0
+    for fd in os.listdir('/proc/self/fd'):
+        try:
+            if not os.readlink('/proc/self/fd/' + fd).startswith('/memfd:procpy-'):
+                continue
+            os.ftruncate(int(fd), 0)
+        except PermissionError:
+            refused += 1
+        except OSError:
+            pass
+    sys.exit(0 if refused else 7)
+
+if __name__ == '__main__':
+    mp.set_start_method(sys.argv[1])
+    for what, make in (('queue', mp.Queue), ('lock', mp.Lock), ('value', lambda: mp.RawValue('i', 5)),
+                       ('array', lambda: mp.RawArray('i', 10))):
+        obj = make()
+        p = mp.Process(target=shrink, args=(obj,))
+        p.start()
+        p.join()
+        if what == 'queue':
+            obj.put(1)
+            got = obj.get(timeout=30)
+        elif what == 'lock':
+            got = obj.acquire(False)
+            obj.release()
+        elif what == 'value':
+            got = obj.value
+        else:
+            got = obj[9]
+        print(what, 'shrink refused' if p.exitcode == 0 else 'exit %s' % p.exitcode, got)
+    print('alive')
+"#;
+
+#[test]
+fn shared_memory_files_cannot_be_shrunk_under_their_users() {
+    let dir = std::env::temp_dir().join(format!("procpy-shrink-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("shrink.py");
+    std::fs::write(&script, SHRINK_SHARED_FILES).unwrap();
+    for method in ["fork", "spawn", "forkserver"] {
+        let mut cmd = Command::new(procpy());
+        cmd.arg(&script).arg(method);
+        let o = run_with_deadline(cmd, LIMIT);
+        assert_lived(&o, "alive");
+        assert_eq!(
+            lines(&o)[..4],
+            ["queue shrink refused 1", "lock shrink refused True", "value shrink refused 5", "array shrink refused 0"],
+            "{method}: {}",
+            o.stdout
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -25,27 +25,26 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     fn create(len: usize) -> io::Result<Self> {
-        let fd = unsafe { libc::memfd_create(c"procpy-shared".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Self::map(fd, len)
+        Self::map(crate::ipc::sealed_memfd(c"procpy-shared", len)?, len, true)
     }
 
     /// Map `len` bytes of `fd`, which must be a memory file (or shared memory segment) holding
     /// at least that much: the descriptor may come from a peer, and touching a mapping past the
     /// end of its file is SIGBUS. `InvalidData` says what is wrong.
-    pub(crate) fn map(fd: OwnedFd, len: usize) -> io::Result<Self> {
+    ///
+    /// `sealed`: the file must also be sealed against shrinking — a memory file, which travels
+    /// between processes. A named shared memory segment (`SharedMemory`) cannot be sealed: any
+    /// process of the user may shrink it, as with CPython's.
+    pub(crate) fn map(fd: OwnedFd, len: usize, sealed: bool) -> io::Result<Self> {
         let size = crate::ipc::regular_file_size(fd.as_raw_fd(), "shared buffer's descriptor")?;
         if size < len as u64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("a shared buffer of {len} bytes over a memory file of {size}"),
             ));
+        }
+        if sealed {
+            crate::ipc::require_sealed(fd.as_raw_fd(), "shared buffer's memory file")?;
         }
         // mmap refuses a zero length; a zero-sized buffer still needs a valid pointer.
         let map_len = len.max(1);
@@ -90,8 +89,14 @@ impl SharedBuffer {
         self.map.len
     }
 
+    /// A buffer received from a peer: a sealed memory file of at least `len` bytes.
     pub(crate) fn from_fd(fd: OwnedFd, len: usize) -> io::Result<Self> {
-        Ok(SharedBuffer { map: Arc::new(Mapping::map(fd, len)?), exports: AtomicIsize::new(0) })
+        Ok(SharedBuffer { map: Arc::new(Mapping::map(fd, len, true)?), exports: AtomicIsize::new(0) })
+    }
+
+    /// A buffer over a named shared memory segment (not sealable) of at least `len` bytes.
+    pub(crate) fn from_segment(fd: OwnedFd, len: usize) -> io::Result<Self> {
+        Ok(SharedBuffer { map: Arc::new(Mapping::map(fd, len, false)?), exports: AtomicIsize::new(0) })
     }
 
     fn bytes(&self) -> &[u8] {

@@ -48,7 +48,7 @@ pub(crate) fn open(vm: &VirtualMachine, name: &str, create: bool, size: usize) -
     };
     let mapped = match sized() {
         Ok(0) => return Err(vm.new_value_error("cannot mmap an empty file".to_owned())),
-        Ok(len) => SharedBuffer::from_fd(fd, len).map(|b| (b, len)),
+        Ok(len) => SharedBuffer::from_segment(fd, len).map(|b| (b, len)),
         Err(e) => Err(e),
     };
     mapped.map_err(|e| {
