@@ -111,6 +111,7 @@ conformance!(
     simple_queue,
     sync_condition_event_barrier,
     sync_locks,
+    terminate_at_once,
     thread_pool,
     timeouts_out_of_range,
 );

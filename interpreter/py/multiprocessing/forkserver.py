@@ -248,15 +248,20 @@ def _start_child(conn, body, cfds, own_fds, children):
     except OSError as e:
         _refuse(conn, cfds, e, 'cannot start the child')
         return
+    # SIGTERM/SIGHUP stay blocked across the fork: one sent to the child (terminate() right
+    # after start()) before it drops our handlers waits, and then ends it as it should.
+    _procpy.forkserver_block_signals(True)
     try:
         pid = os.fork()
     except OSError as e:
+        _procpy.forkserver_block_signals(False)
         _procpy.close_fds([go_r, go_w])
         _refuse(conn, cfds, e, 'cannot fork')
         return
     if pid == 0:
         code = 1
         try:
+            _procpy.forkserver_child_signals()
             signal.set_wakeup_fd(-1)
             others = list(own_fds) + [conn, go_w]
             for pfd, (_, c) in children.items():
@@ -269,7 +274,7 @@ def _start_child(conn, body, cfds, own_fds, children):
                 os._exit(1)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             for sig in (signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
+                signal.signal(sig, signal.SIG_DFL)      # Python's table, to match the C level
             child_prep, obj_bytes = _procpy.loads(body)
             code = spawn._run_child(child_prep, obj_bytes, cfds)
         except SystemExit as e:
@@ -280,6 +285,7 @@ def _start_child(conn, body, cfds, own_fds, children):
         finally:
             util._flush_std_streams()
             os._exit(code)
+    _procpy.forkserver_block_signals(False)
     _procpy.close_fds([go_r] + list(cfds))
     try:
         pidfd = _procpy.pidfd_open(pid)

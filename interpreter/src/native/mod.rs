@@ -66,6 +66,22 @@ fn os_error_with(vm: &VirtualMachine, errno: i32, strerror: String) -> PyBaseExc
 /// [`ipc::read_body`]'s rule: the buffer grows as bytes arrive, never from the header alone.
 /// As CPython: end of file before the body's first byte is EOFError, later it is
 /// OSError("got end of file during message"), and no memory for it is MemoryError.
+/// Change this thread's mask for SIGTERM and SIGHUP (`how`: `SIG_BLOCK` or `SIG_UNBLOCK`).
+fn term_signals_mask(how: libc::c_int) -> io::Result<()> {
+    // SAFETY: `set` is initialised by sigemptyset before use; a null old-set pointer is allowed.
+    let r = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
+    };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
 fn read_frame_body(vm: &VirtualMachine, len: usize, read: impl FnMut(&mut [u8]) -> PyResult<usize>) -> PyResult<Vec<u8>> {
     match ipc::read_body(len, read) {
         Ok(body) => Ok(body),
@@ -857,6 +873,28 @@ pub(crate) mod _procpy {
         if let Some(mut g) = gate_lock().take() {
             g.close(remove);
         }
+    }
+
+    /// Fork server, around `os.fork()`: block (`true`) or unblock SIGTERM and SIGHUP in this
+    /// thread. A child forked with them blocked keeps one sent to it before it drops the
+    /// server's handlers pending, instead of running the server's handler or losing it.
+    #[pyfunction]
+    fn forkserver_block_signals(block: bool, vm: &VirtualMachine) -> PyResult<()> {
+        term_signals_mask(if block { libc::SIG_BLOCK } else { libc::SIG_UNBLOCK }).map_err(|e| os_err(vm, e))
+    }
+
+    /// Fork server's child, first thing: SIGTERM and SIGHUP back to their default action (at
+    /// the C level: the server's Python handlers are not the child's), then unblocked, so one
+    /// sent while the child was being forked ends it now, as it would a CPython child.
+    #[pyfunction]
+    fn forkserver_child_signals(vm: &VirtualMachine) -> PyResult<()> {
+        for sig in [libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: installing the default disposition for a catchable signal.
+            if unsafe { libc::signal(sig, libc::SIG_DFL) } == libc::SIG_ERR {
+                return Err(os_err(vm, io::Error::last_os_error()));
+            }
+        }
+        term_signals_mask(libc::SIG_UNBLOCK).map_err(|e| os_err(vm, e))
     }
 
     /// Fork server: tell a client its child's pid.

@@ -8,7 +8,7 @@ use rustpython_vm::protocol::{BufferDescriptor, BufferMethods, PyBuffer};
 use rustpython_vm::types::{AsBuffer, Constructor};
 use rustpython_vm::{pyclass, Py, PyPayload, PyResult, VirtualMachine};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 
