@@ -339,14 +339,33 @@ fn make_private_dir(base: &Path) -> io::Result<PathBuf> {
     Err(io::Error::from_raw_os_error(libc::EEXIST))
 }
 
-/// A listening socket at a fresh path `<tmp>/procpy-XXXXXXXXXX/fs.sock`, the directory of
-/// mode 0700; `<tmp>` is `$TMPDIR`, else /tmp (also when `$TMPDIR` is unusable or its path too
-/// long for a socket address). Returns the listener and the socket's path.
-pub fn listen_private() -> io::Result<(OwnedFd, PathBuf)> {
-    let mut bases = vec![std::env::temp_dir()];
-    if bases[0] != Path::new("/tmp") {
-        bases.push(PathBuf::from("/tmp"));
+/// Whether `base` may hold our private directory: an absolute path (a relative one would move
+/// with the working directory) to a directory owned by us or root that nobody else can rename
+/// entries in (not writable by group or others, or sticky, as /tmp). In a directory another
+/// user controls, they could move our directory away or plant a socket at its path: no code
+/// would run (the uid check and the key hold), but every start would fail or restart.
+fn safe_base(base: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if !base.is_absolute() {
+        return false;
     }
+    let Ok(meta) = std::fs::metadata(base) else { return false };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    meta.is_dir() && (meta.uid() == me || meta.uid() == 0) && (meta.mode() & 0o022 == 0 || meta.mode() & 0o1000 != 0)
+}
+
+/// A listening socket at a fresh path `<tmp>/procpy-XXXXXXXXXX/fs.sock`, the directory of
+/// mode 0700; `<tmp>` is `$TMPDIR`, else /tmp (also when `$TMPDIR` is unset, relative, not a
+/// [`safe_base`] or too long for a socket address). Returns the listener and the socket's path.
+pub fn listen_private() -> io::Result<(OwnedFd, PathBuf)> {
+    let mut bases = Vec::new();
+    if let Some(tmpdir) = std::env::var_os("TMPDIR").map(PathBuf::from) {
+        if safe_base(&tmpdir) && tmpdir != Path::new("/tmp") {
+            bases.push(tmpdir);
+        }
+    }
+    bases.push(PathBuf::from("/tmp"));
     let mut last = io::Error::from_raw_os_error(libc::ENOENT);
     for base in bases {
         // The longest path we could make must fit a socket address.
@@ -805,6 +824,33 @@ mod tests {
         assert_eq!((errno, len, rec.len()), (24, MAX_MESSAGE, ERROR_HEAD_LEN + MAX_MESSAGE));
         assert!(std::str::from_utf8(&rec[ERROR_HEAD_LEN..]).is_ok());
         assert_eq!(decode_error_head(&[REC_ERROR, 0, 0, 0, 1, 0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn only_a_directory_others_cannot_rename_in_is_a_base() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("procpy-base-test-{}", std::process::id()));
+        let dir = |name: &str, mode: u32| {
+            let d = root.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+            d
+        };
+        assert!(safe_base(&dir("private", 0o700)));
+        assert!(safe_base(&dir("shared-sticky", 0o1777)));
+        assert!(!safe_base(&dir("world-writable", 0o777)));
+        assert!(!safe_base(&dir("group-writable", 0o770)));
+        assert!(!safe_base(Path::new("relative/dir")));
+        assert!(!safe_base(Path::new("")));
+        assert!(!safe_base(&root.join("missing")));
+        assert!(safe_base(Path::new("/tmp")));
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let theirs = dir("theirs", 0o755);
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            assert!(!safe_base(&theirs), "a directory another user owns");
+        }
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
