@@ -52,7 +52,10 @@ pub fn dumps(vm: &VirtualMachine, obj: &PyObject, handles: Handles<'_>) -> PyRes
 
 /// Decode bytes made by [`dumps`]. `fds` are the descriptors that travelled with them.
 pub fn loads(vm: &VirtualMachine, data: &[u8], fds: &[RawFd]) -> PyResult {
-    let v = wire::from_bytes(data).map_err(|e| unpickling_error(vm, e.to_string()))?;
+    let v = wire::from_bytes(data).map_err(|e| match e {
+        wire::WireError::NoMemory { .. } => vm.new_memory_error(e.to_string()),
+        _ => unpickling_error(vm, e.to_string()),
+    })?;
     let mut dec = Decoder { vm, memo: Vec::new(), fds };
     dec.dec(&v, 0)
 }

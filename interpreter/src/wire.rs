@@ -134,8 +134,21 @@ pub enum HandleKind {
 
 /// Why bytes could not be turned back into a [`Value`].
 #[derive(Debug, thiserror::Error)]
-#[error("malformed message: {0}")]
-pub struct WireError(#[from] postcard::Error);
+#[non_exhaustive]
+pub enum WireError {
+    /// Not a value tree this module wrote (or nested deeper than [`MAX_DEPTH`]).
+    #[error("malformed message: {0}")]
+    Malformed(#[from] postcard::Error),
+    /// Well formed, but its tree would not fit in memory: each value takes
+    /// `size_of::<Value>()` bytes however few bytes encode it (a `None` takes one).
+    #[error("cannot allocate memory to decode a message of {len} bytes holding {values} values")]
+    NoMemory {
+        /// The message's size in bytes.
+        len: usize,
+        /// How many values it encodes.
+        values: usize,
+    },
+}
 
 /// Deepest nesting accepted from the wire; deeper input is rejected instead of overflowing the
 /// stack. Decoding (this crate's serde walk, then the codec's) recurses once per level, and must
@@ -153,32 +166,55 @@ pub fn to_bytes(v: &Value) -> Vec<u8> {
     postcard::to_allocvec(v).unwrap_or_default()
 }
 
-/// Deserialize a value tree; any malformed input is an error, never a panic.
+/// Messages up to this size are decoded without counting their values first: even if every
+/// byte were a value, the tree would take at most `size_of::<Value>()` times this (a few tens of
+/// MiB, doubled while a vector grows).
+const COUNT_FROM: usize = 256 << 10;
+
+/// Deserialize a value tree; any malformed input is an error, never a panic, and a tree that
+/// would not fit in memory is [`WireError::NoMemory`], never an abort.
 pub fn from_bytes(b: &[u8]) -> Result<Value, WireError> {
-    if nesting_too_deep(b) {
-        return Err(WireError(postcard::Error::DeserializeUnexpectedEnd));
+    // A cheap bound first: each container tag costs at least one byte, so input no longer than
+    // the limit cannot nest deeper than it, and short input cannot hold many values.
+    if b.len() > MAX_DEPTH.min(COUNT_FROM) {
+        let Some(shape) = shape_of(b).filter(|s| s.depth <= MAX_DEPTH) else {
+            return Err(WireError::Malformed(postcard::Error::DeserializeUnexpectedEnd));
+        };
+        if b.len() > COUNT_FROM {
+            reserve_for(b.len(), shape.values)?;
+        }
     }
     Ok(postcard::from_bytes(b)?)
 }
 
-/// A cheap upper bound on nesting: each container tag costs at least one byte, so input shorter
-/// than the limit cannot nest deeper than it. Longer input is walked by [`depth_of`].
-fn nesting_too_deep(b: &[u8]) -> bool {
-    b.len() > MAX_DEPTH && depth_of(b).is_none_or(|d| d > MAX_DEPTH)
+/// Fail early, as [`crate::ipc::read_body`] does for a frame's length, when the tree of `values`
+/// values cannot be allocated: a few bytes per value on the wire become `size_of::<Value>()`
+/// in memory (CPython's pickle grows too, by a pointer per value), twice while the largest
+/// vector doubles. The trial reservation is released at once: address space only.
+fn reserve_for(len: usize, values: usize) -> Result<(), WireError> {
+    let bytes = values.saturating_mul(2 * std::mem::size_of::<Value>());
+    Vec::<u8>::new().try_reserve_exact(bytes).map_err(|_| WireError::NoMemory { len, values })
 }
 
-/// Walk the postcard encoding without building the tree, returning the maximum nesting depth,
-/// or `None` if the bytes are malformed.
-fn depth_of(b: &[u8]) -> Option<usize> {
-    let mut r = Reader { b, pos: 0 };
+/// What [`shape_of`] learns without building the tree.
+struct Shape {
+    depth: usize,
+    values: usize,
+}
+
+/// Walk the postcard encoding without building the tree: its nesting depth and number of
+/// values, or `None` if the bytes are malformed (or nested past [`MAX_DEPTH`]).
+fn shape_of(b: &[u8]) -> Option<Shape> {
+    let mut r = Reader { b, pos: 0, values: 0 };
     let mut max = 0;
     r.value(0, &mut max)?;
-    Some(max)
+    Some(Shape { depth: max, values: r.values })
 }
 
 struct Reader<'a> {
     b: &'a [u8],
     pos: usize,
+    values: usize,
 }
 
 impl Reader<'_> {
@@ -218,6 +254,7 @@ impl Reader<'_> {
     }
     fn value(&mut self, depth: usize, max: &mut usize) -> Option<()> {
         *max = (*max).max(depth);
+        self.values += 1;
         if depth > MAX_DEPTH {
             return None;
         }
@@ -350,7 +387,7 @@ mod tests {
             let bytes = to_bytes(&v);
             prop_assert_eq!(from_bytes(&bytes).unwrap(), v.clone());
             // The depth walker must agree that well-formed input is well formed.
-            prop_assert!(depth_of(&bytes).is_some());
+            prop_assert!(shape_of(&bytes).is_some());
         }
 
         #[test]

@@ -786,3 +786,44 @@ fn shared_memory_files_cannot_be_shrunk_under_their_users() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A message whose values take far more memory than its bytes (a tuple of 20 million `None`s
+/// in 20 MB: each value becomes a tree node of tens of bytes) raises MemoryError under an
+/// address-space limit the tree would not fit in, instead of aborting in the allocator; one of
+/// 2 million is decoded as usual.
+const MANY_SMALL_VALUES: &str = r#"
+import threading
+import multiprocessing as mp
+
+def varint(v):
+    out = bytearray()
+    while True:
+        b, v = v & 0x7f, v >> 7
+        if not v:
+            out.append(b)
+            return bytes(out)
+        out.append(b | 0x80)
+
+for n in (2000000, 20000000):
+    a, b = mp.Pipe()
+    # A tuple (tag 7) of n values, each None (tag 0).
+    msg = b'\x07' + varint(n) + b'\x00' * n
+    t = threading.Thread(target=a.send_bytes, args=(msg,))
+    t.start()
+    try:
+        print(n, 'decoded', len(b.recv()))
+    except MemoryError:
+        print(n, 'MemoryError')
+    t.join()
+    del msg
+print('alive')
+"#;
+
+#[test]
+fn a_message_of_many_small_values_raises_memory_error() {
+    let mut cmd = procpy_c(MANY_SMALL_VALUES, &[]);
+    limit_address_space(&mut cmd, 3 * GIB / 2);
+    let o = run_with_deadline(cmd, LIMIT);
+    assert_lived(&o, "alive");
+    assert_eq!(lines(&o)[..2], ["2000000 decoded 2000000", "20000000 MemoryError"], "{}", o.stdout);
+}
