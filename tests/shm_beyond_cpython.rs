@@ -9,7 +9,7 @@ mod common;
 use common::{procpy, run_with_deadline, Outcome};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 
@@ -35,17 +35,7 @@ fn names(stdout: &str) -> Vec<String> {
 
 /// Wait (up to a deadline) until /dev/shm/<name> is gone; whether it went.
 fn gone(name: &str) -> bool {
-    let path = Path::new("/dev/shm").join(name);
-    let until = Instant::now() + Duration::from_secs(20);
-    while path.exists() {
-        if Instant::now() > until {
-            // Leave nothing behind for the next test, but fail this one.
-            let _ = std::fs::remove_file(&path);
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
+    common::shm_gone(name, Duration::from_secs(20))
 }
 
 const CHILD_KILLED: &str = r#"

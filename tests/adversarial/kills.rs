@@ -2,10 +2,9 @@
 //! worker's in tests/pool_beyond_cpython.rs; here the resource tracker, which a program never
 //! sees until it is gone.
 
-use crate::common::{procpy, run_with_deadline};
-use std::path::Path;
+use crate::common::{procpy, run_with_deadline, shm_gone};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 
@@ -68,21 +67,6 @@ if __name__ == '__main__':
     print('done')
 "#;
 
-/// Wait (up to a deadline) until /dev/shm/<name> is gone; whether it went. Removes it on
-/// failure so the next test starts clean.
-fn gone(name: &str) -> bool {
-    let path = Path::new("/dev/shm").join(name);
-    let until = Instant::now() + Duration::from_secs(30);
-    while path.exists() {
-        if Instant::now() > until {
-            let _ = std::fs::remove_file(&path);
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
-}
-
 #[test]
 fn a_killed_resource_tracker_is_replaced_and_segments_are_still_unlinked() {
     // A file, not `-c`: spawn's children import the main script to find `leave_one`.
@@ -95,7 +79,7 @@ fn a_killed_resource_tracker_is_replaced_and_segments_are_still_unlinked() {
         cmd.arg(&script).arg(method);
         let out = run_with_deadline(cmd, Duration::from_secs(120));
         let names: Vec<&str> = out.stdout.lines().filter_map(|l| l.strip_prefix("NAME ")).collect();
-        let left: Vec<&&str> = names.iter().filter(|n| !gone(n)).collect();
+        let left: Vec<&&str> = names.iter().filter(|n| !shm_gone(n, Duration::from_secs(30))).collect();
         assert_eq!(out.status, Some(0), "{method}: {out:?}");
         for line in ["tracker killed: True", "relaunch warned: True", "new tracker: True", "old tracker reaped: True", "done"] {
             assert!(out.stdout.lines().any(|l| l == line), "{method}: no {line:?} in {out:?}");

@@ -111,6 +111,20 @@ fn run_code(script: &str, limits: Limits) -> Option<Outcome> {
     Some(run_with_deadline(cmd, LIMIT))
 }
 
+/// Run `code` as the script file `name` (spawn's children import it) under `limits`, from /.
+/// `None` (the test then skips, saying why) if uid 65534 cannot run procpy.
+fn run_script_file(name: &str, code: &str, limits: Limits) -> Option<Outcome> {
+    let dir = TempDir::new("script");
+    let script = dir.0.join(name);
+    std::fs::write(&script, code).expect("write script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod script");
+    let exe = if limits.unprivileged { procpy_for_nobody(&dir)? } else { procpy() };
+    let mut cmd = Command::new(exe);
+    cmd.arg(&script).current_dir("/");
+    with_limits(&mut cmd, limits);
+    Some(run_with_deadline(cmd, LIMIT))
+}
+
 // ------------------------------------------------------------------------ the leak soak
 
 /// `[start, end]` of `"key": [a, b]` in one JSON line of tests/soak.py.
@@ -463,18 +477,11 @@ if __name__ == '__main__':
 /// 65534, since root ignores the limit.
 #[test]
 fn start_without_processes_raises_and_recovers() {
-    let dir = TempDir::new("nproc");
-    let script = dir.0.join("start_without_processes.py");
-    std::fs::write(&script, START_WITHOUT_PROCESSES).expect("write script");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod script");
-    let Some(exe) = procpy_for_nobody(&dir) else {
+    let limits = Limits { unprivileged: true, ..Limits::default() };
+    let Some(out) = run_script_file("start_without_processes.py", START_WITHOUT_PROCESSES, limits) else {
         eprintln!("skipped: no copy of procpy that uid {NOBODY} can run");
         return;
     };
-    let mut cmd = Command::new(exe);
-    cmd.arg(&script).current_dir("/");
-    with_limits(&mut cmd, Limits { unprivileged: true, ..Limits::default() });
-    let out = run_with_deadline(cmd, LIMIT);
     assert_eq!(out.status, Some(0), "{out:?}");
     let lines: Vec<&str> = out.stdout.lines().collect();
     for method in ["fork", "spawn", "forkserver"] {
@@ -548,22 +555,15 @@ if __name__ == '__main__':
 /// also time out of the handshake (`Server.handshake_timeout`). As root, runs as uid 65534.
 #[test]
 fn a_manager_out_of_threads_serves_again() {
-    let dir = TempDir::new("mgr");
-    let script = dir.0.join("manager_out_of_threads.py");
-    std::fs::write(&script, MANAGER_OUT_OF_THREADS).expect("write script");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod script");
-    let Some(exe) = procpy_for_nobody(&dir) else {
-        eprintln!("skipped: no copy of procpy that uid {NOBODY} can run");
-        return;
-    };
     if !is_root() {
         eprintln!("skipped: RLIMIT_NPROC counts every process of this uid; the test needs its own (root, to run as {NOBODY})");
         return;
     }
-    let mut cmd = Command::new(exe);
-    cmd.arg(&script).current_dir("/");
-    with_limits(&mut cmd, Limits { nproc: Some(100), unprivileged: true, ..Limits::default() });
-    let out = run_with_deadline(cmd, LIMIT);
+    let limits = Limits { nproc: Some(100), unprivileged: true, ..Limits::default() };
+    let Some(out) = run_script_file("manager_out_of_threads.py", MANAGER_OUT_OF_THREADS, limits) else {
+        eprintln!("skipped: no copy of procpy that uid {NOBODY} can run");
+        return;
+    };
     assert_eq!(
         out.stdout,
         "before: []\nsilent clients: True\namong silent clients: True\nafter: []\n",

@@ -82,3 +82,18 @@ pub fn run_script(interpreter: &Path, script: &Path, args: &[&str], limit: Durat
 pub fn embed_builder(workers: usize) -> procpy::Builder {
     procpy::Builder::new().worker_program(procpy()).workers(workers).default_timeout(Duration::from_secs(60))
 }
+
+/// Wait (up to `limit`) until the shared memory segment /dev/shm/<name> is gone; whether it
+/// went. One that stays is removed, so the next test starts clean, and the caller fails.
+pub fn shm_gone(name: &str, limit: Duration) -> bool {
+    let path = Path::new("/dev/shm").join(name);
+    let until = Instant::now() + limit;
+    while path.exists() {
+        if Instant::now() > until {
+            let _ = std::fs::remove_file(&path);
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
