@@ -6,10 +6,10 @@
 #
 #   tests/fuzz/long.sh [SECONDS_PER_TARGET [TARGET...]]     # default: 1200 s, all four targets
 #
-# Each target runs in segments of at most PROCPY_FUZZ_SEGMENT seconds (default 600), each a new
-# process: under AddressSanitizer the resident memory of wire_decode grows by about 1 MB/s
-# (ASan's allocator, not the target: without ASan it stays flat; see README.md), and would reach
-# libFuzzer's 2 GB limit within the hour.
+# Each target runs in segments of at most PROCPY_FUZZ_SEGMENT seconds (default 300), each a new
+# process: under AddressSanitizer the resident memory of wire_decode grows by 1-2 MB/s (ASan's
+# allocator, not the target: without ASan it stays flat; see README.md) and would reach
+# libFuzzer's 2 GB limit within the half hour.
 #
 # To fold what a run found into the committed seeds (minimized), for example:
 #   target/asan/<host>/release/wire_decode -merge=1 corpus/wire_decode work/wire_decode
@@ -23,7 +23,7 @@ targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
     targets=("${VM_FREE_TARGETS[@]}" codec_loads)
 fi
-segment=${PROCPY_FUZZ_SEGMENT:-600}
+segment=${PROCPY_FUZZ_SEGMENT:-300}
 
 start=$SECONDS
 build_vm_free

@@ -100,6 +100,9 @@ fn pure_values() -> Vec<(&'static str, Value)> {
         ("nested-limit", nested(MAX_DEPTH, false)),
         ("nested-over-limit", nested(MAX_DEPTH + 1, false)),
         ("long-list", Value::List((0..600).map(Value::Int).collect())),
+        // l = [l, [], [], ...]: a cycle still being built when 2000 new objects trigger an
+        // automatic collection (regressions/README.md).
+        ("cycle-outlives-gen0", Value::List([Value::Memo(0)].into_iter().chain((0..2000).map(|_| Value::List(vec![]))).collect())),
     ]
 }
 
