@@ -20,7 +20,10 @@ def convert(amount, currency):
 fn main() -> Result<(), procpy::Error> {
     procpy::init();
 
-    let rates: HashMap<String, f64> = [("USD", 0.92), ("GBP", 1.17), ("CHF", 1.04)].into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let rates: HashMap<String, f64> = [("USD", 0.92), ("GBP", 1.17), ("CHF", 1.04)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     let lookups = Arc::new(AtomicUsize::new(0));
     let counter = lookups.clone();
 

@@ -41,7 +41,9 @@ fn main() -> Result<(), procpy::Error> {
         .map(|id| Order {
             id,
             country: countries[(id % 5) as usize],
-            lines: (0..(id % 4 + 1)).map(|j| Line { qty: (j + 1) as u32, price: 50.0 + (id % 100) as f64 }).collect(),
+            lines: (0..(id % 4 + 1))
+                .map(|j| Line { qty: (j + 1) as u32, price: 50.0 + (id % 100) as f64 })
+                .collect(),
         })
         .collect();
 

@@ -13,7 +13,8 @@ fn main() -> Result<(), procpy::Error> {
 
     // A whole script as __main__, with a wall-clock limit.
     let start = Instant::now();
-    let script = procpy::Script::source("print('starting')\nwhile True:\n    pass\n").timeout(Duration::from_secs(1));
+    let script = procpy::Script::source("print('starting')\nwhile True:\n    pass\n")
+        .timeout(Duration::from_secs(1));
     match engine.run_script(script) {
         Err(e) if e.is_timeout() => println!("script killed after {:.1?}: {e}", start.elapsed()),
         other => panic!("expected a timeout, got {other:?}"),
@@ -22,11 +23,16 @@ fn main() -> Result<(), procpy::Error> {
     // A function call: its worker is killed and replaced.
     let before = engine.worker_pids();
     let start = Instant::now();
-    let err = engine.call_timeout::<_, ()>("plugin:runaway", (), Duration::from_millis(500)).unwrap_err();
+    let err =
+        engine.call_timeout::<_, ()>("plugin:runaway", (), Duration::from_millis(500)).unwrap_err();
     assert!(err.is_timeout());
     println!("call killed after {:.1?}: {err}", start.elapsed());
 
     let v: i64 = engine.call("builtins:sum", vec![1, 2, 3])?;
-    println!("the engine still serves: sum = {v}; worker {:?} replaced by {:?}", before, engine.worker_pids());
+    println!(
+        "the engine still serves: sum = {v}; worker {:?} replaced by {:?}",
+        before,
+        engine.worker_pids()
+    );
     Ok(())
 }

@@ -94,7 +94,11 @@ fn parse_into(args: &[String], features: &mut Features) -> Invocation {
                     features.trace = Some(f.clone());
                     i += 2
                 }
-                None => return Invocation::Usage("Argument expected for the --trace option (the trace file to write)".into()),
+                None => {
+                    return Invocation::Usage(
+                        "Argument expected for the --trace option (the trace file to write)".into(),
+                    )
+                }
             },
             _ if a.starts_with("--trace=") => {
                 features.trace = Some(a["--trace=".len()..].to_owned());
@@ -102,20 +106,38 @@ fn parse_into(args: &[String], features: &mut Features) -> Invocation {
             }
             "--demo" => {
                 let Some(name) = args.get(i + 1) else {
-                    return Invocation::Usage(format!("Argument expected for the --demo option: one of {}", demo_names()));
+                    return Invocation::Usage(format!(
+                        "Argument expected for the --demo option: one of {}",
+                        demo_names()
+                    ));
                 };
                 if !DEMOS.iter().any(|(n, _)| n == name) {
-                    return Invocation::Usage(format!("unknown demo '{name}': the demos are {}", demo_names()));
+                    return Invocation::Usage(format!(
+                        "unknown demo '{name}': the demos are {}",
+                        demo_names()
+                    ));
                 }
                 let mut argv = vec![format!("procpy --demo {name}")];
                 argv.extend_from_slice(&args[i + 2..]);
-                return Invocation::Run { mode: RunMode::Module(format!("_procpy_demo_{name}")), argv };
+                return Invocation::Run {
+                    mode: RunMode::Module(format!("_procpy_demo_{name}")),
+                    argv,
+                };
             }
-            SPAWN_CHILD_FLAG => return Invocation::Run { mode: RunMode::SpawnChild, argv: vec![String::new()] },
+            SPAWN_CHILD_FLAG => {
+                return Invocation::Run { mode: RunMode::SpawnChild, argv: vec![String::new()] }
+            }
             TRACKER_FLAG => return Invocation::ResourceTracker,
-            FORK_SERVER_FLAG => return Invocation::Run { mode: RunMode::ForkServer, argv: vec![String::new()] },
+            FORK_SERVER_FLAG => {
+                return Invocation::Run { mode: RunMode::ForkServer, argv: vec![String::new()] }
+            }
             "-h" | "--help" | "-?" => return Invocation::Print(USAGE.to_owned()),
-            "-V" | "--version" => return Invocation::Print(format!("procpy {} (Python 3.11 compatible, RustPython 0.5.0)", env!("CARGO_PKG_VERSION"))),
+            "-V" | "--version" => {
+                return Invocation::Print(format!(
+                    "procpy {} (Python 3.11 compatible, RustPython 0.5.0)",
+                    env!("CARGO_PKG_VERSION")
+                ))
+            }
             "-" => {
                 let mut argv = vec!["-".to_owned()];
                 argv.extend_from_slice(&args[i + 1..]);
@@ -126,10 +148,14 @@ fn parse_into(args: &[String], features: &mut Features) -> Invocation {
                 break;
             }
             _ if a.starts_with("-c") => {
-                let (code, rest) = if a.len() > 2 { (a[2..].to_owned(), i + 1) } else {
+                let (code, rest) = if a.len() > 2 {
+                    (a[2..].to_owned(), i + 1)
+                } else {
                     match args.get(i + 1) {
                         Some(c) => (c.clone(), i + 2),
-                        None => return Invocation::Usage("Argument expected for the -c option".into()),
+                        None => {
+                            return Invocation::Usage("Argument expected for the -c option".into())
+                        }
                     }
                 };
                 let mut argv = vec!["-c".to_owned()];
@@ -137,10 +163,14 @@ fn parse_into(args: &[String], features: &mut Features) -> Invocation {
                 return Invocation::Run { mode: RunMode::Command(code), argv };
             }
             _ if a.starts_with("-m") => {
-                let (module, rest) = if a.len() > 2 { (a[2..].to_owned(), i + 1) } else {
+                let (module, rest) = if a.len() > 2 {
+                    (a[2..].to_owned(), i + 1)
+                } else {
                     match args.get(i + 1) {
                         Some(c) => (c.clone(), i + 2),
-                        None => return Invocation::Usage("Argument expected for the -m option".into()),
+                        None => {
+                            return Invocation::Usage("Argument expected for the -m option".into())
+                        }
                     }
                 };
                 let mut argv = vec!["-m".to_owned()];
@@ -148,7 +178,12 @@ fn parse_into(args: &[String], features: &mut Features) -> Invocation {
                 return Invocation::Run { mode: RunMode::Module(module), argv };
             }
             "-W" | "-X" => i += 2,
-            _ if a.starts_with('-') && a.len() > 1 && a[1..].chars().all(|c| "BEsSIOqudb".contains(c)) => i += 1,
+            _ if a.starts_with('-')
+                && a.len() > 1
+                && a[1..].chars().all(|c| "BEsSIOqudb".contains(c)) =>
+            {
+                i += 1
+            }
             _ if a.starts_with('-') && a.len() > 1 => {
                 return Invocation::Usage(format!("Unknown option: {a}\n{USAGE}"));
             }
@@ -156,7 +191,9 @@ fn parse_into(args: &[String], features: &mut Features) -> Invocation {
         }
     }
     match args.get(i) {
-        Some(script) => Invocation::Run { mode: RunMode::Script(script.clone()), argv: args[i..].to_vec() },
+        Some(script) => {
+            Invocation::Run { mode: RunMode::Script(script.clone()), argv: args[i..].to_vec() }
+        }
         None => {
             let argv = vec![String::new()];
             Invocation::Run { mode: RunMode::Command(read_stdin()), argv }
@@ -189,10 +226,30 @@ mod tests {
 
     #[test]
     fn procpy_switches_come_before_the_script() {
-        let p = super::parse(&v(&["--trace", "t.json", "--emulate-gil", "--progress", "s.py", "--trace", "x"]));
-        assert_eq!(p.features, Features { trace: Some("t.json".into()), emulate_gil: true, progress: true });
-        assert_eq!(p.invocation, Invocation::Run { mode: RunMode::Script("s.py".into()), argv: v(&["s.py", "--trace", "x"]) });
-        assert_eq!(super::parse(&v(&["--trace=a.json", "-c", "1"])).features.trace.as_deref(), Some("a.json"));
+        let p = super::parse(&v(&[
+            "--trace",
+            "t.json",
+            "--emulate-gil",
+            "--progress",
+            "s.py",
+            "--trace",
+            "x",
+        ]));
+        assert_eq!(
+            p.features,
+            Features { trace: Some("t.json".into()), emulate_gil: true, progress: true }
+        );
+        assert_eq!(
+            p.invocation,
+            Invocation::Run {
+                mode: RunMode::Script("s.py".into()),
+                argv: v(&["s.py", "--trace", "x"])
+            }
+        );
+        assert_eq!(
+            super::parse(&v(&["--trace=a.json", "-c", "1"])).features.trace.as_deref(),
+            Some("a.json")
+        );
         assert!(matches!(parse(&v(&["--trace"])), Invocation::Usage(m) if m.contains("--trace")));
     }
 
@@ -200,9 +257,14 @@ mod tests {
     fn demo_runs_its_frozen_module_with_the_remaining_arguments() {
         assert_eq!(
             parse(&v(&["--demo", "gil", "--threads", "4"])),
-            Invocation::Run { mode: RunMode::Module("_procpy_demo_gil".into()), argv: v(&["procpy --demo gil", "--threads", "4"]) }
+            Invocation::Run {
+                mode: RunMode::Module("_procpy_demo_gil".into()),
+                argv: v(&["procpy --demo gil", "--threads", "4"])
+            }
         );
-        assert!(matches!(parse(&v(&["--demo", "nope"])), Invocation::Usage(m) if m.contains("unknown demo 'nope'") && m.contains("'gil'")));
+        assert!(
+            matches!(parse(&v(&["--demo", "nope"])), Invocation::Usage(m) if m.contains("unknown demo 'nope'") && m.contains("'gil'"))
+        );
     }
 
     #[test]
@@ -217,7 +279,10 @@ mod tests {
     fn dash_c_ends_option_parsing() {
         assert_eq!(
             parse(&v(&["-c", "print(1)", "a", "-m"])),
-            Invocation::Run { mode: RunMode::Command("print(1)".into()), argv: v(&["-c", "a", "-m"]) }
+            Invocation::Run {
+                mode: RunMode::Command("print(1)".into()),
+                argv: v(&["-c", "a", "-m"])
+            }
         );
         assert_eq!(
             parse(&v(&["-cprint(2)"])),

@@ -23,8 +23,8 @@ pub use embed::value::{from_value, to_value, Bytes, ValueError};
 pub use embed::worker::Output;
 pub use procpy_interpreter::wire;
 
-pub use procpy_interpreter::RunMode;
 use procpy_interpreter::trace;
+pub use procpy_interpreter::RunMode;
 
 /// Run a Python script as `__main__` with `args` as `sys.argv[1:]`, as `python3 script args`
 /// would; returns the exit status.
@@ -52,7 +52,8 @@ pub fn run_with(mode: RunMode, argv: Vec<String>, features: &cli::Features) -> u
     }
     // --trace: every procpy process appends to a spool named in PROCPY_TRACE; this run, the
     // top level, turns it into the trace file at the end (interpreter/src/trace.rs).
-    let spool = match features.trace.as_deref().map(|out| (out, trace::create_spool(out.as_ref()))) {
+    let spool = match features.trace.as_deref().map(|out| (out, trace::create_spool(out.as_ref())))
+    {
         None => None,
         Some((out, Ok((spool, path)))) => Some((out, spool, path)),
         Some((out, Err(e))) => {

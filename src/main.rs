@@ -23,8 +23,13 @@ fn main() -> ExitCode {
             if let RunMode::Script(path) = &mode {
                 if !std::path::Path::new(path).exists() {
                     // python3's wording and status.
-                    let abs = std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.into());
-                    eprintln!("procpy: can't open file '{}': [Errno 2] No such file or directory", abs.display());
+                    let abs = std::env::current_dir()
+                        .map(|d| d.join(path))
+                        .unwrap_or_else(|_| path.into());
+                    eprintln!(
+                        "procpy: can't open file '{}': [Errno 2] No such file or directory",
+                        abs.display()
+                    );
                     return ExitCode::from(2);
                 }
             }

@@ -40,9 +40,14 @@ fn suite_runs_on_a_tiny_size_and_regenerates_the_docs() {
         assert!(out.stdout.contains(label), "no '{label}' row in:\n{}", out.stdout);
     }
     let after = std::fs::read_to_string(&md).unwrap();
-    let hand_written = before.split("<!-- benchmark suite: generated from here -->").next().unwrap();
+    let hand_written =
+        before.split("<!-- benchmark suite: generated from here -->").next().unwrap();
     assert!(after.starts_with(hand_written), "the hand-written part of performance.md changed");
-    assert_eq!(after.matches("generated from here").count(), 1, "one generated section, replaced in place");
+    assert_eq!(
+        after.matches("generated from here").count(),
+        1,
+        "one generated section, replaced in place"
+    );
     let svg = std::fs::read_to_string(dir.join("performance-ratios.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert!(svg.matches("<rect").count() >= 10, "a bar per workload with a target:\n{svg}");

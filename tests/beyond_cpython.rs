@@ -130,7 +130,11 @@ except AttributeError as e:
 a.send('ok'); print(b.recv())
 "#;
     let out = run_code(code, "fork");
-    assert_eq!(out.stdout, "Can't pickle local object 'outer.<locals>.Inner' (found at [1])\nok\n", "stderr: {}", out.stderr);
+    assert_eq!(
+        out.stdout, "Can't pickle local object 'outer.<locals>.Inner' (found at [1])\nok\n",
+        "stderr: {}",
+        out.stderr
+    );
 }
 
 /// In one process, `put` then `get_nowait` finds the item: CPython may raise queue.Empty here

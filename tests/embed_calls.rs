@@ -65,8 +65,14 @@ fn a_python_exception_carries_type_message_and_traceback() {
             assert_eq!(type_name, "plugin.Bad");
             assert_eq!(message, "the plugin failed: 42");
             assert!(traceback.starts_with("Traceback (most recent call last):"), "{traceback}");
-            assert!(traceback.contains("in outer") && traceback.contains("in inner"), "{traceback}");
-            assert!(traceback.trim_end().ends_with("plugin.Bad: the plugin failed: 42"), "{traceback}");
+            assert!(
+                traceback.contains("in outer") && traceback.contains("in inner"),
+                "{traceback}"
+            );
+            assert!(
+                traceback.trim_end().ends_with("plugin.Bad: the plugin failed: 42"),
+                "{traceback}"
+            );
             assert!(!traceback.contains("_procpy_embed"), "our glue frame is hidden: {traceback}");
         }
         other => panic!("expected a Python error, got {other:?}"),

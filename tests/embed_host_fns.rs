@@ -50,16 +50,21 @@ def names():
 "#;
 
 fn engine(calls: Arc<AtomicUsize>) -> procpy::Engine {
-    let table: HashMap<String, i64> = [("a", 1), ("b", 20), ("c", 300)].into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let table: HashMap<String, i64> =
+        [("a", 1), ("b", 20), ("c", 300)].into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     common::embed_builder(2)
         .host_fn("lookup", move |key: String| {
             calls.fetch_add(1, Ordering::SeqCst);
             table.get(&key).copied().ok_or_else(|| format!("no key {key:?}"))
         })
-        .host_fn("user", |(id, _greeting): (u32, String)| Ok::<_, String>(User { name: format!("user{id}"), age: 30 + id }))
+        .host_fn("user", |(id, _greeting): (u32, String)| {
+            Ok::<_, String>(User { name: format!("user{id}"), age: 30 + id })
+        })
         .host_fn("fails", |(): ()| Err::<(), _>("the host says no"))
         .host_fn("panics", |(): ()| -> Result<(), String> { panic!("host bug") })
-        .host_fn("sizes", |lists: Vec<Vec<String>>| Ok::<_, String>(lists.iter().map(Vec::len).collect::<Vec<_>>()))
+        .host_fn("sizes", |lists: Vec<Vec<String>>| {
+            Ok::<_, String>(lists.iter().map(Vec::len).collect::<Vec<_>>())
+        })
         .source("plugin", PLUGIN)
         .build()
         .unwrap()
@@ -72,7 +77,10 @@ fn python_calls_typed_host_functions() {
     assert_eq!(e.call::<_, i64>("plugin:total", vec!["a", "b", "c", "a"]).unwrap(), 322);
     assert_eq!(calls.load(Ordering::SeqCst), 4, "each lookup ran in the host");
     assert_eq!(e.call::<_, String>("plugin:greet", 7).unwrap(), "user7 (37)");
-    assert_eq!(e.call::<_, Vec<String>>("plugin:names", ()).unwrap(), ["HostError", "fails", "lookup", "panics", "sizes", "user"]);
+    assert_eq!(
+        e.call::<_, Vec<String>>("plugin:names", ()).unwrap(),
+        ["HostError", "fails", "lookup", "panics", "sizes", "user"]
+    );
 }
 
 #[test]
@@ -84,7 +92,10 @@ fn a_single_argument_keeps_its_shared_references() {
 #[test]
 fn host_errors_are_python_exceptions() {
     let e = engine(Arc::new(AtomicUsize::new(0)));
-    assert_eq!(e.call::<_, String>("plugin:caught", ()).unwrap(), "HostError: no key \"missing\" | is RuntimeError: True");
+    assert_eq!(
+        e.call::<_, String>("plugin:caught", ()).unwrap(),
+        "HostError: no key \"missing\" | is RuntimeError: True"
+    );
     let err = e.call::<_, ()>("plugin:uncaught", ()).unwrap_err();
     match &err {
         Error::Python { type_name, message, traceback } => {
@@ -96,7 +107,12 @@ fn host_errors_are_python_exceptions() {
     }
     let err = e.call::<_, ()>("plugin:wrong_args", ()).unwrap_err();
     assert_eq!(err.python_type(), Some("host.HostError"));
-    assert!(err.to_string().contains("bad arguments to host function lookup: expected str, found tuple of 2 items"), "{err}");
+    assert!(
+        err.to_string().contains(
+            "bad arguments to host function lookup: expected str, found tuple of 2 items"
+        ),
+        "{err}"
+    );
     // A panicking host function is an error in Python, not a dead host.
     let err = e.call::<_, ()>("plugin:crash", ()).unwrap_err();
     assert!(err.to_string().contains("host function panics panicked"), "{err}");

@@ -61,7 +61,10 @@ fn a_timeout_kills_the_worker_and_a_replacement_serves() {
     let t0 = Instant::now();
     let err = e.call_timeout::<_, ()>("plugin:sleep", 30, Duration::from_millis(300)).unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
-    assert!(t0.elapsed() < Duration::from_secs(20), "the call returned at its timeout, not at the end of the sleep");
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "the call returned at its timeout, not at the end of the sleep"
+    );
     assert!(!alive(first), "the timed-out worker was killed and reaped");
     let second: u32 = e.call("plugin:pid", ()).unwrap();
     assert_ne!(first, second);
@@ -100,7 +103,11 @@ fn a_memory_limit_stops_a_large_allocation() {
     let base: u64 = probe.call("plugin:vm_size", ()).unwrap();
     drop(probe);
     let e = builder(1).memory_limit(base + (256 << 20)).build().unwrap();
-    assert_eq!(e.call::<_, u64>("plugin:allocate", 1 << 20).unwrap(), 1 << 20, "small allocations still work");
+    assert_eq!(
+        e.call::<_, u64>("plugin:allocate", 1 << 20).unwrap(),
+        1 << 20,
+        "small allocations still work"
+    );
     let err = e.call::<_, u64>("plugin:allocate", 2u64 << 30).unwrap_err();
     assert!(matches!(err, Error::LimitExceeded { limit: Limit::Memory, .. }), "{err:?}");
     assert!(err.is_limit_exceeded());
@@ -139,7 +146,10 @@ fn host_process_for_the_death_test() {
     }
     let e = builder(2).build().unwrap();
     let _busy = e.submit::<_, ()>("plugin:spin", ());
-    println!("pids {}", e.worker_pids().iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" "));
+    println!(
+        "pids {}",
+        e.worker_pids().iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ")
+    );
     // The parent kills us long before this ends.
     std::thread::sleep(Duration::from_secs(120));
 }
@@ -147,7 +157,13 @@ fn host_process_for_the_death_test() {
 #[test]
 fn workers_die_with_their_host() {
     let mut host = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "host_process_for_the_death_test", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "host_process_for_the_death_test",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("PROCPY_EMBED_TEST_HOST", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

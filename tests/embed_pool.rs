@@ -57,7 +57,8 @@ struct Scored {
 #[test]
 fn map_keeps_order_and_uses_every_worker() {
     let e = engine(3).build().unwrap();
-    let recs: Vec<Rec> = (0..2000).map(|i| Rec { id: i, name: "x".repeat((i % 7) as usize), weight: 0.5 }).collect();
+    let recs: Vec<Rec> =
+        (0..2000).map(|i| Rec { id: i, name: "x".repeat((i % 7) as usize), weight: 0.5 }).collect();
     let out: Vec<Scored> = e.map("plugin:score", &recs).unwrap();
     assert_eq!(out.len(), 2000);
     for (i, s) in out.iter().enumerate() {
@@ -78,7 +79,10 @@ fn imap_yields_in_order_and_reports_a_failed_chunk() {
     assert_eq!(got[..5].iter().map(|r| *r.as_ref().unwrap()).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
     let err = got[5].as_ref().unwrap_err();
     assert_eq!(err.python_type(), Some("ValueError"));
-    assert_eq!(got[6..].iter().map(|r| *r.as_ref().unwrap()).collect::<Vec<_>>(), (10..20).collect::<Vec<_>>());
+    assert_eq!(
+        got[6..].iter().map(|r| *r.as_ref().unwrap()).collect::<Vec<_>>(),
+        (10..20).collect::<Vec<_>>()
+    );
     // map returns the first failure
     assert!(e.map::<_, i64>("plugin:fail_on_7", 0..20i64).unwrap_err().is_python());
 }
@@ -86,7 +90,8 @@ fn imap_yields_in_order_and_reports_a_failed_chunk() {
 #[test]
 fn a_result_of_the_wrong_type_names_its_global_index() {
     let e = engine(2).chunksize(3).build().unwrap();
-    let items = vec![serde_value(1), serde_value(2), serde_value(3), serde_value(4), Val::S("five".into())];
+    let items =
+        vec![serde_value(1), serde_value(2), serde_value(3), serde_value(4), Val::S("five".into())];
     let err = e.map::<_, i64>("plugin:fail_on_7", &items).unwrap_err();
     assert_eq!(err.to_string(), "[4]: expected i64, found str 'five'");
 }
@@ -160,7 +165,8 @@ fn many_threads_submitting_and_mapping_at_once() {
         .map(|t| {
             let e: Arc<Engine> = e.clone();
             std::thread::spawn(move || {
-                let out: Vec<i64> = e.map("plugin:fail_on_7", (100..150).map(|x| x + t * 1000)).unwrap();
+                let out: Vec<i64> =
+                    e.map("plugin:fail_on_7", (100..150).map(|x| x + t * 1000)).unwrap();
                 assert_eq!(out, (100..150).map(|x| x + t * 1000).collect::<Vec<_>>());
                 e.submit::<_, i64>("operator:neg", t).wait().unwrap()
             })
@@ -177,8 +183,11 @@ fn concurrent_calls_each_get_their_own_worker() {
     let dir = std::env::temp_dir().join(format!("procpy-embed-pool-rdv-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let tasks: Vec<_> = (0..3).map(|_| e.submit::<_, u32>("plugin:rendezvous", (dir.to_str().unwrap(), 3))).collect();
-    let pids: std::collections::HashSet<u32> = tasks.into_iter().map(|t| t.wait().unwrap()).collect();
+    let tasks: Vec<_> = (0..3)
+        .map(|_| e.submit::<_, u32>("plugin:rendezvous", (dir.to_str().unwrap(), 3)))
+        .collect();
+    let pids: std::collections::HashSet<u32> =
+        tasks.into_iter().map(|t| t.wait().unwrap()).collect();
     assert_eq!(pids.len(), 3);
     let _ = std::fs::remove_dir_all(&dir);
 }

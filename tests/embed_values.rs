@@ -8,9 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
 fn engine() -> Engine {
-    common::embed_builder(1).source("probe", PROBE)
-        .build()
-        .unwrap()
+    common::embed_builder(1).source("probe", PROBE).build().unwrap()
 }
 
 /// `kind(x)` describes the Python value that arrived; `same(x)` sends it back.
@@ -122,7 +120,10 @@ fn rust_values_arrive_as_natural_python_values() {
     assert_eq!(kind(&e, BTreeMap::from([(1, "one")])), "{int:1, str:'one'}");
     assert_eq!(kind(&e, Shape::Dot), "str:'Dot'");
     assert_eq!(kind(&e, Shape::Circle(2.0)), "{str:'Circle', float:2.0}");
-    assert_eq!(kind(&e, Shape::Rect { w: 1, h: 2 }), "{str:'Rect', {str:'w', int:1, str:'h', int:2}}");
+    assert_eq!(
+        kind(&e, Shape::Rect { w: 1, h: 2 }),
+        "{str:'Rect', {str:'w', int:1, str:'h', int:2}}"
+    );
 }
 
 #[test]
@@ -149,7 +150,8 @@ fn values_round_trip_through_python() {
 #[test]
 fn shared_references_and_sets_read_back() {
     let e = engine();
-    let (a, b, m): (Vec<i64>, Vec<i64>, BTreeMap<String, Vec<i64>>) = e.call("probe:shared", ()).unwrap();
+    let (a, b, m): (Vec<i64>, Vec<i64>, BTreeMap<String, Vec<i64>>) =
+        e.call("probe:shared", ()).unwrap();
     assert_eq!((a, b, m["k"].clone()), (vec![1, 2], vec![1, 2], vec![1, 2]));
     let s: HashSet<i64> = e.call("probe:a_set", ()).unwrap();
     assert_eq!(s, HashSet::from([1, 2, 3]));
@@ -186,9 +188,15 @@ fn a_mismatch_names_the_field_and_what_was_found() {
 fn conversions_without_a_worker() {
     let v = to_value(&vec![Some(1u8), None]).unwrap();
     assert_eq!(v, Value::List(vec![Value::Int(1), Value::None]));
-    assert_eq!(to_value(&u64::MAX).unwrap(), Value::BigInt(vec![0xff; 8].into_iter().chain([0]).collect()));
+    assert_eq!(
+        to_value(&u64::MAX).unwrap(),
+        Value::BigInt(vec![0xff; 8].into_iter().chain([0]).collect())
+    );
     // Minimal two's complement: -2**63 - 1 needs nine bytes.
-    assert_eq!(to_value(&(i64::MIN as i128 - 1)).unwrap(), Value::BigInt((i64::MIN as i128 - 1).to_le_bytes()[..9].to_vec()));
+    assert_eq!(
+        to_value(&(i64::MIN as i128 - 1)).unwrap(),
+        Value::BigInt((i64::MIN as i128 - 1).to_le_bytes()[..9].to_vec())
+    );
     let err = from_value::<BTreeMap<String, Vec<u32>>>(&Value::Dict(vec![(
         Value::Str(b"k".to_vec()),
         Value::List(vec![Value::Int(1), Value::Float(2.5)]),

@@ -125,7 +125,13 @@ fn demo_gil_prints_its_table_and_draws_the_timeline() {
     cmd.args(["--demo", "gil", "--workers", "2", "--size", "20000", "--out"]).arg(&dir);
     let out = run_with_deadline(cmd, Duration::from_secs(120));
     assert_eq!(out.status, Some(0), "{}", out.stderr);
-    for row in ["serial, emulated GIL", "2 threads, emulated GIL", "serial, no GIL", "2 threads, no GIL", "2 processes"] {
+    for row in [
+        "serial, emulated GIL",
+        "2 threads, emulated GIL",
+        "serial, no GIL",
+        "2 threads, no GIL",
+        "2 processes",
+    ] {
         assert!(out.stdout.contains(row), "no '{row}' in:\n{}", out.stdout);
     }
     let svg = std::fs::read_to_string(dir.join("gil-demo.svg")).unwrap();

@@ -34,7 +34,8 @@ fn temp_script(name: &str, code: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("procpy-mgrtest-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let script = dir.join(format!("{name}.py"));
-    let prelude = "import builtins as _b, functools as _f\nprint = _f.partial(_b.print, flush=True)\n";
+    let prelude =
+        "import builtins as _b, functools as _f\nprint = _f.partial(_b.print, flush=True)\n";
     std::fs::write(&script, format!("{prelude}{code}")).unwrap();
     script
 }
@@ -47,12 +48,16 @@ fn run(script: &PathBuf, method: &str, args: &[&str]) -> Outcome {
 }
 
 fn is_gone(pid: i32) -> bool {
-    if unsafe { kill(pid, 0) } == -1 && std::io::Error::last_os_error().raw_os_error() == Some(ESRCH) {
+    if unsafe { kill(pid, 0) } == -1
+        && std::io::Error::last_os_error().raw_os_error() == Some(ESRCH)
+    {
         return true;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit_once(')').map_or(false, |(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map_or(false, |(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
     }
 }
 
@@ -125,7 +130,9 @@ impl Running {
             }
             match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) => self.seen.push(line),
-                Err(RecvTimeoutError::Timeout) => panic!("no {tag:?} line within {limit:?}; stdout: {:?}", self.seen),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no {tag:?} line within {limit:?}; stdout: {:?}", self.seen)
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     let err = self.stderr.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
                     panic!("stdout closed before {tag:?}; stdout: {:?}\nstderr: {err}", self.seen)
@@ -265,9 +272,17 @@ fn manager_on_a_tcp_port_reached_by_other_processes() {
             "{method}"
         );
         // Refused: the failure message, then the connection closes with nothing else on it.
-        assert_eq!(client_run(&["raw"]), "challenge prefix: b'#CHALLENGE#'\nanswer: b'#FAILURE#'\nthen: EOF\n", "{method}");
+        assert_eq!(
+            client_run(&["raw"]),
+            "challenge prefix: b'#CHALLENGE#'\nanswer: b'#FAILURE#'\nthen: EOF\n",
+            "{method}"
+        );
         // The refused clients changed nothing; the first client's objects were released.
-        assert_eq!(client_run(&["get", "colour"]), "got blue log ['colour'] objects 2\n", "{method}");
+        assert_eq!(
+            client_run(&["get", "colour"]),
+            "got blue log ['colour'] objects 2\n",
+            "{method}"
+        );
         assert_eq!(client_run(&["stop"]), "shutdown: None\n", "{method}");
         let (status, _) = srv.finish(Duration::from_secs(20));
         assert_eq!(status, Some(0), "{method}: the server did not exit after shutdown");
@@ -364,7 +379,11 @@ fn listener_and_client_over_unix_and_tcp() {
     let ok = "[('accepted', ['hello', 1, {'x': (2, 3)}]), ('client got', ('echo', ['hello', 1, {'x': (2, 3)}]))";
     let mut want = String::new();
     for family in ["AF_UNIX", "AF_INET"] {
-        let unix = if family == "AF_UNIX" { ", ('unix path exists while open', True), ('unix path removed at close', True)" } else { "" };
+        let unix = if family == "AF_UNIX" {
+            ", ('unix path exists while open', True), ('unix path removed at close', True)"
+        } else {
+            ""
+        };
         want.push_str(&format!("{family} no key {ok}{unix}]\n"));
         want.push_str(&format!("{family} key {ok}{unix}]\n"));
         want.push_str(&format!(
@@ -401,7 +420,10 @@ fn manager_server_dies_with_a_sigkilled_parent() {
         assert!(!is_gone(pid), "{method}: the server is not running");
         parent.child.kill().unwrap();
         parent.child.wait().unwrap();
-        assert!(wait_gone(pid, Duration::from_secs(10)), "{method}: manager server {pid} outlived its parent");
+        assert!(
+            wait_gone(pid, Duration::from_secs(10)),
+            "{method}: manager server {pid} outlived its parent"
+        );
     }
 }
 
@@ -431,19 +453,30 @@ fn ctrl_c_interrupts_a_blocked_proxy_call_and_spares_the_server() {
         // Then its main thread goes to sleep, in the call (nothing else can block it).
         let main = run.child.id();
         let start = Instant::now();
-        while !std::fs::read_to_string(format!("/proc/{main}/task/{main}/stat"))
-            .is_ok_and(|st| st.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('S')))
-        {
-            assert!(start.elapsed() < Duration::from_secs(30), "{method}: the parent never blocked");
+        while !std::fs::read_to_string(format!("/proc/{main}/task/{main}/stat")).is_ok_and(|st| {
+            st.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('S'))
+        }) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{method}: the parent never blocked"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         // The whole group gets it, as from a terminal: the server ignores it (as CPython's);
         // the parent's blocked call raises KeyboardInterrupt, then its exit shuts the server down.
         assert_eq!(unsafe { killpg(run.child.id() as i32, SIGINT) }, 0);
         let (status, lines) = run.finish(Duration::from_secs(30));
-        assert_eq!(status, Some(0), "{method}: {lines:?} {}", run.stderr.recv_timeout(Duration::from_secs(5)).unwrap_or_default());
+        assert_eq!(
+            status,
+            Some(0),
+            "{method}: {lines:?} {}",
+            run.stderr.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
+        );
         assert_eq!(&lines[2..], ["interrupted", "server alive True"], "{method}");
-        assert!(wait_gone(pid, Duration::from_secs(10)), "{method}: the server outlived the parent's exit");
+        assert!(
+            wait_gone(pid, Duration::from_secs(10)),
+            "{method}: the server outlived the parent's exit"
+        );
     }
 }
 
@@ -472,6 +505,10 @@ fn a_child_iterates_a_dict_proxy() {
     for method in METHODS {
         let out = run(&script, method, &[]);
         assert_eq!(out.status, Some(0), "{method}: {out:?}");
-        assert_eq!(out.stdout, "arg ['a', 'b'] IteratorProxy\nqueue ['a', 'b']\nexit 0\n", "{method}: {}", out.stderr);
+        assert_eq!(
+            out.stdout, "arg ['a', 'b'] IteratorProxy\nqueue ['a', 'b']\nexit 0\n",
+            "{method}: {}",
+            out.stderr
+        );
     }
 }

@@ -36,7 +36,8 @@ fn temp_script(name: &str, code: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("procpy-pooltest-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let script = dir.join(format!("{name}.py"));
-    let prelude = "import builtins as _b, functools as _f\nprint = _f.partial(_b.print, flush=True)\n";
+    let prelude =
+        "import builtins as _b, functools as _f\nprint = _f.partial(_b.print, flush=True)\n";
     std::fs::write(&script, format!("{prelude}{code}")).unwrap();
     script
 }
@@ -85,12 +86,16 @@ fn worker_prefix(method: &str) -> &'static str {
 /// Has `pid` exited? Gone (ESRCH, no /proc entry) or a zombie waiting to be reaped by init or
 /// a subreaper both count.
 fn is_gone(pid: i32) -> bool {
-    if unsafe { kill(pid, 0) } == -1 && std::io::Error::last_os_error().raw_os_error() == Some(ESRCH) {
+    if unsafe { kill(pid, 0) } == -1
+        && std::io::Error::last_os_error().raw_os_error() == Some(ESRCH)
+    {
         return true;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit_once(')').map_or(false, |(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map_or(false, |(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
     }
 }
 
@@ -160,7 +165,10 @@ impl Running {
             match self.lines.recv_timeout(left) {
                 Ok(line) => self.stdout_seen.push(line),
                 Err(RecvTimeoutError::Timeout) => {
-                    panic!("no expected output within {limit:?}; stdout so far: {:?}", self.stdout_seen)
+                    panic!(
+                        "no expected output within {limit:?}; stdout so far: {:?}",
+                        self.stdout_seen
+                    )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let err = self.stderr.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
@@ -311,7 +319,8 @@ fn worker_killed_by_sigsegv_raises_worker_lost() {
     let script = temp_script("worker_segv", WORKER_DEATH);
     for m in METHODS {
         let out = run_file(&script, m, &["segv"]);
-        let expected = format!("{}done\n", death_expected("segv")).replace("{prefix}", worker_prefix(m));
+        let expected =
+            format!("{}done\n", death_expected("segv")).replace("{prefix}", worker_prefix(m));
         assert_eq!(out.stdout, expected, "{m}: stderr: {}", out.stderr);
     }
 }
@@ -360,7 +369,12 @@ if __name__ == '__main__':
         doomed.extend(run.pids("server"));
         let survivor = run.pids("nondaemon");
         run.reported = doomed.iter().chain(&survivor).copied().collect();
-        assert_eq!(doomed.len(), if m == "forkserver" { 5 } else { 4 }, "{m}: {:?}", run.stdout_seen);
+        assert_eq!(
+            doomed.len(),
+            if m == "forkserver" { 5 } else { 4 },
+            "{m}: {:?}",
+            run.stdout_seen
+        );
         assert_eq!(survivor.len(), 1);
         assert!(doomed.iter().chain(&survivor).all(|&p| !is_gone(p)), "{m}: a child ended early");
 
@@ -369,7 +383,10 @@ if __name__ == '__main__':
         assert_eq!(st.signal(), Some(SIGKILL));
 
         let left = wait_gone(&doomed, Duration::from_secs(10));
-        assert!(left.is_empty(), "{m}: still running 10 s after the parent's SIGKILL: {left:?} of {doomed:?}");
+        assert!(
+            left.is_empty(),
+            "{m}: still running 10 s after the parent's SIGKILL: {left:?} of {doomed:?}"
+        );
         assert!(!is_gone(survivor[0]), "{m}: the non-daemonic process was killed too");
         unsafe { kill(survivor[0], SIGKILL) };
         assert!(wait_gone(&survivor, Duration::from_secs(10)).is_empty());
@@ -485,7 +502,8 @@ fn ctrl_c_stops_the_parent_and_every_worker() {
         for variant in ["with", "plain"] {
             let mut run = Running::start(&script, m, &[variant], true);
             run.read_until(Duration::from_secs(30), |l| {
-                l.iter().filter(|x| x.starts_with("worker ")).count() == 2 && l.iter().any(|x| x == "started")
+                l.iter().filter(|x| x.starts_with("worker ")).count() == 2
+                    && l.iter().any(|x| x == "started")
             });
             let mut workers = run.pids("worker");
             workers.extend(run.pids("server"));
@@ -495,14 +513,19 @@ fn ctrl_c_stops_the_parent_and_every_worker() {
             let st = run.wait_exit(Duration::from_secs(10));
             let left = wait_gone(&workers, Duration::from_secs(10));
             let stderr = run.stderr(Duration::from_secs(5));
-            let st = st.unwrap_or_else(|| panic!("{m} {variant}: still running 10 s after SIGINT; stderr: {stderr}"));
+            let st = st.unwrap_or_else(|| {
+                panic!("{m} {variant}: still running 10 s after SIGINT; stderr: {stderr}")
+            });
             assert_eq!(
                 (st.code(), st.signal()),
                 (None, Some(SIGINT)),
                 "{m} {variant}: python3 dies by SIGINT after an uncaught KeyboardInterrupt; stderr: {stderr}"
             );
             assert!(stderr.contains("\nKeyboardInterrupt\n"), "{m} {variant}: {stderr}");
-            assert!(left.is_empty(), "{m} {variant}: still running after Ctrl-C: {left:?} of {workers:?}");
+            assert!(
+                left.is_empty(),
+                "{m} {variant}: still running after Ctrl-C: {left:?} of {workers:?}"
+            );
             while let Ok(line) = run.lines.try_recv() {
                 run.stdout_seen.push(line);
             }
@@ -596,13 +619,21 @@ fn raising_result_callback_does_not_stop_the_pool() {
         );
         assert_eq!(out.status, Some(0), "{m}: stderr: {}", out.stderr);
         assert_eq!(
-            out.stderr.matches("Exception in a multiprocessing.pool result callback:\nTraceback").count(),
+            out.stderr
+                .matches("Exception in a multiprocessing.pool result callback:\nTraceback")
+                .count(),
             3,
             "{m}: {}",
             out.stderr
         );
-        for v in ["9", "[0, 1, 4, 9]", "TypeError(\"'str' object cannot be interpreted as an integer\")"] {
-            assert!(out.stderr.contains(&format!("RuntimeError: callback failed for {v}\n")), "{m}: {}", out.stderr);
+        for v in
+            ["9", "[0, 1, 4, 9]", "TypeError(\"'str' object cannot be interpreted as an integer\")"]
+        {
+            assert!(
+                out.stderr.contains(&format!("RuntimeError: callback failed for {v}\n")),
+                "{m}: {}",
+                out.stderr
+            );
         }
     }
 }

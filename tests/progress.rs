@@ -42,7 +42,15 @@ fn script() -> std::path::PathBuf {
 /// Run with stderr on a pseudo-terminal; returns (stdout, what the terminal showed).
 fn run_on_terminal(args: &[&str]) -> (String, String) {
     let (mut master, mut slave) = (0, 0);
-    let r = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
     assert_eq!(r, 0, "openpty failed");
     let mut child = Command::new(procpy())
         .args(args)
@@ -86,5 +94,9 @@ fn no_progress_line_when_stderr_is_not_a_terminal() {
     let out = Command::new(procpy()).arg("--progress").arg(script()).output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "780\n90\n");
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("tasks"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("tasks"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

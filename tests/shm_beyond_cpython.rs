@@ -73,7 +73,10 @@ fn segment_of_a_sigkilled_child_is_unlinked_when_the_program_ends() {
         assert_eq!(out.status, Some(0), "{method}: {out:?}");
         let names = names(&out.stdout);
         assert_eq!(names.len(), 1, "{method}: {out:?}");
-        assert!(out.stdout.contains("child exit: -9\nstill there: True b'alive'\n"), "{method}: {out:?}");
+        assert!(
+            out.stdout.contains("child exit: -9\nstill there: True b'alive'\n"),
+            "{method}: {out:?}"
+        );
         assert!(gone(&names[0]), "{method}: /dev/shm/{} left behind: {out:?}", names[0]);
         assert!(
             out.stderr.contains("resource_tracker: There appear to be 1 leaked shared_memory objects to clean up at shutdown"),
@@ -129,7 +132,11 @@ fn parent_sigkilled_while_children_attach_unlinks_once_all_are_gone() {
             "{method}: {out:?}"
         );
         assert!(gone(&names[0]), "{method}: /dev/shm/{} left behind: {out:?}", names[0]);
-        assert!(out.stderr.contains("There appear to be 1 leaked shared_memory objects"), "{method}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("There appear to be 1 leaked shared_memory objects"),
+            "{method}: {}",
+            out.stderr
+        );
     }
 }
 
@@ -220,7 +227,10 @@ fn a_tidy_program_gets_no_warning() {
     for method in METHODS {
         let out = run(&script, method);
         assert_eq!(out.status, Some(0), "{method}: {out:?}");
-        assert_eq!(out.stdout, "count: 3\nfd: True\nlong name: msg too long\n", "{method}: {out:?}");
+        assert_eq!(
+            out.stdout, "count: 3\nfd: True\nlong name: msg too long\n",
+            "{method}: {out:?}"
+        );
         assert!(!out.stderr.contains("resource_tracker"), "{method}: {}", out.stderr);
     }
 }
@@ -258,6 +268,10 @@ fn sigkill_to_the_whole_process_group_still_unlinks() {
         let names = names(&out.stdout);
         assert_eq!(names.len(), 1, "{method}: {out:?}");
         assert!(gone(&names[0]), "{method}: /dev/shm/{} left behind: {out:?}", names[0]);
-        assert!(out.stderr.contains("There appear to be 1 leaked shared_memory objects"), "{method}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("There appear to be 1 leaked shared_memory objects"),
+            "{method}: {}",
+            out.stderr
+        );
     }
 }

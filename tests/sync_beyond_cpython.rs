@@ -81,7 +81,12 @@ fn lock_held_by_a_dead_process_is_taken_over() {
             }
         }
         assert_eq!(out.stdout, want, "{method}: stderr {}", out.stderr);
-        assert_eq!(out.stderr.matches("died without releasing it").count(), 8, "{method}: {}", out.stderr);
+        assert_eq!(
+            out.stderr.matches("died without releasing it").count(),
+            8,
+            "{method}: {}",
+            out.stderr
+        );
         assert!(out.stderr.contains("RuntimeWarning"), "{method}: {}", out.stderr);
     }
 }
@@ -129,7 +134,11 @@ fn ctrl_c_interrupts_a_blocked_acquire() {
     for method in METHODS {
         let out = run(&script, method);
         assert!(!out.timed_out, "{method}: hung: {out:?}");
-        assert_eq!(out.stdout, "KeyboardInterrupt\nsemaphore too: KeyboardInterrupt\n", "{method}: {}", out.stderr);
+        assert_eq!(
+            out.stdout, "KeyboardInterrupt\nsemaphore too: KeyboardInterrupt\n",
+            "{method}: {}",
+            out.stderr
+        );
         assert_eq!(out.status, Some(0), "{method}: {}", out.stderr);
     }
 }

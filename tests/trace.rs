@@ -82,7 +82,9 @@ impl Reader<'_> {
                 }
                 loop {
                     self.ws();
-                    let Json::Str(k) = self.value()? else { return Err(format!("key expected at {}", self.i)) };
+                    let Json::Str(k) = self.value()? else {
+                        return Err(format!("key expected at {}", self.i));
+                    };
                     self.eat(b':')?;
                     kv.push((k, self.value()?));
                     self.ws();
@@ -138,21 +140,35 @@ impl Reader<'_> {
                                 b'b' => s.push('\u{8}'),
                                 b'f' => s.push('\u{c}'),
                                 b'u' => {
-                                    let h = std::str::from_utf8(self.b.get(self.i..self.i + 4).ok_or("bad \\u")?).map_err(|e| e.to_string())?;
-                                    s.push(char::from_u32(u32::from_str_radix(h, 16).map_err(|e| e.to_string())?).unwrap_or('?'));
+                                    let h = std::str::from_utf8(
+                                        self.b.get(self.i..self.i + 4).ok_or("bad \\u")?,
+                                    )
+                                    .map_err(|e| e.to_string())?;
+                                    s.push(
+                                        char::from_u32(
+                                            u32::from_str_radix(h, 16)
+                                                .map_err(|e| e.to_string())?,
+                                        )
+                                        .unwrap_or('?'),
+                                    );
                                     self.i += 4;
                                 }
                                 _ => return Err(format!("bad escape at {}", self.i)),
                             }
                         }
-                        c if c < 0x20 => return Err(format!("control character in string at {}", self.i)),
+                        c if c < 0x20 => {
+                            return Err(format!("control character in string at {}", self.i))
+                        }
                         _ => {
                             // Copy a whole UTF-8 sequence.
                             let start = self.i - 1;
                             while self.i < self.b.len() && (self.b[self.i] & 0xc0) == 0x80 {
                                 self.i += 1;
                             }
-                            s.push_str(std::str::from_utf8(&self.b[start..self.i]).map_err(|e| e.to_string())?);
+                            s.push_str(
+                                std::str::from_utf8(&self.b[start..self.i])
+                                    .map_err(|e| e.to_string())?,
+                            );
                         }
                     }
                 }
@@ -171,7 +187,9 @@ impl Reader<'_> {
             }
             Some(c) if c == b'-' || c.is_ascii_digit() => {
                 let start = self.i;
-                while self.i < self.b.len() && matches!(self.b[self.i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
+                while self.i < self.b.len()
+                    && matches!(self.b[self.i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
                     self.i += 1;
                 }
                 let t = std::str::from_utf8(&self.b[start..self.i]).unwrap();
@@ -195,7 +213,10 @@ fn parse_json(text: &str) -> Result<Json, String> {
 #[test]
 fn the_json_reader_reads_and_refuses() {
     let v = parse_json(r#"{"a":[1,-2.5e1,"x\"\u00e9"],"b":{"c":null,"d":true}}"#).unwrap();
-    assert_eq!(v.get("a"), Some(&Json::Arr(vec![Json::Num(1.0), Json::Num(-25.0), Json::Str("x\"é".into())])));
+    assert_eq!(
+        v.get("a"),
+        Some(&Json::Arr(vec![Json::Num(1.0), Json::Num(-25.0), Json::Str("x\"é".into())]))
+    );
     assert_eq!(v.get("b").and_then(|b| b.get("d")), Some(&Json::Bool(true)));
     assert!(parse_json(r#"{"a":1,}"#).is_err());
     assert!(parse_json(r#"{"a":1} x"#).is_err());
@@ -221,12 +242,19 @@ fn traced(name: &str, method: &str, code: &str) -> (Outcome, Vec<Json>) {
     // A guard against hangs only.
     let o = run_with_deadline(cmd, Duration::from_secs(120));
     assert!(!o.timed_out, "{name} under {method} hung");
-    let text = std::fs::read_to_string(&out).unwrap_or_else(|e| panic!("no trace file for {name} under {method}: {e}\n{o:?}"));
-    let doc = parse_json(&text).unwrap_or_else(|e| panic!("trace of {name} under {method} is not JSON: {e}"));
+    let text = std::fs::read_to_string(&out)
+        .unwrap_or_else(|e| panic!("no trace file for {name} under {method}: {e}\n{o:?}"));
+    let doc = parse_json(&text)
+        .unwrap_or_else(|e| panic!("trace of {name} under {method} is not JSON: {e}"));
     assert_eq!(doc.str("displayTimeUnit"), Some("ms"));
     let Some(Json::Arr(events)) = doc.get("traceEvents") else { panic!("no traceEvents array") };
     // The spool is gone.
-    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).filter(|n| n.to_string_lossy().contains("spool")).collect();
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().contains("spool"))
+        .collect();
     assert!(left.is_empty(), "spool left behind: {left:?}");
     let _ = std::fs::remove_dir_all(&dir);
     (o, events.clone())
@@ -237,7 +265,12 @@ fn process_names(events: &[Json]) -> HashMap<i64, String> {
     let mut names = HashMap::new();
     for e in events {
         if e.str("ph") == Some("M") && e.str("name") == Some("process_name") {
-            names.insert(e.num("pid").unwrap() as i64, e.arg("name").and_then(|n| if let Json::Str(s) = n { Some(s.clone()) } else { None }).unwrap());
+            names.insert(
+                e.num("pid").unwrap() as i64,
+                e.arg("name")
+                    .and_then(|n| if let Json::Str(s) = n { Some(s.clone()) } else { None })
+                    .unwrap(),
+            );
         }
     }
     for e in events {
@@ -248,13 +281,21 @@ fn process_names(events: &[Json]) -> HashMap<i64, String> {
 }
 
 fn pid_named(names: &HashMap<i64, String>, name: &str) -> i64 {
-    let found: Vec<i64> = names.iter().filter(|(_, n)| n.as_str() == name).map(|(p, _)| *p).collect();
+    let found: Vec<i64> =
+        names.iter().filter(|(_, n)| n.as_str() == name).map(|(p, _)| *p).collect();
     assert_eq!(found.len(), 1, "one process named {name:?} expected: {names:?}");
     found[0]
 }
 
 fn find<'a>(events: &'a [Json], pid: i64, ph: &str, name: &str) -> Vec<&'a Json> {
-    events.iter().filter(|e| e.num("pid") == Some(pid as f64) && e.str("ph") == Some(ph) && e.str("name") == Some(name)).collect()
+    events
+        .iter()
+        .filter(|e| {
+            e.num("pid") == Some(pid as f64)
+                && e.str("ph") == Some(ph)
+                && e.str("name") == Some(name)
+        })
+        .collect()
 }
 
 fn one<'a>(events: &'a [Json], pid: i64, ph: &str, name: &str) -> &'a Json {
@@ -290,8 +331,11 @@ fn flows(events: &[Json]) -> Vec<(&Json, &Json)> {
         for end in [s[0], f[0]] {
             let ts = end.num("ts").unwrap();
             let inside = events.iter().any(|x| {
-                x.str("ph") == Some("X") && x.num("pid") == end.num("pid") && x.num("tid") == end.num("tid")
-                    && x.num("ts").unwrap() <= ts && ts <= x.num("ts").unwrap() + x.num("dur").unwrap()
+                x.str("ph") == Some("X")
+                    && x.num("pid") == end.num("pid")
+                    && x.num("tid") == end.num("tid")
+                    && x.num("ts").unwrap() <= ts
+                    && ts <= x.num("ts").unwrap() + x.num("dur").unwrap()
             });
             assert!(inside, "flow end outside any slice: {end:?}");
         }
@@ -338,14 +382,21 @@ fn a_run_becomes_a_timeline_under_every_start_method() {
             // The server's track shows each fork it made.
             let server = pid_named(&names, "ForkServer");
             let forks = find(&ev, server, "i", "fork");
-            assert!(forks.iter().any(|e| e.arg("pid") == Some(&Json::Num(child as f64))), "{forks:?}");
+            assert!(
+                forks.iter().any(|e| e.arg("pid") == Some(&Json::Num(child as f64))),
+                "{forks:?}"
+            );
         }
         let prefix = match method {
             "fork" => "ForkPoolWorker-",
             "spawn" => "SpawnPoolWorker-",
             _ => "ForkServerPoolWorker-",
         };
-        let workers: Vec<i64> = names.iter().filter(|(_, n)| n.starts_with(prefix) && n.ends_with(&format!(" ({method})"))).map(|(p, _)| *p).collect();
+        let workers: Vec<i64> = names
+            .iter()
+            .filter(|(_, n)| n.starts_with(prefix) && n.ends_with(&format!(" ({method})")))
+            .map(|(p, _)| *p)
+            .collect();
         assert_eq!(workers.len(), 2, "{method}: {names:?}");
 
         // Start in the parent, then the child's boot, its run, its exit, in that order.
@@ -370,30 +421,75 @@ fn a_run_becomes_a_timeline_under_every_start_method() {
         }
 
         // Threads are named; the pool's manager thread too.
-        let thread_names: Vec<(i64, String)> = ev.iter().filter(|e| e.str("ph") == Some("M") && e.str("name") == Some("thread_name"))
-            .map(|e| (e.num("pid").unwrap() as i64, match e.arg("name") { Some(Json::Str(s)) => s.clone(), _ => String::new() })).collect();
-        assert!(thread_names.contains(&(main, "MainThread".into())) && thread_names.contains(&(main, "pool manager".into())), "{method}: {thread_names:?}");
+        let thread_names: Vec<(i64, String)> = ev
+            .iter()
+            .filter(|e| e.str("ph") == Some("M") && e.str("name") == Some("thread_name"))
+            .map(|e| {
+                (
+                    e.num("pid").unwrap() as i64,
+                    match e.arg("name") {
+                        Some(Json::Str(s)) => s.clone(),
+                        _ => String::new(),
+                    },
+                )
+            })
+            .collect();
+        assert!(
+            thread_names.contains(&(main, "MainThread".into()))
+                && thread_names.contains(&(main, "pool manager".into())),
+            "{method}: {thread_names:?}"
+        );
 
         // Flows: complete, and the messages of the script among them.
         let pairs = flows(&ev);
         let pid = |e: &Json| e.num("pid").unwrap() as i64;
-        let has = |cat: &str, from: i64, to: i64| pairs.iter().any(|(s, f)| s.str("cat") == Some(cat) && pid(s) == from && pid(f) == to);
+        let has = |cat: &str, from: i64, to: i64| {
+            pairs.iter().any(|(s, f)| s.str("cat") == Some(cat) && pid(s) == from && pid(f) == to)
+        };
         assert!(has("queue", child, main), "{method}: no queue flow child -> main");
-        assert!(has("pipe", main, child) && has("pipe", child, main), "{method}: pipe flows missing");
+        assert!(
+            has("pipe", main, child) && has("pipe", child, main),
+            "{method}: pipe flows missing"
+        );
         assert!(has("process", main, child), "{method}: no start -> boot flow");
         for w in &workers {
-            assert!(has("pipe", main, *w) || has("pipe", *w, main), "{method}: no task flow with worker {w}");
+            assert!(
+                has("pipe", main, *w) || has("pipe", *w, main),
+                "{method}: no task flow with worker {w}"
+            );
         }
 
         // Pool tasks: spans named after the function, on the workers, covering every item.
-        let tasks: Vec<&Json> = ev.iter().filter(|e| e.str("ph") == Some("B") && e.str("cat") == Some("task")).collect();
-        assert!(tasks.iter().all(|e| e.str("name") == Some("square") && workers.contains(&pid(e))), "{method}: {tasks:?}");
-        let mut index: Vec<i64> = tasks.iter().map(|e| match e.arg("index") { Some(Json::Num(n)) => *n as i64, _ => -1 }).collect();
+        let tasks: Vec<&Json> = ev
+            .iter()
+            .filter(|e| e.str("ph") == Some("B") && e.str("cat") == Some("task"))
+            .collect();
+        assert!(
+            tasks.iter().all(|e| e.str("name") == Some("square") && workers.contains(&pid(e))),
+            "{method}: {tasks:?}"
+        );
+        let mut index: Vec<i64> = tasks
+            .iter()
+            .map(|e| match e.arg("index") {
+                Some(Json::Num(n)) => *n as i64,
+                _ => -1,
+            })
+            .collect();
         index.sort();
         assert_eq!(index, vec![0, 1, 2, 3], "{method}: chunk indexes");
-        let items: f64 = tasks.iter().map(|e| e.arg("items").and_then(|i| if let Json::Num(n) = i { Some(*n) } else { None }).unwrap()).sum();
+        let items: f64 = tasks
+            .iter()
+            .map(|e| {
+                e.arg("items")
+                    .and_then(|i| if let Json::Num(n) = i { Some(*n) } else { None })
+                    .unwrap()
+            })
+            .sum();
         assert_eq!(items, 7.0, "{method}");
-        assert_eq!(ev.iter().filter(|e| e.str("ph") == Some("E") && e.str("cat") == Some("task")).count(), 4);
+        assert_eq!(
+            ev.iter().filter(|e| e.str("ph") == Some("E") && e.str("cat") == Some("task")).count(),
+            4
+        );
     }
 }
 
@@ -427,7 +523,10 @@ fn a_killed_child_gets_its_exit_from_the_parent() {
         assert_eq!(exit.arg("reported_by"), Some(&Json::Str("parent".into())));
         // Its run span, open when it died, ends at that exit.
         one(&ev, child, "B", "victim");
-        let end = ev.iter().find(|e| e.str("ph") == Some("E") && e.num("pid") == Some(child as f64)).expect("closed run span");
+        let end = ev
+            .iter()
+            .find(|e| e.str("ph") == Some("E") && e.num("pid") == Some(child as f64))
+            .expect("closed run span");
         assert_eq!(end.arg("ended_by"), Some(&Json::Str("exit".into())));
         assert_eq!(end.num("ts"), exit.num("ts"));
         flows(&ev);
@@ -450,9 +549,16 @@ fn process_pool_executor_tasks_are_named_after_the_function() {
     let (o, ev) = traced("futures", "fork", FUTURES);
     assert_eq!(o.stdout, "8 [0, 1, 8, 27, 64]\n", "{o:?}");
     process_names(&ev);
-    let tasks: Vec<&Json> = ev.iter().filter(|e| e.str("ph") == Some("B") && e.str("cat") == Some("task")).collect();
+    let tasks: Vec<&Json> =
+        ev.iter().filter(|e| e.str("ph") == Some("B") && e.str("cat") == Some("task")).collect();
     assert!(tasks.iter().all(|e| e.str("name") == Some("cube")), "{tasks:?}");
-    let mut items: Vec<i64> = tasks.iter().map(|e| match e.arg("items") { Some(Json::Num(n)) => *n as i64, _ => -1 }).collect();
+    let mut items: Vec<i64> = tasks
+        .iter()
+        .map(|e| match e.arg("items") {
+            Some(Json::Num(n)) => *n as i64,
+            _ => -1,
+        })
+        .collect();
     items.sort();
     // submit: one call; map over 5 items in chunks of 2: 2, 2, 1.
     assert_eq!(items, vec![1, 1, 2, 2]);
@@ -468,7 +574,8 @@ fn a_relative_trace_path_is_the_starting_directory_s_even_if_the_script_moves() 
     cmd.args(["--trace", "t.json", "s.py"]).current_dir(&dir);
     let o = run_with_deadline(cmd, Duration::from_secs(60));
     assert_eq!(o.stdout, "moved\n", "{o:?}");
-    let text = std::fs::read_to_string(dir.join("t.json")).expect("trace in the starting directory");
+    let text =
+        std::fs::read_to_string(dir.join("t.json")).expect("trace in the starting directory");
     let doc = parse_json(&text).unwrap();
     let Some(Json::Arr(ev)) = doc.get("traceEvents") else { panic!() };
     pid_named(&process_names(ev), "MainProcess");
@@ -486,7 +593,12 @@ fn an_unwritable_trace_file_is_refused_before_the_script_runs() {
     let o = run_with_deadline(cmd, Duration::from_secs(60));
     assert_eq!(o.status, Some(2), "{o:?}");
     assert_eq!(o.stdout, "");
-    assert!(o.stderr.contains("cannot write the trace file") && o.stderr.contains("No such file or directory"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("cannot write the trace file")
+            && o.stderr.contains("No such file or directory"),
+        "{}",
+        o.stderr
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -506,19 +618,37 @@ fn without_trace_nothing_is_recorded_and_no_variable_leaks() {
 /// traces are complete: tracing changes what a run records, never what it does.
 #[test]
 fn traced_scripts_behave_as_under_cpython() {
-    let scripts = ["pool_basics", "queue_many_producers_consumers", "pipe_basics", "process_exitcode_signals", "futures_process_pool"];
+    let scripts = [
+        "pool_basics",
+        "queue_many_producers_consumers",
+        "pipe_basics",
+        "process_exitcode_signals",
+        "futures_process_pool",
+    ];
     let out_dir = temp_dir("conformance");
     let mut failures = Vec::new();
     for name in scripts {
         let script = common::root().join("tests/scripts").join(format!("{name}.py"));
         for method in METHODS {
-            let want = common::run_script(Path::new("python3"), &script, &[method], Duration::from_secs(90));
+            let want = common::run_script(
+                Path::new("python3"),
+                &script,
+                &[method],
+                Duration::from_secs(90),
+            );
             let out = out_dir.join(format!("{name}-{method}.json"));
             let mut cmd = Command::new(procpy());
-            cmd.arg("--trace").arg(&out).arg(&script).arg(method).current_dir(script.parent().unwrap());
+            cmd.arg("--trace")
+                .arg(&out)
+                .arg(&script)
+                .arg(method)
+                .current_dir(script.parent().unwrap());
             let got = run_with_deadline(cmd, Duration::from_secs(90));
             if got.timed_out || got.stdout != want.stdout || got.status != want.status {
-                failures.push(format!("{name} under {method}: status {:?} (CPython {:?})\n{}\n--- CPython:\n{}", got.status, want.status, got.stdout, want.stdout));
+                failures.push(format!(
+                    "{name} under {method}: status {:?} (CPython {:?})\n{}\n--- CPython:\n{}",
+                    got.status, want.status, got.stdout, want.stdout
+                ));
                 continue;
             }
             let text = std::fs::read_to_string(&out).unwrap();
@@ -567,16 +697,36 @@ fn thread_pool_tasks_and_tcp_messages_are_traced() {
     let names = process_names(&ev);
     let main = pid_named(&names, "MainProcess");
     let child = pid_named(&names, "Process-1 (fork)");
-    let worker_tids: Vec<f64> = ev.iter()
-        .filter(|e| e.str("name") == Some("thread_name") && matches!(e.arg("name"), Some(Json::Str(s)) if s.ends_with("(worker)")))
-        .map(|e| e.num("tid").unwrap()).collect();
+    let worker_tids: Vec<f64> = ev
+        .iter()
+        .filter(|e| {
+            e.str("name") == Some("thread_name")
+                && matches!(e.arg("name"), Some(Json::Str(s)) if s.ends_with("(worker)"))
+        })
+        .map(|e| e.num("tid").unwrap())
+        .collect();
     assert_eq!(worker_tids.len(), 2, "{ev:?}");
-    let tasks: Vec<&Json> = ev.iter().filter(|e| e.str("ph") == Some("B") && e.str("cat") == Some("task")).collect();
+    let tasks: Vec<&Json> =
+        ev.iter().filter(|e| e.str("ph") == Some("B") && e.str("cat") == Some("task")).collect();
     assert_eq!(tasks.len(), 4);
-    assert!(tasks.iter().all(|e| e.str("name") == Some("inc") && e.num("pid") == Some(main as f64) && worker_tids.contains(&e.num("tid").unwrap())));
+    assert!(tasks.iter().all(|e| e.str("name") == Some("inc")
+        && e.num("pid") == Some(main as f64)
+        && worker_tids.contains(&e.num("tid").unwrap())));
     let pairs = flows(&ev);
     let pid = |e: &Json| e.num("pid").unwrap() as i64;
     // The authentication challenge and the two messages, both ways.
-    assert!(pairs.iter().filter(|(s, f)| s.str("cat") == Some("pipe") && pid(s) == main && pid(f) == child).count() >= 2);
-    assert!(pairs.iter().filter(|(s, f)| s.str("cat") == Some("pipe") && pid(s) == child && pid(f) == main).count() >= 2);
+    assert!(
+        pairs
+            .iter()
+            .filter(|(s, f)| s.str("cat") == Some("pipe") && pid(s) == main && pid(f) == child)
+            .count()
+            >= 2
+    );
+    assert!(
+        pairs
+            .iter()
+            .filter(|(s, f)| s.str("cat") == Some("pipe") && pid(s) == child && pid(f) == main)
+            .count()
+            >= 2
+    );
 }

@@ -6,7 +6,8 @@ use rustpython_vm::compiler::core::frozen::FrozenLib;
 use rustpython_vm::{Interpreter, InterpreterBuilder, PyResult, Settings, VirtualMachine};
 
 /// Our Python sources (`interpreter/py`), compiled at build time.
-static OUR_PYLIB: &FrozenLib = rustpython_vm::py_freeze!(dir = "../py", crate_name = "rustpython_compiler_core");
+static OUR_PYLIB: &FrozenLib =
+    rustpython_vm::py_freeze!(dir = "../py", crate_name = "rustpython_compiler_core");
 
 /// What the interpreter should run as `__main__`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +30,9 @@ pub const SPAWN_CHILD_FLAG: &str = "--multiprocessing-spawn-child";
 pub const FORK_SERVER_FLAG: &str = "--multiprocessing-forkserver";
 
 fn is_replaced(name: &str) -> bool {
-    name == "multiprocessing" || name.starts_with("multiprocessing.") || name == "concurrent.futures.process"
+    name == "multiprocessing"
+        || name.starts_with("multiprocessing.")
+        || name == "concurrent.futures.process"
 }
 
 /// A builder for an interpreter with procpy's modules; `argv` becomes `sys.argv`.
@@ -42,7 +45,9 @@ pub fn builder(argv: Vec<String>) -> InterpreterBuilder {
     }
     // Like CPython, honour PYTHONPATH.
     if let Some(pp) = std::env::var_os("PYTHONPATH") {
-        settings.path_list.extend(std::env::split_paths(&pp).map(|p| p.to_string_lossy().into_owned()));
+        settings
+            .path_list
+            .extend(std::env::split_paths(&pp).map(|p| p.to_string_lossy().into_owned()));
     }
     let builder = InterpreterBuilder::new().settings(settings);
     let defs = rustpython_stdlib::stdlib_module_defs(&builder.ctx);
@@ -56,10 +61,13 @@ pub fn builder(argv: Vec<String>) -> InterpreterBuilder {
         .add_native_module(gil)
         .add_native_module(progress)
         .add_native_module(trace)
-        .add_frozen_modules(rustpython_pylib::FROZEN_STDLIB.into_iter().filter(|(n, _)| !is_replaced(n)))
+        .add_frozen_modules(
+            rustpython_pylib::FROZEN_STDLIB.into_iter().filter(|(n, _)| !is_replaced(n)),
+        )
         .add_frozen_modules(OUR_PYLIB)
         .init_hook(|vm| {
-            let state = rustpython_vm::common::rc::PyRc::get_mut(&mut vm.state).expect("fresh vm state");
+            let state =
+                rustpython_vm::common::rc::PyRc::get_mut(&mut vm.state).expect("fresh vm state");
             state.config.paths.stdlib_dir = Some(rustpython_pylib::LIB_PATH.to_owned());
         })
 }
@@ -123,10 +131,14 @@ fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
             import_site();
             let dir = std::path::Path::new(path).parent().and_then(|p| p.to_str()).unwrap_or("");
             let dir = if dir.is_empty() { "." } else { dir };
-            let abs = std::fs::canonicalize(dir).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| dir.to_owned());
+            let abs = std::fs::canonicalize(dir)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| dir.to_owned());
             vm.insert_sys_path(vm.new_pyobj(abs))?;
             // CPython 3.9+ gives the main script an absolute `__file__` (and tracebacks show it).
-            let file = std::path::absolute(path).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| path.clone());
+            let file = std::path::absolute(path)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| path.clone());
             vm.run_any_file(scope, &file)
         }
         RunMode::Command(code) => {
@@ -136,7 +148,9 @@ fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
         }
         RunMode::Module(name) => {
             import_site();
-            let cwd = std::env::current_dir().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+            let cwd = std::env::current_dir()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
             vm.insert_sys_path(vm.new_pyobj(cwd))?;
             vm.run_module(name)
         }

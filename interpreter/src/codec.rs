@@ -127,7 +127,9 @@ impl From<String> for Seg {
 
 impl Seg {
     fn render(&self, vm: &VirtualMachine) -> String {
-        let key = |k: &PyObjectRef| k.repr(vm).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|_| "?".into());
+        let key = |k: &PyObjectRef| {
+            k.repr(vm).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|_| "?".into())
+        };
         match self {
             Seg::Index(i) => format!("[{i}]"),
             Seg::Key(k) => format!("[{}] (key)", key(k)),
@@ -166,7 +168,9 @@ impl Encoder<'_> {
     fn enc(&mut self, obj: &PyObject) -> PyResult<Value> {
         let vm = self.vm;
         if self.path.len() > wire::ENCODE_DEPTH {
-            let e = vm.new_recursion_error("maximum recursion depth exceeded while encoding an object".to_owned());
+            let e = vm.new_recursion_error(
+                "maximum recursion depth exceeded while encoding an object".to_owned(),
+            );
             return Err(self.fail(e));
         }
         let cls = obj.class();
@@ -188,17 +192,22 @@ impl Encoder<'_> {
             return Ok(Value::Float(obj.downcast_ref::<PyFloat>().expect("float").to_f64()));
         }
         if cls.is(t.str_type) {
-            return Ok(Value::Str(obj.downcast_ref::<PyStr>().expect("str").as_wtf8().as_bytes().to_vec()));
+            return Ok(Value::Str(
+                obj.downcast_ref::<PyStr>().expect("str").as_wtf8().as_bytes().to_vec(),
+            ));
         }
         if cls.is(t.bytes_type) {
-            return Ok(Value::Bytes(obj.downcast_ref::<PyBytes>().expect("bytes").as_bytes().to_vec()));
+            return Ok(Value::Bytes(
+                obj.downcast_ref::<PyBytes>().expect("bytes").as_bytes().to_vec(),
+            ));
         }
         if let Some(&m) = self.memo.get(&obj.get_id()) {
             return Ok(Value::Memo(m));
         }
         if cls.is(t.tuple_type) {
             self.memoize(obj);
-            let items: Vec<PyObjectRef> = obj.downcast_ref::<PyTuple>().expect("tuple").as_slice().to_vec();
+            let items: Vec<PyObjectRef> =
+                obj.downcast_ref::<PyTuple>().expect("tuple").as_slice().to_vec();
             let mut out = Vec::with_capacity(items.len());
             for (i, it) in items.iter().enumerate() {
                 out.push(self.child(Seg::Index(i), it)?);
@@ -208,7 +217,8 @@ impl Encoder<'_> {
         if cls.is(t.list_type) {
             self.memoize(obj);
             // Copy the element refs out so no lock is held while encoding them.
-            let items: Vec<PyObjectRef> = obj.downcast_ref::<PyList>().expect("list").borrow_vec().to_vec();
+            let items: Vec<PyObjectRef> =
+                obj.downcast_ref::<PyList>().expect("list").borrow_vec().to_vec();
             let mut out = Vec::with_capacity(items.len());
             for (i, it) in items.iter().enumerate() {
                 out.push(self.child(Seg::Index(i), it)?);
@@ -235,7 +245,10 @@ impl Encoder<'_> {
                 }
             }
         }
-        if cls.is(t.function_type) || cls.is(t.builtin_function_or_method_type) || obj.downcast_ref::<PyType>().is_some() {
+        if cls.is(t.function_type)
+            || cls.is(t.builtin_function_or_method_type)
+            || obj.downcast_ref::<PyType>().is_some()
+        {
             return self.global(obj, None);
         }
         if let Some((kind, handle_fds, extra)) = native::as_handle(obj) {
@@ -249,7 +262,13 @@ impl Encoder<'_> {
         self.reduce(obj)
     }
 
-    fn handle(&mut self, obj: &PyObject, kind: HandleKind, handle_fds: Vec<RawFd>, extra: Vec<i64>) -> PyResult<Value> {
+    fn handle(
+        &mut self,
+        obj: &PyObject,
+        kind: HandleKind,
+        handle_fds: Vec<RawFd>,
+        extra: Vec<i64>,
+    ) -> PyResult<Value> {
         // Memoized like containers: two references to one queue must arrive as one object
         // (one feeder thread), or the order of their items would be lost.
         self.memoize(obj);
@@ -257,7 +276,9 @@ impl Encoder<'_> {
             (Handles::All(fds), _) | (Handles::Connections(fds), HandleKind::Connection) => fds,
             (_, HandleKind::Queue | HandleKind::SemLock | HandleKind::SharedBuffer) => {
                 let name = obj.class().name().to_string();
-                let e = self.vm.new_runtime_error(format!("{name} objects should only be shared between processes through inheritance"));
+                let e = self.vm.new_runtime_error(format!(
+                    "{name} objects should only be shared between processes through inheritance"
+                ));
                 return Err(self.fail(e));
             }
             (Handles::Refuse, HandleKind::Connection) => {
@@ -285,7 +306,11 @@ impl Encoder<'_> {
             Some(n) => n,
             None => match obj.get_attr("__qualname__", vm).and_then(|q| q.str(vm)) {
                 Ok(q) => q.to_string_lossy().into_owned(),
-                Err(_) => obj.get_attr("__name__", vm).and_then(|q| q.str(vm))?.to_string_lossy().into_owned(),
+                Err(_) => obj
+                    .get_attr("__name__", vm)
+                    .and_then(|q| q.str(vm))?
+                    .to_string_lossy()
+                    .into_owned(),
             },
         };
         let module = match obj.get_attr("__module__", vm) {
@@ -306,11 +331,23 @@ impl Encoder<'_> {
             Ok(found) if found.is(obj) => Ok(Value::Global { module, qualname }),
             _ if by_value_ok => self.function(obj),
             Ok(_) => {
-                let e = pickling_error(vm, format!("Can't pickle {}: it's not the same object as {module}.{qualname}", repr()));
+                let e = pickling_error(
+                    vm,
+                    format!(
+                        "Can't pickle {}: it's not the same object as {module}.{qualname}",
+                        repr()
+                    ),
+                );
                 Err(self.fail(e))
             }
             Err(_) => {
-                let e = pickling_error(vm, format!("Can't pickle {}: attribute lookup {qualname} on {module} failed", repr()));
+                let e = pickling_error(
+                    vm,
+                    format!(
+                        "Can't pickle {}: attribute lookup {qualname} on {module} failed",
+                        repr()
+                    ),
+                );
                 Err(self.fail(e))
             }
         }
@@ -327,10 +364,13 @@ impl Encoder<'_> {
         let vm = self.vm;
         self.memoize(f);
         let code_obj = f.get_attr("__code__", vm)?;
-        let marshalled = vm.import("marshal", 0)?.get_attr("dumps", vm)?.call((code_obj.clone(),), vm)?;
+        let marshalled =
+            vm.import("marshal", 0)?.get_attr("dumps", vm)?.call((code_obj.clone(),), vm)?;
         let code = match marshalled.downcast_ref::<PyBytes>() {
             Some(b) => b.as_bytes().to_vec(),
-            None => return Err(pickling_error(vm, "marshal.dumps did not return bytes".to_owned())),
+            None => {
+                return Err(pickling_error(vm, "marshal.dumps did not return bytes".to_owned()))
+            }
         };
         let sender_globals = f
             .get_attr("__globals__", vm)?
@@ -376,14 +416,22 @@ impl Encoder<'_> {
         let mut names = Vec::new();
         for n in code_global_names(vm, &code_obj)? {
             if let Some(v) = sender_globals.get_item_opt(&*n, vm)? {
-                let seg = format!(".__globals__[{}]", n.as_object().repr(vm).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+                let seg = format!(
+                    ".__globals__[{}]",
+                    n.as_object()
+                        .repr(vm)
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                );
                 names.push((Value::Str(n.as_wtf8().as_bytes().to_vec()), self.child(seg, &v)?));
             }
         }
         let mut contents = Vec::with_capacity(new_cells.len());
         for (i, cell) in new_cells {
             match cell.get_attr("cell_contents", vm) {
-                Ok(v) => contents.push(Some(self.child(format!(".__closure__[{i}].cell_contents"), &v)?)),
+                Ok(v) => {
+                    contents.push(Some(self.child(format!(".__closure__[{i}].cell_contents"), &v)?))
+                }
                 // An empty cell: a free variable not yet assigned in the enclosing function.
                 Err(e) if e.fast_isinstance(vm.ctx.exceptions.value_error) => contents.push(None),
                 Err(e) => return Err(e),
@@ -394,9 +442,12 @@ impl Encoder<'_> {
             let v = f.get_attr(name, vm)?;
             attrs.push(self.child(format!(".{name}"), &v)?);
         }
-        let [defaults, kwdefaults, qualname, module, doc] = <[Value; 5]>::try_from(attrs).expect("five attributes");
+        let [defaults, kwdefaults, qualname, module, doc] =
+            <[Value; 5]>::try_from(attrs).expect("five attributes");
         let dict = match f.dict() {
-            Some(d) if d.__len__() > 0 => self.child(Seg::Text(".__dict__".to_owned()), d.as_object())?,
+            Some(d) if d.__len__() > 0 => {
+                self.child(Seg::Text(".__dict__".to_owned()), d.as_object())?
+            }
             _ => Value::None,
         };
         Ok(Value::Function(Box::new(Function {
@@ -436,7 +487,10 @@ impl Encoder<'_> {
             return Err(self.fail(e));
         };
         if !(2..=6).contains(&parts.len()) {
-            let e = pickling_error(vm, "tuple returned by __reduce__ must contain 2 through 6 elements".to_owned());
+            let e = pickling_error(
+                vm,
+                "tuple returned by __reduce__ must contain 2 through 6 elements".to_owned(),
+            );
             return Err(self.fail(e));
         }
         if parts.len() == 6 && !vm.is_none(&parts[5]) {
@@ -447,7 +501,9 @@ impl Encoder<'_> {
         let func = self.child(Seg::Text(".__reduce__()[0]".to_owned()), &parts[0])?;
         let args = self.child(Seg::Text(".__reduce__()[1]".to_owned()), &parts[1])?;
         let state = match parts.get(2) {
-            Some(s) if !vm.is_none(s) => Some(self.child(Seg::Text(".__getstate__()".to_owned()), s)?),
+            Some(s) if !vm.is_none(s) => {
+                Some(self.child(Seg::Text(".__getstate__()".to_owned()), s)?)
+            }
             _ => None,
         };
         let mut listitems = Vec::new();
@@ -463,7 +519,10 @@ impl Encoder<'_> {
             for p in items.iter() {
                 let (k, x) = pair(vm, p)?;
                 let (k, x) = (&k, &x);
-                dictitems.push((self.child(Seg::Key(k.clone()), k)?, self.child(Seg::Value(k.clone()), x)?));
+                dictitems.push((
+                    self.child(Seg::Key(k.clone()), k)?,
+                    self.child(Seg::Value(k.clone()), x)?,
+                ));
             }
         }
         Ok(Value::Reduce(Box::new(Reduce { func, args, state, listitems, dictitems })))
@@ -473,7 +532,10 @@ impl Encoder<'_> {
 /// The names a code object may look up as globals: `co_names` of it and of the code objects
 /// nested in its constants, in first-seen order. Attribute names are among them too; only those
 /// that exist in the function's globals are sent.
-fn code_global_names(vm: &VirtualMachine, code: &PyObject) -> PyResult<Vec<rustpython_vm::PyRef<PyStr>>> {
+fn code_global_names(
+    vm: &VirtualMachine,
+    code: &PyObject,
+) -> PyResult<Vec<rustpython_vm::PyRef<PyStr>>> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let mut stack = vec![code.to_owned()];
@@ -482,7 +544,9 @@ fn code_global_names(vm: &VirtualMachine, code: &PyObject) -> PyResult<Vec<rustp
         for n in names {
             if let Ok(n) = n.downcast::<PyStr>() {
                 // The receiver supplies its own builtins.
-                if n.as_wtf8().as_bytes() != b"__builtins__" && seen.insert(n.as_wtf8().as_bytes().to_vec()) {
+                if n.as_wtf8().as_bytes() != b"__builtins__"
+                    && seen.insert(n.as_wtf8().as_bytes().to_vec())
+                {
                     out.push(n);
                 }
             }
@@ -612,7 +676,10 @@ impl Decoder<'_> {
         let vm = self.vm;
         let malformed = |what: &str| unpickling_error(vm, format!("malformed message: {what}"));
         let idx = self.reserve();
-        let code = vm.import("marshal", 0)?.get_attr("loads", vm)?.call((vm.ctx.new_bytes(fv.code.clone()),), vm)?;
+        let code = vm
+            .import("marshal", 0)?
+            .get_attr("loads", vm)?
+            .call((vm.ctx.new_bytes(fv.code.clone()),), vm)?;
         if !code.class().is(vm.ctx.types.code_type) {
             return Err(malformed("function code is not a code object"));
         }
@@ -642,8 +709,14 @@ impl Decoder<'_> {
             };
             cells.push(cell);
         }
-        let closure: PyObjectRef = if cells.is_empty() { vm.ctx.none() } else { vm.ctx.new_tuple(cells).into() };
-        let func = vm.ctx.types.function_type.as_object().call((code, globals.clone(), name, vm.ctx.none(), closure), vm)?;
+        let closure: PyObjectRef =
+            if cells.is_empty() { vm.ctx.none() } else { vm.ctx.new_tuple(cells).into() };
+        let func = vm
+            .ctx
+            .types
+            .function_type
+            .as_object()
+            .call((code, globals.clone(), name, vm.ctx.none(), closure), vm)?;
         self.memo[idx] = Some(func.clone());
 
         // Phase 2: the parts that may refer back to the function.
@@ -667,13 +740,18 @@ impl Decoder<'_> {
                 func.set_attr(attr, x, vm)?;
             }
         }
-        for (attr, v) in [("__qualname__", &fv.qualname), ("__module__", &fv.module), ("__doc__", &fv.doc)] {
+        for (attr, v) in
+            [("__qualname__", &fv.qualname), ("__module__", &fv.module), ("__doc__", &fv.doc)]
+        {
             let x = self.dec(v, d)?;
             func.set_attr(attr, x, vm)?;
         }
         let dict = self.dec(&fv.dict, d)?;
         if !vm.is_none(&dict) {
-            let items = dict.downcast::<PyDict>().map_err(|_| malformed("function __dict__ is not a dict"))?.items_vec();
+            let items = dict
+                .downcast::<PyDict>()
+                .map_err(|_| malformed("function __dict__ is not a dict"))?
+                .items_vec();
             let fdict = func.dict().ok_or_else(|| malformed("function without __dict__"))?;
             for (k, x) in items {
                 fdict.set_item(&*k, x, vm)?;
@@ -689,7 +767,12 @@ impl Decoder<'_> {
         let args = self.dec(&r.args, d)?;
         let args: Vec<PyObjectRef> = match args.downcast_ref::<PyTuple>() {
             Some(t) => t.as_slice().to_vec(),
-            None => return Err(unpickling_error(vm, "malformed message: reduce arguments are not a tuple".into())),
+            None => {
+                return Err(unpickling_error(
+                    vm,
+                    "malformed message: reduce arguments are not a tuple".into(),
+                ))
+            }
         };
         let obj = func.call(args, vm)?;
         self.memo[idx] = Some(obj.clone());
@@ -728,7 +811,9 @@ fn set_state(vm: &VirtualMachine, obj: &PyObjectRef, state: PyObjectRef) -> PyRe
         // Like pickle's BUILD: straight into __dict__, bypassing any custom __setattr__.
         let inst_dict = obj.dict();
         for (k, v) in items {
-            let name = k.downcast::<PyStr>().map_err(|_| vm.new_type_error("state keys must be strings".to_owned()))?;
+            let name = k
+                .downcast::<PyStr>()
+                .map_err(|_| vm.new_type_error("state keys must be strings".to_owned()))?;
             match &inst_dict {
                 Some(d) => d.set_item(&*name, v, vm)?,
                 None => obj.set_attr(&name, v, vm)?,
@@ -739,7 +824,9 @@ fn set_state(vm: &VirtualMachine, obj: &PyObjectRef, state: PyObjectRef) -> PyRe
         let items: Vec<PyObjectRef> = vm.call_method(&slots, "items", ())?.try_to_value(vm)?;
         for p in items {
             let (k, v) = pair(vm, &p)?;
-            let name = k.downcast::<PyStr>().map_err(|_| vm.new_type_error("slot names must be strings".to_owned()))?;
+            let name = k
+                .downcast::<PyStr>()
+                .map_err(|_| vm.new_type_error("slot names must be strings".to_owned()))?;
             obj.set_attr(&name, v, vm)?;
         }
     }
@@ -757,7 +844,11 @@ fn pair(vm: &VirtualMachine, p: &PyObject) -> PyResult<(PyObjectRef, PyObjectRef
 
 /// RustPython names native types without their module ("cannot pickle 'lock' object"); CPython
 /// says "'_thread.lock'". Say it CPython's way so scripts that print the message match.
-fn cpython_type_name_in_message(vm: &VirtualMachine, obj: &PyObject, e: PyBaseExceptionRef) -> PyBaseExceptionRef {
+fn cpython_type_name_in_message(
+    vm: &VirtualMachine,
+    obj: &PyObject,
+    e: PyBaseExceptionRef,
+) -> PyBaseExceptionRef {
     if !e.fast_isinstance(vm.ctx.exceptions.type_error) {
         return e;
     }
@@ -771,7 +862,8 @@ fn cpython_type_name_in_message(vm: &VirtualMachine, obj: &PyObject, e: PyBaseEx
         .and_then(|m| m.str(vm).ok())
         .map(|m| m.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if msg != format!("cannot pickle '{name}' object") || module.is_empty() || module == "builtins" {
+    if msg != format!("cannot pickle '{name}' object") || module.is_empty() || module == "builtins"
+    {
         return e;
     }
     vm.new_type_error(format!("cannot pickle '{module}.{name}' object"))

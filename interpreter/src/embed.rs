@@ -126,14 +126,19 @@ mod raw_result {
         s.serialize_bytes(b)
     }
 
-    pub fn serialize<E: Serialize, S: Serializer>(r: &Result<Vec<u8>, E>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<E: Serialize, S: Serializer>(
+        r: &Result<Vec<u8>, E>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match r {
             Ok(b) => RRef::<E>::Ok(b).serialize(s),
             Err(e) => RRef::Err(e).serialize(s),
         }
     }
 
-    pub fn deserialize<'de, E: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Result<Vec<u8>, E>, D::Error> {
+    pub fn deserialize<'de, E: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Result<Vec<u8>, E>, D::Error> {
         Ok(match R::<B, E>::deserialize(d)? {
             R::Ok(B(b)) => Ok(b),
             R::Err(e) => Err(e),
@@ -183,7 +188,8 @@ pub struct PyError {
 /// Write one frame. A frame over [`MAX_FRAME`] is refused (`InvalidData`, nothing written):
 /// the reader would refuse it, and its length would not fit the header.
 pub fn write_frame(w: &mut impl Write, frame: &Frame) -> io::Result<()> {
-    let body = postcard::to_allocvec(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let body =
+        postcard::to_allocvec(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     if body.len() > MAX_FRAME {
         return Err(too_large(body.len()));
     }
@@ -196,7 +202,10 @@ pub fn write_frame(w: &mut impl Write, frame: &Frame) -> io::Result<()> {
 }
 
 fn too_large(len: usize) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large (the limit is {MAX_FRAME})"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("frame of {len} bytes is too large (the limit is {MAX_FRAME})"),
+    )
 }
 
 /// Read one frame. Errors by kind: `UnexpectedEof` (the peer closed, before or inside a frame),
@@ -210,7 +219,12 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
         return Err(too_large(len));
     }
     let body = read_body(r, len)?;
-    postcard::from_bytes(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("cannot decode a frame of {len} bytes: {e}")))
+    postcard::from_bytes(&body).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("cannot decode a frame of {len} bytes: {e}"),
+        )
+    })
 }
 
 /// First allocation for a frame body: a header alone never costs more than this.
@@ -222,8 +236,12 @@ fn read_body(r: &mut impl Read, len: usize) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     while body.len() < len {
         let more = (len - body.len()).min(body.len().max(FIRST_CHUNK));
-        body.try_reserve_exact(more)
-            .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, format!("no memory for a frame of {len} bytes")))?;
+        body.try_reserve_exact(more).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!("no memory for a frame of {len} bytes"),
+            )
+        })?;
         // Fills the reserved room and no more: `take` ends the read at `more` bytes.
         let got = r.by_ref().take(more as u64).read_to_end(&mut body)?;
         if got < more {
@@ -250,11 +268,16 @@ mod tests {
             Call { id: u64, target: String, args: Vec<u8> },
             Reply { id: u64, outcome: Result<Vec<u8>, PyError> },
         }
-        let ours = postcard::to_allocvec(&Frame::Call { id: 3, target: "m:f".into(), args: vec![9; 300] }).unwrap();
-        let plain = postcard::to_allocvec(&Plain::Call { id: 3, target: "m:f".into(), args: vec![9; 300] }).unwrap();
+        let ours =
+            postcard::to_allocvec(&Frame::Call { id: 3, target: "m:f".into(), args: vec![9; 300] })
+                .unwrap();
+        let plain =
+            postcard::to_allocvec(&Plain::Call { id: 3, target: "m:f".into(), args: vec![9; 300] })
+                .unwrap();
         assert_eq!(ours, plain);
         let ours = postcard::to_allocvec(&Frame::Reply { id: 3, outcome: Ok(vec![1, 2]) }).unwrap();
-        let plain = postcard::to_allocvec(&Plain::Reply { id: 3, outcome: Ok(vec![1, 2]) }).unwrap();
+        let plain =
+            postcard::to_allocvec(&Plain::Reply { id: 3, outcome: Ok(vec![1, 2]) }).unwrap();
         assert_eq!(ours, plain);
         let e = PyError { type_name: "E".into(), message: "m".into(), traceback: "t".into() };
         let f = Frame::Reply { id: 4, outcome: Err(e) };
@@ -287,7 +310,11 @@ mod tests {
         for junk in [&[0xffu8; 8][..], &[], &[2, 1]] {
             let mut f = (junk.len() as u32).to_le_bytes().to_vec();
             f.extend_from_slice(junk);
-            assert_eq!(read_frame(&mut &f[..]).unwrap_err().kind(), io::ErrorKind::InvalidData, "{junk:?}");
+            assert_eq!(
+                read_frame(&mut &f[..]).unwrap_err().kind(),
+                io::ErrorKind::InvalidData,
+                "{junk:?}"
+            );
         }
     }
 }

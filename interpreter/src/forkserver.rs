@@ -83,7 +83,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The answer a client holding `key` gives to `nonce`.
 pub fn answer(key: &[u8], nonce: &[u8]) -> [u8; ANSWER_LEN] {
     // Cannot fail: HMAC accepts keys of any length (only fixed-key MACs return InvalidLength).
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
     mac.update(CHALLENGE_TAG);
     mac.update(nonce);
     mac.finalize().into_bytes().into()
@@ -92,7 +93,8 @@ pub fn answer(key: &[u8], nonce: &[u8]) -> [u8; ANSWER_LEN] {
 /// Whether `answer` is right for `nonce` under `key` (compared in constant time).
 pub fn verify(key: &[u8], nonce: &[u8], answer: &[u8]) -> bool {
     // Cannot fail, as in `answer`.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
     mac.update(CHALLENGE_TAG);
     mac.update(nonce);
     mac.verify_slice(answer).is_ok()
@@ -170,12 +172,24 @@ impl std::fmt::Display for Reject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Reject::BadAnswer => write!(f, "fork server: authentication failed (wrong key)"),
-            Reject::UnexpectedFds => write!(f, "fork server: descriptors outside the request header"),
-            Reject::TooManyFds(n) => write!(f, "fork server: request carries {n} descriptors (limit {MAX_FDS})"),
-            Reject::FdsLost => write!(f, "fork server: could not receive the request's descriptors (too many open files)"),
+            Reject::UnexpectedFds => {
+                write!(f, "fork server: descriptors outside the request header")
+            }
+            Reject::TooManyFds(n) => {
+                write!(f, "fork server: request carries {n} descriptors (limit {MAX_FDS})")
+            }
+            Reject::FdsLost => write!(
+                f,
+                "fork server: could not receive the request's descriptors (too many open files)"
+            ),
             Reject::Empty => write!(f, "fork server: empty request"),
-            Reject::TooLarge(n) => write!(f, "fork server: request of {n} bytes is over the limit of {MAX_REQUEST} bytes"),
-            Reject::OutOfMemory(n) => write!(f, "fork server: no memory for a request of {n} bytes"),
+            Reject::TooLarge(n) => write!(
+                f,
+                "fork server: request of {n} bytes is over the limit of {MAX_REQUEST} bytes"
+            ),
+            Reject::OutOfMemory(n) => {
+                write!(f, "fork server: no memory for a request of {n} bytes")
+            }
             Reject::Stalled => write!(f, "fork server: request not completed in time"),
         }
     }
@@ -205,7 +219,15 @@ pub struct Inbound {
 impl Inbound {
     /// A connection that was sent `nonce`.
     pub fn new(nonce: [u8; NONCE_LEN]) -> Inbound {
-        Inbound { nonce, phase: Phase::Answer, part: [0; ANSWER_LEN], got: 0, len: 0, body: Vec::new(), nfds: 0 }
+        Inbound {
+            nonce,
+            phase: Phase::Answer,
+            part: [0; ANSWER_LEN],
+            got: 0,
+            len: 0,
+            body: Vec::new(),
+            nfds: 0,
+        }
     }
 
     /// The challenge this connection must answer.
@@ -313,7 +335,11 @@ pub fn sockaddr(path: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)>
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 fn random<const N: usize>() -> io::Result<[u8; N]> {
@@ -328,7 +354,10 @@ fn make_private_dir(base: &Path) -> io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     for _ in 0..100 {
-        let name: String = random::<10>()?.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+        let name: String = random::<10>()?
+            .iter()
+            .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+            .collect();
         let dir = base.join(format!("{DIR_PREFIX}{name}"));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
@@ -352,7 +381,9 @@ fn safe_base(base: &Path) -> bool {
     let Ok(meta) = std::fs::metadata(base) else { return false };
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    meta.is_dir() && (meta.uid() == me || meta.uid() == 0) && (meta.mode() & 0o022 == 0 || meta.mode() & 0o1000 != 0)
+    meta.is_dir()
+        && (meta.uid() == me || meta.uid() == 0)
+        && (meta.mode() & 0o022 == 0 || meta.mode() & 0o1000 != 0)
 }
 
 /// A listening socket at a fresh path `<tmp>/procpy-XXXXXXXXXX/fs.sock`, the directory of
@@ -396,7 +427,8 @@ pub fn listen_private() -> io::Result<(OwnedFd, PathBuf)> {
 fn bind_listen(path: &Path) -> io::Result<OwnedFd> {
     let (addr, len) = sockaddr(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: plain socket(2); the descriptor is owned at once.
-    let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    let fd =
+        cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: `addr` is a valid sockaddr_un of length `len`.
@@ -426,7 +458,15 @@ pub fn peer_cred(fd: RawFd) -> io::Result<libc::ucred> {
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` is a writable ucred and `len` its size.
-    cvt(unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len) })?;
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
     Ok(cred)
 }
 
@@ -498,7 +538,8 @@ impl Gate {
     /// Serve `listener` (made non-blocking here) with `key`; `path` is removed by
     /// [`close`](Self::close).
     pub fn new(listener: OwnedFd, key: &[u8], path: Option<PathBuf>) -> io::Result<Gate> {
-        let key: [u8; KEY_LEN] = key.try_into().map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let key: [u8; KEY_LEN] =
+            key.try_into().map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let fd = listener.as_raw_fd();
         // SAFETY: fcntl on a descriptor we own.
         let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
@@ -596,7 +637,12 @@ impl Gate {
                 return Ok(true);
             }
             let max_fds = if p.inbound.fds_allowed() { MAX_FDS } else { 1 };
-            let r = ipc::recv_with_fds_flags(p.sock.as_raw_fd(), &mut self.scratch[..want], max_fds, libc::MSG_DONTWAIT);
+            let r = ipc::recv_with_fds_flags(
+                p.sock.as_raw_fd(),
+                &mut self.scratch[..want],
+                max_fds,
+                libc::MSG_DONTWAIT,
+            );
             let (n, fds, flags) = match r {
                 Ok(r) => r,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -633,7 +679,11 @@ impl Gate {
             match accept(listener) {
                 Ok(sock) => self.admit(sock),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO)) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO)
+                    ) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     // Out of descriptors: free the spare one to take the client and tell it,
                     // rather than leave it waiting (or spin on a listener that stays ready).
@@ -692,7 +742,13 @@ impl Gate {
             }
         }
         let now = Instant::now();
-        self.pending.push(Pending { sock, inbound: Inbound::new(nonce), fds: Vec::new(), deadline: now + AUTH_DEADLINE, accepted: now });
+        self.pending.push(Pending {
+            sock,
+            inbound: Inbound::new(nonce),
+            fds: Vec::new(),
+            deadline: now + AUTH_DEADLINE,
+            accepted: now,
+        });
     }
 
     /// Close the listener and every connection and forget the key; remove the socket and its
@@ -732,7 +788,12 @@ fn open_reserve() -> Option<OwnedFd> {
 fn accept(listener: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: accept4 on our listener, without an address buffer.
     let fd = cvt(unsafe {
-        libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+        libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+        )
     })?;
     // SAFETY: a fresh descriptor from accept4, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -809,7 +870,10 @@ mod tests {
         assert_eq!(inb.feed(&KEY, &answer(&KEY, &nonce)[..4], 1), Err(Reject::UnexpectedFds));
         let mut inb = Inbound::new(nonce);
         inb.feed(&KEY, &answer(&KEY, &nonce), 0).unwrap();
-        assert_eq!(inb.feed(&KEY, &[0, 0, 0, 0], MAX_FDS + 1), Err(Reject::TooManyFds(MAX_FDS + 1)));
+        assert_eq!(
+            inb.feed(&KEY, &[0, 0, 0, 0], MAX_FDS + 1),
+            Err(Reject::TooManyFds(MAX_FDS + 1))
+        );
         let mut inb = Inbound::new(nonce);
         inb.feed(&KEY, &answer(&KEY, &nonce), 0).unwrap();
         inb.feed(&KEY, &4u64.to_be_bytes(), 3).unwrap();
@@ -866,7 +930,8 @@ mod tests {
             let polled: Vec<(RawFd, i16)> = watch.iter().map(|&fd| (fd, libc::POLLIN)).collect();
             let revents = ipc::poll(&polled, Some(Duration::from_secs(10))).unwrap();
             assert!(revents.iter().any(|&r| r != 0), "nothing ready within 10 s");
-            let ready: Vec<RawFd> = watch.iter().zip(revents).filter(|(_, r)| *r != 0).map(|(fd, _)| *fd).collect();
+            let ready: Vec<RawFd> =
+                watch.iter().zip(revents).filter(|(_, r)| *r != 0).map(|(fd, _)| *fd).collect();
             gate.service(&ready)
         };
         let _silent = connect();

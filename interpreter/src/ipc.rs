@@ -9,11 +9,19 @@ use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
 }
 
 /// An OS error and what was being done when it happened ("cannot start the resource tracker"):
@@ -49,7 +57,9 @@ pub fn doing(e: io::Error, what: impl Into<String>) -> io::Error {
 /// A close-on-exec AF_UNIX socket pair of the given type (`SOCK_STREAM`, `SOCK_SEQPACKET`).
 pub fn socketpair(kind: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
-    cvt(unsafe { libc::socketpair(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) })?;
+    cvt(unsafe {
+        libc::socketpair(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+    })?;
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
@@ -112,7 +122,15 @@ pub fn is_unix_socket(fd: RawFd) -> bool {
     // `Listener`/`Client` is a socket too, but cannot.
     let mut domain: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, (&mut domain as *mut libc::c_int).cast(), &mut len) };
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
     r == 0 && domain == libc::AF_UNIX
 }
 
@@ -134,12 +152,14 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 
 /// `poll` over `fds` (descriptor, events); returns the revents of each. `None` waits forever.
 pub fn poll(fds: &[(RawFd, i16)], timeout: Option<Duration>) -> io::Result<Vec<i16>> {
-    let mut pfds: Vec<libc::pollfd> = fds.iter().map(|&(fd, events)| libc::pollfd { fd, events, revents: 0 }).collect();
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|&(fd, events)| libc::pollfd { fd, events, revents: 0 }).collect();
     let ms = match timeout {
         None => -1,
         // Rounded up to whole milliseconds; a wait longer than poll takes (24 days) is cut to
         // that, and the callers loop.
-        Some(d) => (d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0)).min(i32::MAX as u128) as i32,
+        Some(d) => (d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0))
+            .min(i32::MAX as u128) as i32,
     };
     cvt(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) })?;
     Ok(pfds.iter().map(|p| p.revents).collect())
@@ -151,7 +171,12 @@ pub fn remaining(deadline: Option<Instant>) -> Option<Duration> {
 }
 
 /// `sendmsg` of `data` with `fds` attached as SCM_RIGHTS.
-pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd], flags: libc::c_int) -> io::Result<usize> {
+pub fn send_with_fds(
+    sock: RawFd,
+    data: &[u8],
+    fds: &[RawFd],
+    flags: libc::c_int,
+) -> io::Result<usize> {
     let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -166,7 +191,11 @@ pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd], flags: libc::c_int
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
             (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(c).cast::<RawFd>(),
+                fds.len(),
+            );
         }
     }
     cvt_size(unsafe { libc::sendmsg(sock, &msg, flags | libc::MSG_NOSIGNAL) })
@@ -174,19 +203,30 @@ pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd], flags: libc::c_int
 
 /// `recvmsg` into `buf`, accepting up to `max_fds` descriptors (received close-on-exec).
 /// Returns the byte count, the descriptors, and whether the record was truncated.
-pub fn recv_with_fds(sock: RawFd, buf: &mut [u8], max_fds: usize, flags: libc::c_int) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
+pub fn recv_with_fds(
+    sock: RawFd,
+    buf: &mut [u8],
+    max_fds: usize,
+    flags: libc::c_int,
+) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
     let (n, fds, msg_flags) = recv_with_fds_flags(sock, buf, max_fds, flags)?;
     Ok((n, fds, msg_flags & libc::MSG_TRUNC != 0))
 }
 
 /// [`recv_with_fds`] returning the message's `msg_flags` whole: `MSG_CTRUNC` there means
 /// descriptors were sent but not all could be received (no room, or out of descriptors).
-pub fn recv_with_fds_flags(sock: RawFd, buf: &mut [u8], max_fds: usize, flags: libc::c_int) -> io::Result<(usize, Vec<OwnedFd>, libc::c_int)> {
+pub fn recv_with_fds_flags(
+    sock: RawFd,
+    buf: &mut [u8],
+    max_fds: usize,
+    flags: libc::c_int,
+) -> io::Result<(usize, Vec<OwnedFd>, libc::c_int)> {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    let space = unsafe { libc::CMSG_SPACE((max_fds.max(1) * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE((max_fds.max(1) * std::mem::size_of::<RawFd>()) as u32) }
+        as usize;
     let mut cbuf = vec![0u64; space.div_ceil(8)];
     msg.msg_control = cbuf.as_mut_ptr().cast();
     msg.msg_controllen = space as _;
@@ -225,7 +265,9 @@ pub fn memfd_with(data: &[u8]) -> io::Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut off = 0;
     while off < data.len() {
-        match cvt_size(unsafe { libc::pwrite(fd.as_raw_fd(), data[off..].as_ptr().cast(), data.len() - off, off as i64) }) {
+        match cvt_size(unsafe {
+            libc::pwrite(fd.as_raw_fd(), data[off..].as_ptr().cast(), data.len() - off, off as i64)
+        }) {
             Ok(n) => off += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -277,14 +319,23 @@ pub fn regular_file_size(fd: RawFd, what: &str) -> io::Result<u64> {
 /// the end of its file is SIGBUS). For memory that is mapped; see [`require_sealed`].
 pub fn sealed_memfd(name: &std::ffi::CStr, len: usize) -> io::Result<OwnedFd> {
     // SAFETY: `name` is a valid C string; a non-negative result is a new descriptor we own.
-    let fd = cvt(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) })?;
+    let fd = cvt(unsafe {
+        libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+    })?;
     // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = libc::off_t::try_from(len).map_err(|_| invalid(format!("a memory file of {len} bytes is too large")))?;
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| invalid(format!("a memory file of {len} bytes is too large")))?;
     // SAFETY: plain system calls on a descriptor we own.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) })?;
     // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL) })?;
+    cvt(unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+        )
+    })?;
     Ok(fd)
 }
 
@@ -295,7 +346,9 @@ pub fn require_sealed(fd: RawFd, what: &str) -> io::Result<()> {
     // SAFETY: F_GET_SEALS reads the descriptor's seals; an unsuitable descriptor is an error.
     let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
     if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
-        return Err(invalid(format!("the {what} is not sealed against shrinking (procpy seals the memory files it maps)")));
+        return Err(invalid(format!(
+            "the {what} is not sealed against shrinking (procpy seals the memory files it maps)"
+        )));
     }
     Ok(())
 }
@@ -304,7 +357,15 @@ pub fn require_sealed(fd: RawFd, what: &str) -> io::Result<()> {
 pub fn is_socket_of_type(fd: RawFd, kind: libc::c_int) -> bool {
     let mut ty: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut ty as *mut libc::c_int).cast(), &mut len) };
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
     r == 0 && ty == kind
 }
 
@@ -333,10 +394,13 @@ pub enum BodyError<E> {
 impl From<BodyError<io::Error>> for io::Error {
     fn from(e: BodyError<io::Error>) -> io::Error {
         match e {
-            BodyError::Eof { .. } => io::Error::new(io::ErrorKind::UnexpectedEof, "got end of file during message"),
-            BodyError::NoMemory { len } => {
-                io::Error::new(io::ErrorKind::OutOfMemory, format!("cannot allocate memory for a message of {len} bytes"))
+            BodyError::Eof { .. } => {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "got end of file during message")
             }
+            BodyError::NoMemory { len } => io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!("cannot allocate memory for a message of {len} bytes"),
+            ),
             BodyError::Read(e) => e,
         }
     }
@@ -358,7 +422,10 @@ impl From<BodyError<io::Error>> for io::Error {
 ///
 /// Every allocation is fallible (`try_reserve`, `alloc_zeroed`): running out of memory midway
 /// is [`BodyError::NoMemory`], never an abort.
-pub fn read_body<E>(len: usize, mut read: impl FnMut(&mut [u8]) -> Result<usize, E>) -> Result<Vec<u8>, BodyError<E>> {
+pub fn read_body<E>(
+    len: usize,
+    mut read: impl FnMut(&mut [u8]) -> Result<usize, E>,
+) -> Result<Vec<u8>, BodyError<E>> {
     if len == 0 {
         return Ok(Vec::new());
     }
@@ -446,11 +513,21 @@ impl SharedCounters {
     pub fn map(fd: OwnedFd, n: usize) -> io::Result<Self> {
         let size = regular_file_size(fd.as_raw_fd(), "counters' descriptor")?;
         if size < (n * 4) as u64 {
-            return Err(invalid(format!("the counters' memory file holds {size} bytes, {} needed", n * 4)));
+            return Err(invalid(format!(
+                "the counters' memory file holds {size} bytes, {} needed",
+                n * 4
+            )));
         }
         require_sealed(fd.as_raw_fd(), "counters' memory file")?;
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), n * 4, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                n * 4,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
@@ -473,9 +550,12 @@ impl SharedCounters {
     /// Sleep while counter `i` still equals `expected`, at most `timeout`. Spurious wake-ups are
     /// possible: callers re-check their condition.
     pub fn wait(&self, i: usize, expected: u32, timeout: Option<Duration>) -> io::Result<()> {
-        let ts = timeout.map(|d| libc::timespec { tv_sec: d.as_secs() as _, tv_nsec: d.subsec_nanos() as _ });
+        let ts = timeout
+            .map(|d| libc::timespec { tv_sec: d.as_secs() as _, tv_nsec: d.subsec_nanos() as _ });
         let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const _);
-        let r = unsafe { libc::syscall(libc::SYS_futex, self.get(i).as_ptr(), libc::FUTEX_WAIT, expected, tsp) };
+        let r = unsafe {
+            libc::syscall(libc::SYS_futex, self.get(i).as_ptr(), libc::FUTEX_WAIT, expected, tsp)
+        };
         if r < 0 {
             let e = io::Error::last_os_error();
             if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ETIMEDOUT)) {
@@ -530,7 +610,11 @@ mod tests {
 
     /// A reader that hands out `data` at most `step` bytes a call, recording how much room it
     /// was offered each time.
-    fn trickle<'a>(data: &'a [u8], step: usize, offered: &'a mut Vec<usize>) -> impl FnMut(&mut [u8]) -> io::Result<usize> + 'a {
+    fn trickle<'a>(
+        data: &'a [u8],
+        step: usize,
+        offered: &'a mut Vec<usize>,
+    ) -> impl FnMut(&mut [u8]) -> io::Result<usize> + 'a {
         let mut pos = 0;
         move |b: &mut [u8]| {
             offered.push(b.len());
@@ -617,7 +701,8 @@ mod tests {
 
     #[test]
     fn doing_keeps_errno_and_says_what_failed() {
-        let e = doing(io::Error::from_raw_os_error(libc::EMFILE), "cannot start the resource tracker");
+        let e =
+            doing(io::Error::from_raw_os_error(libc::EMFILE), "cannot start the resource tracker");
         let d = e.get_ref().and_then(|i| i.downcast_ref::<Doing>()).expect("a Doing");
         assert_eq!(d.errno, libc::EMFILE);
         assert_eq!(d.to_string(), "cannot start the resource tracker: Too many open files");

@@ -118,7 +118,10 @@ pub fn init_from_env(role: Role) {
         std::env::remove_var(EXEC_T0_ENV);
     }
     let Some(path) = std::env::var_os(ENV) else { return };
-    let Ok(c) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str())) else { return };
+    let Ok(c) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+    else {
+        return;
+    };
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC) };
     if fd < 0 {
         return;
@@ -150,7 +153,11 @@ pub fn init_from_env(role: Role) {
 /// Runs in the child right after `fork()`: async-signal-safe work only (atomics, the clock).
 extern "C" fn after_fork_child() {
     BOOT_T0.store(now().to_bits(), Relaxed);
-    let next = if ORIGIN.load(Relaxed) == ORIGIN_FORKSERVER { ORIGIN_FORKSERVER_CHILD } else { ORIGIN_FORK };
+    let next = if ORIGIN.load(Relaxed) == ORIGIN_FORKSERVER {
+        ORIGIN_FORKSERVER_CHILD
+    } else {
+        ORIGIN_FORK
+    };
     ORIGIN.store(next, Relaxed);
 }
 
@@ -329,7 +336,12 @@ pub fn exit(code: i64, of: Option<i32>) {
     };
     let by = if of.is_some() { ",\"reported_by\":\"parent\"" } else { "" };
     let h = head("i", "exit", "process", p, p, now());
-    emit("X", &format!("{p}\t{src}"), h, &format!(",\"s\":\"p\",\"args\":{{\"exitcode\":{code}{by}}}}}"));
+    emit(
+        "X",
+        &format!("{p}\t{src}"),
+        h,
+        &format!(",\"s\":\"p\",\"args\":{{\"exitcode\":{code}{by}}}}}"),
+    );
 }
 
 /// A stable hash of a message's channel identity and bytes (the same in every process).
@@ -376,27 +388,55 @@ pub fn message(send: bool, cat: &str, key: u64, t0: f64, bytes: usize) {
         return;
     }
     let slice = if send { "send" } else { "recv" };
-    span_with_flow(slice, cat, t0, now(), Some(&format!("{{\"bytes\":{bytes}}}")), send, "message", key);
+    span_with_flow(
+        slice,
+        cat,
+        t0,
+        now(),
+        Some(&format!("{{\"bytes\":{bytes}}}")),
+        send,
+        "message",
+        key,
+    );
 }
 
 /// A complete span from `t0` to `t1` on this thread with one end of a flow bound to it (the
 /// start when `send`) named `flow_name`, written in one `write`.
 #[allow(clippy::too_many_arguments)]
-pub fn span_with_flow(name: &str, cat: &str, t0: f64, t1: f64, args: Option<&str>, send: bool, flow_name: &str, key: u64) {
+pub fn span_with_flow(
+    name: &str,
+    cat: &str,
+    t0: f64,
+    t1: f64,
+    args: Option<&str>,
+    send: bool,
+    flow_name: &str,
+    key: u64,
+) {
     if !enabled() {
         return;
     }
     name_thread();
     let (p, t) = (pid(), tid());
     let dur = (t1 - t0).max(0.0);
-    let mut out = line("E", "", head("X", name, cat, p, t, t0), &format!(",\"dur\":{dur:.3}{}", args_part(args)));
+    let mut out = line(
+        "E",
+        "",
+        head("X", name, cat, p, t, t0),
+        &format!(",\"dur\":{dur:.3}{}", args_part(args)),
+    );
     // Strictly inside the slice, so viewers bind the flow to it.
     let mid = t0 + dur / 2.0;
     let (tag, ph, extra) = if send { ("S", "s", "") } else { ("F", "f", ",\"bp\":\"e\"") };
     // The pairing time: a message is in the channel from its send's start, and a receive
     // has it by its end.
     let pair_ts = if send { t0 } else { t1 };
-    out.push_str(&line(tag, &format!("{key:016x}\t{pair_ts:.3}"), head(ph, flow_name, cat, p, t, mid), &format!("{extra}}}")));
+    out.push_str(&line(
+        tag,
+        &format!("{key:016x}\t{pair_ts:.3}"),
+        head(ph, flow_name, cat, p, t, mid),
+        &format!("{extra}}}"),
+    ));
     write_line(&out);
 }
 
@@ -423,7 +463,8 @@ pub fn finish(spool: &Path, out: &Path) -> io::Result<usize> {
         Some(end) => &bytes[..end],
         None => &[][..],
     };
-    let lines: Vec<String> = whole.split(|&b| b == b'\n').map(|l| String::from_utf8_lossy(l).into_owned()).collect();
+    let lines: Vec<String> =
+        whole.split(|&b| b == b'\n').map(|l| String::from_utf8_lossy(l).into_owned()).collect();
     let events = convert(&lines);
     let tmp = {
         let mut n = out.file_name().unwrap_or_default().to_os_string();
@@ -513,7 +554,10 @@ fn convert(lines: &[String]) -> Vec<String> {
     for (i, (tag, _, ev)) in parsed.iter().enumerate() {
         if *tag == "E" && ev.starts_with("{\"ph\":\"M\"") {
             let thread = ev.contains("\"name\":\"thread_name\"");
-            last_name.insert((thread, field(ev, "\"pid\":").unwrap_or(""), field(ev, "\"tid\":").unwrap_or("")), i);
+            last_name.insert(
+                (thread, field(ev, "\"pid\":").unwrap_or(""), field(ev, "\"tid\":").unwrap_or("")),
+                i,
+            );
         }
     }
     let kept_names: HashSet<usize> = last_name.values().copied().collect();
@@ -554,7 +598,11 @@ fn close_open_spans(out: &mut Vec<String>) {
     let mut exits: HashMap<i64, f64> = HashMap::new();
     let mut marks: Vec<(f64, bool, i64, i64)> = Vec::new();
     for ev in out.iter() {
-        let (Some(p), Some(t), Some(ts)) = (num(ev, "\"pid\":"), num(ev, "\"tid\":"), num(ev, "\"ts\":")) else { continue };
+        let (Some(p), Some(t), Some(ts)) =
+            (num(ev, "\"pid\":"), num(ev, "\"tid\":"), num(ev, "\"ts\":"))
+        else {
+            continue;
+        };
         if ev.starts_with("{\"ph\":\"i\",\"name\":\"exit\"") {
             exits.insert(p as i64, ts);
         } else if ev.starts_with("{\"ph\":\"B\"") || ev.starts_with("{\"ph\":\"E\"") {
@@ -587,7 +635,8 @@ fn close_open_spans(out: &mut Vec<String>) {
 fn field<'a>(ev: &'a str, key: &str) -> Option<&'a str> {
     let at = ev.find(key)? + key.len();
     let rest = &ev[at..];
-    let end = rest.find(|c: char| !c.is_ascii_digit() && c != '-' && c != '.').unwrap_or(rest.len());
+    let end =
+        rest.find(|c: char| !c.is_ascii_digit() && c != '-' && c != '.').unwrap_or(rest.len());
     Some(&rest[..end])
 }
 
@@ -611,9 +660,14 @@ mod tests {
         ];
         let out = convert(&lines);
         assert_eq!(out.iter().filter(|e| e.contains("\"id\":1}")).count(), 2, "{out:#?}");
-        assert!(!out.iter().any(|e| e.contains("\"ts\":2.5")), "the unpaired send is dropped: {out:#?}");
+        assert!(
+            !out.iter().any(|e| e.contains("\"ts\":2.5")),
+            "the unpaired send is dropped: {out:#?}"
+        );
         assert_eq!(out.iter().filter(|e| e.contains("\"name\":\"exit\"")).count(), 2);
-        assert!(!out.iter().any(|e| e.contains("\"pid\":3") && e.contains("exit") && out.iter().filter(|x| x.contains("\"pid\":3")).count() > 2));
+        assert!(!out.iter().any(|e| e.contains("\"pid\":3")
+            && e.contains("exit")
+            && out.iter().filter(|x| x.contains("\"pid\":3")).count() > 2));
         assert!(out.iter().any(|e| e.contains("\"name\":\"process 2\"")), "{out:#?}");
         assert!(!out.iter().any(|e| e.contains("\"name\":\"process 1\"")));
         assert!(!out.iter().any(|e| e.ends_with("0.5")), "the torn line is dropped");

@@ -117,7 +117,10 @@ pub fn send(msg: &[u8]) -> io::Result<()> {
     let fd = ensure_running()?;
     let n = crate::ipc::write(fd, msg)?;
     if n != msg.len() {
-        return Err(io::Error::other(format!("resource tracker: short write ({n} of {})", msg.len())));
+        return Err(io::Error::other(format!(
+            "resource tracker: short write ({n} of {})",
+            msg.len()
+        )));
     }
     Ok(())
 }
@@ -186,7 +189,8 @@ pub fn main() -> i32 {
     let stdin = io::stdin();
     // BTreeMap/BTreeSet: a deterministic clean-up order and set semantics (registering a name
     // twice — creator and attacher — then unregistering it once forgets it, as in CPython).
-    let mut cache: BTreeMap<&'static str, BTreeSet<String>> = RTYPES.iter().map(|&t| (t, BTreeSet::new())).collect();
+    let mut cache: BTreeMap<&'static str, BTreeSet<String>> =
+        RTYPES.iter().map(|&t| (t, BTreeSet::new())).collect();
     let mut lock = stdin.lock();
     let mut line = Vec::new();
     loop {
@@ -207,7 +211,9 @@ pub fn main() -> i32 {
             eprintln!("resource_tracker: malformed message {text:?}");
             continue;
         };
-        let Some(set) = RTYPES.iter().position(|&t| t == rtype).and_then(|i| cache.get_mut(RTYPES[i])) else {
+        let Some(set) =
+            RTYPES.iter().position(|&t| t == rtype).and_then(|i| cache.get_mut(RTYPES[i]))
+        else {
             eprintln!("resource_tracker: Cannot register {name} for automatic cleanup: unknown resource type {rtype}");
             continue;
         };
@@ -238,8 +244,11 @@ pub fn main() -> i32 {
                 // CPython's wording: "'name': [Errno 2] No such file or directory: 'name'".
                 let errno = e.raw_os_error().unwrap_or(0);
                 let text = io::Error::from_raw_os_error(errno).to_string();
-                let text = text.rsplit_once(" (os error").map_or(text.as_str(), |(t, _)| t).to_owned();
-                eprintln!("UserWarning: resource_tracker: '{name}': [Errno {errno}] {text}: '{name}'");
+                let text =
+                    text.rsplit_once(" (os error").map_or(text.as_str(), |(t, _)| t).to_owned();
+                eprintln!(
+                    "UserWarning: resource_tracker: '{name}': [Errno {errno}] {text}: '{name}'"
+                );
             }
         }
     }

@@ -330,17 +330,21 @@ mod tests {
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(Value::Int),
             proptest::collection::vec(any::<u8>(), 9..20).prop_map(Value::BigInt),
-            any::<f64>().prop_filter("nan compares unequal", |f| !f.is_nan()).prop_map(Value::Float),
+            any::<f64>()
+                .prop_filter("nan compares unequal", |f| !f.is_nan())
+                .prop_map(Value::Float),
             ".*".prop_map(|s: String| Value::Str(s.into_bytes())),
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Bytes),
             any::<u32>().prop_map(Value::Memo),
-            ("[a-z_]{1,8}", "[a-z_.]{1,12}").prop_map(|(m, q)| Value::Global { module: m, qualname: q }),
+            ("[a-z_]{1,8}", "[a-z_.]{1,12}")
+                .prop_map(|(m, q)| Value::Global { module: m, qualname: q }),
         ];
         leaf.prop_recursive(6, 64, 8, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Tuple),
                 proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::List),
-                proptest::collection::vec((inner.clone(), inner.clone()), 0..4).prop_map(Value::Dict),
+                proptest::collection::vec((inner.clone(), inner.clone()), 0..4)
+                    .prop_map(Value::Dict),
                 (inner.clone(), inner.clone(), proptest::option::of(inner.clone())).prop_map(
                     |(func, args, state)| Value::Reduce(Box::new(Reduce {
                         func,
@@ -350,8 +354,15 @@ mod tests {
                         dictitems: vec![]
                     }))
                 ),
-                (proptest::collection::vec(any::<u32>(), 0..3), proptest::collection::vec(any::<i64>(), 0..3))
-                    .prop_map(|(fds, extra)| Value::Handle { kind: HandleKind::Queue, fds, extra }),
+                (
+                    proptest::collection::vec(any::<u32>(), 0..3),
+                    proptest::collection::vec(any::<i64>(), 0..3)
+                )
+                    .prop_map(|(fds, extra)| Value::Handle {
+                        kind: HandleKind::Queue,
+                        fds,
+                        extra
+                    }),
                 (
                     proptest::collection::vec(any::<u8>(), 0..40),
                     (inner.clone(), inner.clone()),
@@ -360,23 +371,26 @@ mod tests {
                     proptest::collection::vec(proptest::option::of(inner.clone()), 0..3),
                     proptest::collection::vec(inner.clone(), 6),
                 )
-                    .prop_map(|(code, (globals, name), closure, names, cells, rest)| {
-                        let [defaults, kwdefaults, qualname, module, doc, dict] = <[Value; 6]>::try_from(rest).unwrap();
-                        Value::Function(Box::new(Function {
-                            code,
-                            globals,
-                            name,
-                            closure,
-                            names,
-                            cells,
-                            defaults,
-                            kwdefaults,
-                            qualname,
-                            module,
-                            doc,
-                            dict,
-                        }))
-                    }),
+                    .prop_map(
+                        |(code, (globals, name), closure, names, cells, rest)| {
+                            let [defaults, kwdefaults, qualname, module, doc, dict] =
+                                <[Value; 6]>::try_from(rest).unwrap();
+                            Value::Function(Box::new(Function {
+                                code,
+                                globals,
+                                name,
+                                closure,
+                                names,
+                                cells,
+                                defaults,
+                                kwdefaults,
+                                qualname,
+                                module,
+                                doc,
+                                dict,
+                            }))
+                        }
+                    ),
             ]
         })
     }

@@ -61,7 +61,9 @@ impl Channel {
     /// Admit one host call, or say why not.
     fn enter(&self, name: &str) -> Result<InFlight<'_>, String> {
         if std::process::id() != self.pid {
-            return Err(format!("host function {name}() cannot be called from a process forked from the worker"));
+            return Err(format!(
+                "host function {name}() cannot be called from a process forked from the worker"
+            ));
         }
         let mut w = lock(&self.waiting);
         if !w.open {
@@ -85,7 +87,9 @@ impl Channel {
         }
         match self.read() {
             Ok(Frame::HostReply { id: got, outcome }) if got == id => Ok(outcome),
-            Ok(other) => unexpected(&other, &format!("while host call {id} waited for its HostReply")),
+            Ok(other) => {
+                unexpected(&other, &format!("while host call {id} waited for its HostReply"))
+            }
             Err(e) => channel_failed(e),
         }
     }
@@ -135,7 +139,10 @@ fn channel_failed(e: io::Error) -> ! {
 }
 
 fn unexpected(frame: &Frame, when: &str) -> ! {
-    channel_failed(io::Error::new(io::ErrorKind::InvalidData, format!("the host sent a {} frame {when}", frame.kind())))
+    channel_failed(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the host sent a {} frame {when}", frame.kind()),
+    ))
 }
 
 /// Serve the host on socket `fd` until it closes it; never returns.
@@ -164,7 +171,11 @@ pub fn serve(fd: RawFd) -> ! {
         waiting: Mutex::new(HostWaiting::default()),
         settled: Condvar::new(),
     });
-    let argv = setup.script.as_ref().map(|s| s.argv.clone()).unwrap_or_else(|| vec!["procpy-worker".to_owned()]);
+    let argv = setup
+        .script
+        .as_ref()
+        .map(|s| s.argv.clone())
+        .unwrap_or_else(|| vec!["procpy-worker".to_owned()]);
     let builder = boot::builder(argv);
     let ours = _procpy_embed_native::module_def(&builder.ctx);
     let interp = builder.add_native_module(ours).build();
@@ -181,13 +192,18 @@ fn watch_for_hangup(fd: RawFd) {
         let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
         // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut p, 1, -1) };
-        if r > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+        if r > 0
+            && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+        {
             // SAFETY: `_exit` ends the process (other threads may be mid-call: no atexit).
             unsafe { libc::_exit(HOST_GONE) };
         }
     });
     if let Err(e) = watcher {
-        eprintln!("procpy worker {}: no thread to watch for the host's death ({e}); going on without", std::process::id());
+        eprintln!(
+            "procpy worker {}: no thread to watch for the host's death ({e}); going on without",
+            std::process::id()
+        );
     }
 }
 
@@ -214,8 +230,14 @@ fn run_in(vm: &VirtualMachine, chan: &Channel, setup: &Setup) -> PyResult<()> {
     let scope = vm.new_scope_with_main()?;
     match (&script.path, &script.source) {
         (Some(path), _) => {
-            let dir = std::path::Path::new(path).parent().and_then(|p| p.to_str()).filter(|d| !d.is_empty()).unwrap_or(".");
-            let abs = std::fs::canonicalize(dir).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| dir.to_owned());
+            let dir = std::path::Path::new(path)
+                .parent()
+                .and_then(|p| p.to_str())
+                .filter(|d| !d.is_empty())
+                .unwrap_or(".");
+            let abs = std::fs::canonicalize(dir)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| dir.to_owned());
             vm.insert_sys_path(vm.new_pyobj(abs))?;
             vm.run_any_file(scope, path)
         }
@@ -230,15 +252,22 @@ fn prepare(vm: &VirtualMachine, setup: &Setup) -> PyResult<()> {
         .iter()
         .map(|(n, c, f)| vm.new_tuple((n.clone(), c.clone(), f.clone())).into())
         .collect();
-    let sys_path: Vec<PyObjectRef> = setup.sys_path.iter().map(|p| vm.new_pyobj(p.clone())).collect();
-    let host_fns: Vec<PyObjectRef> = setup.host_fns.iter().map(|p| vm.new_pyobj(p.clone())).collect();
-    glue(vm, "_setup")?.call((vm.ctx.new_list(sys_path), vm.ctx.new_list(sources), vm.ctx.new_list(host_fns)), vm)?;
+    let sys_path: Vec<PyObjectRef> =
+        setup.sys_path.iter().map(|p| vm.new_pyobj(p.clone())).collect();
+    let host_fns: Vec<PyObjectRef> =
+        setup.host_fns.iter().map(|p| vm.new_pyobj(p.clone())).collect();
+    glue(vm, "_setup")?.call(
+        (vm.ctx.new_list(sys_path), vm.ctx.new_list(sources), vm.ctx.new_list(host_fns)),
+        vm,
+    )?;
     // Limits come after the boot, so the interpreter itself always starts; they bind the user's code.
     let set = |res, soft: u64, hard: u64| {
         let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
         // SAFETY: a valid rlimit for our own process.
         if unsafe { libc::setrlimit(res, &lim) } != 0 {
-            return Err(vm.new_os_error(format!("setrlimit failed: {}", std::io::Error::last_os_error())));
+            return Err(
+                vm.new_os_error(format!("setrlimit failed: {}", std::io::Error::last_os_error()))
+            );
         }
         Ok(())
     };
@@ -265,7 +294,9 @@ fn serve_calls(vm: &VirtualMachine, chan: &Channel) -> PyResult<()> {
         chan.open();
         let outcome = call
             .call((vm.ctx.new_str(target), vm.ctx.new_bytes(args)), vm)
-            .and_then(|r| r.downcast::<PyBytes>().map_err(|_| vm.new_type_error("_call must return bytes")))
+            .and_then(|r| {
+                r.downcast::<PyBytes>().map_err(|_| vm.new_type_error("_call must return bytes"))
+            })
             .map(|b| b.as_bytes().to_vec())
             .map_err(|e| describe(vm, &e));
         if std::process::id() != chan.pid {
@@ -296,14 +327,27 @@ fn serve_calls(vm: &VirtualMachine, chan: &Channel) -> PyResult<()> {
 fn describe(vm: &VirtualMachine, e: &PyBaseExceptionRef) -> PyError {
     let fallback = || PyError {
         type_name: e.class().name().to_string(),
-        message: e.as_object().str(vm).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        message: e
+            .as_object()
+            .str(vm)
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         traceback: String::new(),
     };
-    let Ok(d) = glue(vm, "_describe").and_then(|f| f.call((e.clone(),), vm)) else { return fallback() };
+    let Ok(d) = glue(vm, "_describe").and_then(|f| f.call((e.clone(),), vm)) else {
+        return fallback();
+    };
     let Some(t) = d.downcast_ref::<PyTuple>() else { return fallback() };
-    let s = |i: usize| t.as_slice().get(i).and_then(|o| o.downcast_ref::<PyStr>()).map(|s| s.to_string_lossy().into_owned());
+    let s = |i: usize| {
+        t.as_slice()
+            .get(i)
+            .and_then(|o| o.downcast_ref::<PyStr>())
+            .map(|s| s.to_string_lossy().into_owned())
+    };
     match (s(0), s(1), s(2)) {
-        (Some(type_name), Some(message), Some(traceback)) => PyError { type_name, message, traceback },
+        (Some(type_name), Some(message), Some(traceback)) => {
+            PyError { type_name, message, traceback }
+        }
         _ => fallback(),
     }
 }
@@ -320,10 +364,16 @@ mod _procpy_embed_native {
     /// `name` with the argument tuple `args` and wait for its answer. RuntimeError when the
     /// host is not waiting on this worker (see [`Channel::enter`]).
     #[pyfunction]
-    fn host_call(name: rustpython_vm::builtins::PyStrRef, args: PyObjectRef, vm: &VirtualMachine) -> PyResult<(bool, PyObjectRef)> {
+    fn host_call(
+        name: rustpython_vm::builtins::PyStrRef,
+        args: PyObjectRef,
+        vm: &VirtualMachine,
+    ) -> PyResult<(bool, PyObjectRef)> {
         let name = name.to_string_lossy().into_owned();
         let Some(chan) = CHANNEL.get() else {
-            return Err(vm.new_runtime_error(format!("host function {name}(): this process is not an embedding worker")));
+            return Err(vm.new_runtime_error(format!(
+                "host function {name}(): this process is not an embedding worker"
+            )));
         };
         let bytes = codec::dumps(vm, &args, Handles::Refuse)?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -333,7 +383,11 @@ mod _procpy_embed_native {
         // attached threads.
         let outcome = vm.allow_threads(|| chan.round_trip(&frame, id));
         drop(in_flight);
-        let outcome = outcome.map_err(|e| vm.new_value_error(format!("the arguments of host function {name}() cannot be sent: {e}")))?;
+        let outcome = outcome.map_err(|e| {
+            vm.new_value_error(format!(
+                "the arguments of host function {name}() cannot be sent: {e}"
+            ))
+        })?;
         match outcome {
             Ok(b) => Ok((true, codec::loads(vm, &b, &[])?)),
             Err(msg) => Ok((false, vm.new_pyobj(msg))),

@@ -35,8 +35,10 @@ fn hashable() -> impl Strategy<Value = String> {
         (any::<i64>(), 1u32..4).prop_map(|(i, e)| format!("({i}) * 10**{}", 19 * e)),
         any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:?}")),
         Just("float('inf')".to_string()),
-        proptest::collection::vec(any::<char>(), 0..12)
-            .prop_map(|cs| format!("''.join(map(chr, {:?}))", cs.iter().map(|&c| c as u32).collect::<Vec<_>>())),
+        proptest::collection::vec(any::<char>(), 0..12).prop_map(|cs| format!(
+            "''.join(map(chr, {:?}))",
+            cs.iter().map(|&c| c as u32).collect::<Vec<_>>()
+        )),
         proptest::collection::vec(any::<u8>(), 0..16).prop_map(|b| format!("bytes({b:?})")),
         (any::<i32>(), any::<i32>()).prop_map(|(a, b)| format!("complex({a}, {b})")),
     ]
@@ -45,13 +47,19 @@ fn hashable() -> impl Strategy<Value = String> {
 fn value() -> impl Strategy<Value = String> {
     hashable().prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..6).prop_map(|v| format!("[{}]", v.join(", "))),
-            proptest::collection::vec(inner.clone(), 0..6).prop_map(|v| format!("tuple([{}])", v.join(", "))),
-            proptest::collection::vec((hashable(), inner.clone()), 0..5)
-                .prop_map(|v| format!("{{{}}}", v.iter().map(|(k, x)| format!("{k}: {x}")).collect::<Vec<_>>().join(", "))),
+            proptest::collection::vec(inner.clone(), 0..6)
+                .prop_map(|v| format!("[{}]", v.join(", "))),
+            proptest::collection::vec(inner.clone(), 0..6)
+                .prop_map(|v| format!("tuple([{}])", v.join(", "))),
+            proptest::collection::vec((hashable(), inner.clone()), 0..5).prop_map(|v| format!(
+                "{{{}}}",
+                v.iter().map(|(k, x)| format!("{k}: {x}")).collect::<Vec<_>>().join(", ")
+            )),
             proptest::collection::vec(any::<i16>(), 0..6).prop_map(|v| format!("frozenset({v:?})")),
-            proptest::collection::vec(any::<i16>(), 0..6).prop_map(|v| format!("bytearray([x & 255 for x in {v:?}])")),
-            (any::<i16>(), any::<i16>(), 1i16..5).prop_map(|(a, b, c)| format!("range({a}, {b}, {c})")),
+            proptest::collection::vec(any::<i16>(), 0..6)
+                .prop_map(|v| format!("bytearray([x & 255 for x in {v:?}])")),
+            (any::<i16>(), any::<i16>(), 1i16..5)
+                .prop_map(|(a, b, c)| format!("range({a}, {b}, {c})")),
         ]
     })
 }

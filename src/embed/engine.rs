@@ -305,7 +305,9 @@ impl Builder {
         };
         let mut sources = self.sources;
         for (name, path) in &self.source_files {
-            let code = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("cannot read module {name} from {}: {e}", path.display())))?;
+            let code = std::fs::read_to_string(path).map_err(|e| {
+                Error::Invalid(format!("cannot read module {name} from {}: {e}", path.display()))
+            })?;
             sources.push((name.clone(), code, path.to_string_lossy().into_owned()));
         }
         let mut host_names: Vec<String> = self.host_fns.keys().cloned().collect();
@@ -318,7 +320,14 @@ impl Builder {
             cpu_limit: self.cpu_limit,
             script: None,
         };
-        let spawner = Spawner { program, env: self.env, setup, stdout: self.stdout, stderr: self.stderr, pids: Pids::default() };
+        let spawner = Spawner {
+            program,
+            env: self.env,
+            setup,
+            stdout: self.stdout,
+            stderr: self.stderr,
+            pids: Pids::default(),
+        };
         let inner = Arc::new(Inner {
             spawner,
             host_fns: self.host_fns,
@@ -332,10 +341,14 @@ impl Builder {
         });
         let start = || inner.spawner.spawn(&inner.spawner.setup, false);
         let started: Vec<Result<Worker>> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..inner.size).map(|_| std::thread::Builder::new().spawn_scoped(s, start).ok()).collect();
+            let hs: Vec<_> = (0..inner.size)
+                .map(|_| std::thread::Builder::new().spawn_scoped(s, start).ok())
+                .collect();
             hs.into_iter()
                 .map(|h| match h {
-                    Some(h) => h.join().unwrap_or_else(|_| Err(Error::Spawn(std::io::Error::other("spawn thread panicked")))),
+                    Some(h) => h.join().unwrap_or_else(|_| {
+                        Err(Error::Spawn(std::io::Error::other("spawn thread panicked")))
+                    }),
                     // No thread to start it alongside the others: start it here.
                     None => start(),
                 })
@@ -439,7 +452,12 @@ impl Inner {
         });
     }
 
-    fn call_value(self: &Arc<Self>, target: &str, args: &Value, timeout: Option<Duration>) -> Result<Value> {
+    fn call_value(
+        self: &Arc<Self>,
+        target: &str,
+        args: &Value,
+        timeout: Option<Duration>,
+    ) -> Result<Value> {
         check_target(target)?;
         let bytes = wire::to_bytes(args);
         let timeout = timeout.or(self.timeout);
@@ -451,8 +469,11 @@ impl Inner {
                 let pid = w.pid;
                 self.release(w);
                 match outcome {
-                    Ok(b) => wire::from_bytes(&b).map_err(|e| Error::Codec { path: String::new(), message: e.to_string() }),
-                    Err(e) if out_of_memory(&e) && self.spawner.setup.memory_limit.is_some() => Err(Error::LimitExceeded { limit: Limit::Memory, pid }),
+                    Ok(b) => wire::from_bytes(&b)
+                        .map_err(|e| Error::Codec { path: String::new(), message: e.to_string() }),
+                    Err(e) if out_of_memory(&e) && self.spawner.setup.memory_limit.is_some() => {
+                        Err(Error::LimitExceeded { limit: Limit::Memory, pid })
+                    }
                     Err(e) => Err(e.into()),
                 }
             }
@@ -488,10 +509,16 @@ impl Inner {
         let setup = &self.spawner.setup;
         match status {
             // SIGXCPU at the soft limit; SIGKILL at the hard one (a second later).
-            ExitStatus::Signal(libc::SIGXCPU) if setup.cpu_limit.is_some() => Error::LimitExceeded { limit: Limit::Cpu, pid },
-            ExitStatus::Signal(libc::SIGKILL) if setup.cpu_limit.is_some() => Error::LimitExceeded { limit: Limit::Cpu, pid },
+            ExitStatus::Signal(libc::SIGXCPU) if setup.cpu_limit.is_some() => {
+                Error::LimitExceeded { limit: Limit::Cpu, pid }
+            }
+            ExitStatus::Signal(libc::SIGKILL) if setup.cpu_limit.is_some() => {
+                Error::LimitExceeded { limit: Limit::Cpu, pid }
+            }
             // A failed allocation in Rust aborts the process.
-            ExitStatus::Signal(libc::SIGABRT) if setup.memory_limit.is_some() => Error::LimitExceeded { limit: Limit::Memory, pid },
+            ExitStatus::Signal(libc::SIGABRT) if setup.memory_limit.is_some() => {
+                Error::LimitExceeded { limit: Limit::Memory, pid }
+            }
             _ => Error::WorkerLost { pid, status },
         }
     }
@@ -500,13 +527,16 @@ impl Inner {
 /// A Python exception that says memory ran out: `MemoryError`, or `OSError` with ENOMEM (a failed
 /// `mmap`, for one).
 fn out_of_memory(e: &PyError) -> bool {
-    e.type_name == "MemoryError" || (e.type_name == "OSError" && e.message.starts_with(&format!("[Errno {}]", libc::ENOMEM)))
+    e.type_name == "MemoryError"
+        || (e.type_name == "OSError" && e.message.starts_with(&format!("[Errno {}]", libc::ENOMEM)))
 }
 
 fn check_target(target: &str) -> Result<()> {
     match target.split_once(':') {
         Some((m, f)) if !m.is_empty() && !f.is_empty() => Ok(()),
-        _ => Err(Error::Invalid(format!("target {target:?} is not of the form \"package.module:function\""))),
+        _ => Err(Error::Invalid(format!(
+            "target {target:?} is not of the form \"package.module:function\""
+        ))),
     }
 }
 
@@ -575,7 +605,15 @@ impl Engine {
     /// assert_eq!(engine.worker_pids().len(), 2);
     /// ```
     pub fn worker_pids(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self.inner.spawner.pids.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+        let mut v: Vec<u32> = self
+            .inner
+            .spawner
+            .pids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
         v.sort_unstable();
         v
     }
@@ -606,11 +644,21 @@ impl Engine {
     /// // The worker was replaced: the engine still serves.
     /// assert_eq!(engine.call::<_, i64>("builtins:abs", &-4).unwrap(), 4);
     /// ```
-    pub fn call_timeout<A: Serialize, R: DeserializeOwned>(&self, target: &str, args: A, timeout: Duration) -> Result<R> {
+    pub fn call_timeout<A: Serialize, R: DeserializeOwned>(
+        &self,
+        target: &str,
+        args: A,
+        timeout: Duration,
+    ) -> Result<R> {
         self.call_timeout_opt(target, &args, Some(timeout))
     }
 
-    fn call_timeout_opt<A: Serialize + ?Sized, R: DeserializeOwned>(&self, target: &str, args: &A, timeout: Option<Duration>) -> Result<R> {
+    fn call_timeout_opt<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        target: &str,
+        args: &A,
+        timeout: Option<Duration>,
+    ) -> Result<R> {
         let v = self.inner.call_value(target, &args_tuple(args)?, timeout)?;
         Ok(from_value(&v)?)
     }
@@ -636,7 +684,12 @@ impl Engine {
             });
             match started {
                 Ok(t) => threads.push(t),
-                Err(e) if threads.is_empty() => return Err(Error::Spawn(std::io::Error::new(e.kind(), format!("cannot start a pool thread: {e}")))),
+                Err(e) if threads.is_empty() => {
+                    return Err(Error::Spawn(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot start a pool thread: {e}"),
+                    )))
+                }
                 Err(_) => break,
             }
         }
@@ -645,7 +698,12 @@ impl Engine {
         Ok(tx2)
     }
 
-    fn submit_value(&self, target: &str, args: Result<Value>, timeout: Option<Duration>) -> Arc<Slot> {
+    fn submit_value(
+        &self,
+        target: &str,
+        args: Result<Value>,
+        timeout: Option<Duration>,
+    ) -> Arc<Slot> {
         let slot = Arc::new(Slot::default());
         let args = match args {
             Ok(a) => a,
@@ -691,7 +749,12 @@ impl Engine {
     /// let t = engine.submit_timeout::<_, ()>("time:sleep", &30, Duration::from_millis(200));
     /// assert!(t.wait().unwrap_err().is_timeout());
     /// ```
-    pub fn submit_timeout<A: Serialize, R: DeserializeOwned>(&self, target: &str, args: A, timeout: Duration) -> Task<R> {
+    pub fn submit_timeout<A: Serialize, R: DeserializeOwned>(
+        &self,
+        target: &str,
+        args: A,
+        timeout: Duration,
+    ) -> Task<R> {
         Task { slot: self.submit_value(target, args_tuple(&args), Some(timeout)), _r: PhantomData }
     }
 
@@ -737,7 +800,9 @@ impl Engine {
                 Err(e) => {
                     let e = Error::from(e);
                     first_err = Some(match e {
-                        Error::Codec { path, message } => Error::Codec { path: format!("[{i}]{path}"), message },
+                        Error::Codec { path, message } => {
+                            Error::Codec { path: format!("[{i}]{path}"), message }
+                        }
                         e => e,
                     });
                     break;
@@ -755,14 +820,20 @@ impl Engine {
             chunks.push_back((slot, 0, 0));
         } else {
             let n = values.len();
-            let size = self.inner.chunksize.unwrap_or_else(|| n.div_ceil(self.inner.size * 4).max(1));
+            let size =
+                self.inner.chunksize.unwrap_or_else(|| n.div_ceil(self.inner.size * 4).max(1));
             let mut start = 0;
             let mut rest = values.into_iter();
             while start < n {
                 let chunk: Vec<Value> = rest.by_ref().take(size).collect();
                 let len = chunk.len();
-                let args = Value::Tuple(vec![Value::Str(target.as_bytes().to_vec()), Value::List(chunk)]);
-                chunks.push_back((self.submit_value("_procpy_embed:_map_chunk", Ok(args), None), start, len));
+                let args =
+                    Value::Tuple(vec![Value::Str(target.as_bytes().to_vec()), Value::List(chunk)]);
+                chunks.push_back((
+                    self.submit_value("_procpy_embed:_map_chunk", Ok(args), None),
+                    start,
+                    len,
+                ));
                 start += len;
             }
         }
@@ -781,7 +852,11 @@ impl Engine {
     /// ```
     pub fn run_script(&self, script: Script) -> Result<ScriptOutput> {
         let mut setup = self.inner.spawner.setup.clone();
-        let argv0 = script.path.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|| "-c".to_owned());
+        let argv0 = script
+            .path
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "-c".to_owned());
         let mut argv = vec![argv0];
         argv.extend(script.args.iter().cloned());
         setup.script = Some(ScriptSpec {
@@ -809,14 +884,19 @@ impl Engine {
                 buf
             })
         };
-        let readers = read(out.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>))
-            .and_then(|o| Ok((o, read(err.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>))?)));
+        let readers =
+            read(out.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)).and_then(|o| {
+                Ok((o, read(err.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>))?))
+            });
         let (t_out, t_err) = match readers {
             Ok(ts) => ts,
             Err(e) => {
                 // Nobody to drain its pipes: the script must not run.
                 w.kill();
-                return Err(Error::Spawn(std::io::Error::new(e.kind(), format!("cannot start a thread to read the script's output: {e}"))));
+                return Err(Error::Spawn(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot start a thread to read the script's output: {e}"),
+                )));
             }
         };
         let timeout = script.timeout.or(self.inner.timeout);
@@ -896,7 +976,13 @@ impl Script {
     /// assert_eq!(out.stdout, b"__main__\n");
     /// ```
     pub fn file(path: impl Into<PathBuf>) -> Self {
-        Script { path: Some(path.into()), source: None, args: Vec::new(), capture: false, timeout: None }
+        Script {
+            path: Some(path.into()),
+            source: None,
+            args: Vec::new(),
+            capture: false,
+            timeout: None,
+        }
     }
 
     /// Run `code` (as `python3 -c code`).
@@ -907,7 +993,13 @@ impl Script {
     /// assert!(engine.run_script(procpy::Script::source("x = 1")).unwrap().status.success());
     /// ```
     pub fn source(code: &str) -> Self {
-        Script { path: None, source: Some(code.to_owned()), args: Vec::new(), capture: false, timeout: None }
+        Script {
+            path: None,
+            source: Some(code.to_owned()),
+            args: Vec::new(),
+            capture: false,
+            timeout: None,
+        }
     }
 
     /// Append one argument to `sys.argv`.
@@ -1087,7 +1179,9 @@ impl<R: DeserializeOwned> Iterator for Imap<R> {
                 return Some(from_value(&v).map_err(|e| {
                     let e = Error::from(e);
                     match e {
-                        Error::Codec { path, message } => Error::Codec { path: format!("[{i}]{path}"), message },
+                        Error::Codec { path, message } => {
+                            Error::Codec { path: format!("[{i}]{path}"), message }
+                        }
                         e => e,
                     }
                 }));
@@ -1096,7 +1190,15 @@ impl<R: DeserializeOwned> Iterator for Imap<R> {
             self.index = start;
             match slot.wait(None).unwrap_or(Err(Error::Closed)) {
                 Ok(Value::List(items)) => self.current = items.into(),
-                Ok(other) => return Some(Err(Error::Codec { path: String::new(), message: format!("expected the chunk's list, found {}", super::value::describe(&other)) })),
+                Ok(other) => {
+                    return Some(Err(Error::Codec {
+                        path: String::new(),
+                        message: format!(
+                            "expected the chunk's list, found {}",
+                            super::value::describe(&other)
+                        ),
+                    }))
+                }
                 Err(e) => return Some(Err(e)),
             }
         }

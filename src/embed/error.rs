@@ -57,7 +57,11 @@ impl fmt::Display for ExitStatus {
                 // until the next call in this thread; it is copied out at once.
                 let name = unsafe {
                     let p = libc::strsignal(*s);
-                    if p.is_null() { String::new() } else { std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned() }
+                    if p.is_null() {
+                        String::new()
+                    } else {
+                        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+                    }
                 };
                 write!(f, "signal {s} ({name})")
             }

@@ -85,7 +85,11 @@ impl ValueError {
 impl fmt::Display for ValueError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         let p = self.path();
-        if p.is_empty() { f.write_str(&self.message) } else { write!(f, "{p}: {}", self.message) }
+        if p.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{p}: {}", self.message)
+        }
     }
 }
 
@@ -136,7 +140,10 @@ pub fn from_value<T: de::DeserializeOwned>(v: &Value) -> Result<T, ValueError> {
 
 /// [`from_value`] of `v`, a value inside `root`: shared references are numbered across the
 /// whole of `root`.
-pub(crate) fn from_value_within<T: de::DeserializeOwned>(root: &Value, v: &Value) -> Result<T, ValueError> {
+pub(crate) fn from_value_within<T: de::DeserializeOwned>(
+    root: &Value,
+    v: &Value,
+) -> Result<T, ValueError> {
     let memo = memo_table(root);
     T::deserialize(De { v, memo: &memo, depth: 1 })
 }
@@ -264,13 +271,28 @@ impl ser::Serializer for Ser {
     fn serialize_unit_struct(self, _: &'static str) -> Result<Value, ValueError> {
         Ok(Value::None)
     }
-    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<Value, ValueError> {
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<Value, ValueError> {
         Ok(str_value(variant))
     }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> Result<Value, ValueError> {
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        v: &T,
+    ) -> Result<Value, ValueError> {
         v.serialize(self)
     }
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(self, _: &'static str, _: u32, variant: &'static str, v: &T) -> Result<Value, ValueError> {
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        v: &T,
+    ) -> Result<Value, ValueError> {
         Ok(tagged(Some(variant), v.serialize(Ser)?))
     }
     fn serialize_seq(self, len: Option<usize>) -> Result<SeqSer, ValueError> {
@@ -282,7 +304,13 @@ impl ser::Serializer for Ser {
     fn serialize_tuple_struct(self, _: &'static str, len: usize) -> Result<SeqSer, ValueError> {
         self.serialize_tuple(len)
     }
-    fn serialize_tuple_variant(self, _: &'static str, _: u32, variant: &'static str, len: usize) -> Result<SeqSer, ValueError> {
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<SeqSer, ValueError> {
         Ok(SeqSer { items: Vec::with_capacity(len), tuple: false, variant: Some(variant) })
     }
     fn serialize_map(self, len: Option<usize>) -> Result<MapSer, ValueError> {
@@ -291,7 +319,13 @@ impl ser::Serializer for Ser {
     fn serialize_struct(self, _: &'static str, len: usize) -> Result<MapSer, ValueError> {
         Ok(MapSer { items: Vec::with_capacity(len), key: None, variant: None })
     }
-    fn serialize_struct_variant(self, _: &'static str, _: u32, variant: &'static str, len: usize) -> Result<MapSer, ValueError> {
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<MapSer, ValueError> {
         Ok(MapSer { items: Vec::with_capacity(len), key: None, variant: Some(variant) })
     }
 }
@@ -377,7 +411,11 @@ impl ser::SerializeMap for MapSer {
 impl ser::SerializeStruct for MapSer {
     type Ok = Value;
     type Error = ValueError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), ValueError> {
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        v: &T,
+    ) -> Result<(), ValueError> {
         self.field(key, v)
     }
     fn end(self) -> Result<Value, ValueError> {
@@ -387,7 +425,11 @@ impl ser::SerializeStruct for MapSer {
 impl ser::SerializeStructVariant for MapSer {
     type Ok = Value;
     type Error = ValueError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), ValueError> {
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        v: &T,
+    ) -> Result<(), ValueError> {
         self.field(key, v)
     }
     fn end(self) -> Result<Value, ValueError> {
@@ -479,7 +521,13 @@ fn big_to_u128(b: &[u8]) -> Option<u128> {
 pub(crate) fn describe(v: &Value) -> String {
     match v {
         Value::None => "None".into(),
-        Value::Bool(b) => if *b { "True".into() } else { "False".into() },
+        Value::Bool(b) => {
+            if *b {
+                "True".into()
+            } else {
+                "False".into()
+            }
+        }
         Value::Int(i) => format!("int {i}"),
         Value::BigInt(b) => match big_to_i128(b) {
             Some(i) => format!("int {i}"),
@@ -488,7 +536,11 @@ pub(crate) fn describe(v: &Value) -> String {
         Value::Float(f) => format!("float {f:?}"),
         Value::Str(s) => {
             let s = lossy(s);
-            if s.chars().count() > 40 { format!("str '{}...'", s.chars().take(40).collect::<String>()) } else { format!("str '{s}'") }
+            if s.chars().count() > 40 {
+                format!("str '{}...'", s.chars().take(40).collect::<String>())
+            } else {
+                format!("str '{s}'")
+            }
         }
         Value::Bytes(b) => format!("bytes of length {}", b.len()),
         Value::Tuple(t) => format!("tuple of {} items", t.len()),
@@ -531,12 +583,20 @@ impl<'a> De<'a> {
     /// instead of recursing until the host's stack overflows.
     fn value(&self) -> Result<&'a Value, ValueError> {
         if self.depth > wire::MAX_DEPTH {
-            return Err(ValueError::msg(format!("nested deeper than {} levels (a value that contains itself?)", wire::MAX_DEPTH)));
+            return Err(ValueError::msg(format!(
+                "nested deeper than {} levels (a value that contains itself?)",
+                wire::MAX_DEPTH
+            )));
         }
         let mut v = self.v;
         for _ in 0..4 {
             match v {
-                Value::Memo(i) => v = self.memo.get(*i as usize).copied().ok_or_else(|| ValueError::msg(format!("dangling shared reference {i}")))?,
+                Value::Memo(i) => {
+                    v =
+                        self.memo.get(*i as usize).copied().ok_or_else(|| {
+                            ValueError::msg(format!("dangling shared reference {i}"))
+                        })?
+                }
                 _ => return Ok(v),
             }
         }
@@ -556,7 +616,9 @@ impl<'a> De<'a> {
     }
     fn ranged<T: TryFrom<i128>>(&self, expected: &str) -> Result<T, ValueError> {
         let i = self.int(expected)?;
-        T::try_from(i).map_err(|_| ValueError::msg(format!("expected {expected}, found int {i} (out of range)")))
+        T::try_from(i).map_err(|_| {
+            ValueError::msg(format!("expected {expected}, found int {i} (out of range)"))
+        })
     }
     fn float(&self) -> Result<f64, ValueError> {
         match self.value()? {
@@ -568,7 +630,9 @@ impl<'a> De<'a> {
     }
     fn string(&self, expected: &str) -> Result<String, ValueError> {
         match self.value()? {
-            Value::Str(s) => String::from_utf8(s.clone()).map_err(|_| ValueError::msg(format!("expected {expected}, found a str with lone surrogates"))),
+            Value::Str(s) => String::from_utf8(s.clone()).map_err(|_| {
+                ValueError::msg(format!("expected {expected}, found a str with lone surrogates"))
+            }),
             _ => Err(self.mismatch(expected)),
         }
     }
@@ -696,10 +760,18 @@ impl<'de, 'a> de::Deserializer<'de> for De<'a> {
             _ => Err(self.mismatch("None or ()")),
         }
     }
-    fn deserialize_unit_struct<V: Visitor<'de>>(self, _: &'static str, v: V) -> Result<V::Value, ValueError> {
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        v: V,
+    ) -> Result<V::Value, ValueError> {
         self.deserialize_unit(v)
     }
-    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _: &'static str, v: V) -> Result<V::Value, ValueError> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        v: V,
+    ) -> Result<V::Value, ValueError> {
         v.visit_newtype_struct(self)
     }
     fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
@@ -714,7 +786,12 @@ impl<'de, 'a> de::Deserializer<'de> for De<'a> {
             _ => Err(self.mismatch(&format!("a tuple of {len} items"))),
         }
     }
-    fn deserialize_tuple_struct<V: Visitor<'de>>(self, _: &'static str, len: usize, v: V) -> Result<V::Value, ValueError> {
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        len: usize,
+        v: V,
+    ) -> Result<V::Value, ValueError> {
         self.deserialize_tuple(len, v)
     }
     fn deserialize_map<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
@@ -723,17 +800,31 @@ impl<'de, 'a> de::Deserializer<'de> for De<'a> {
             _ => Err(self.mismatch("a dict")),
         }
     }
-    fn deserialize_struct<V: Visitor<'de>>(self, name: &'static str, _: &'static [&'static str], v: V) -> Result<V::Value, ValueError> {
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        _: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, ValueError> {
         match self.value()? {
             Value::Dict(items) => v.visit_map(MapAcc { de: self, items, i: 0 }),
             _ => Err(self.mismatch(&format!("a dict (for struct {name})"))),
         }
     }
-    fn deserialize_enum<V: Visitor<'de>>(self, name: &'static str, _: &'static [&'static str], v: V) -> Result<V::Value, ValueError> {
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        _: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, ValueError> {
         match self.value()? {
             Value::Str(_) => v.visit_enum(self.string("str")?.into_deserializer()),
-            Value::Dict(items) if items.len() == 1 => v.visit_enum(EnumAcc { de: self, key: &items[0].0, value: &items[0].1 }),
-            _ => Err(self.mismatch(&format!("a variant name or a one-entry dict (for enum {name})"))),
+            Value::Dict(items) if items.len() == 1 => {
+                v.visit_enum(EnumAcc { de: self, key: &items[0].0, value: &items[0].1 })
+            }
+            _ => {
+                Err(self.mismatch(&format!("a variant name or a one-entry dict (for enum {name})")))
+            }
         }
     }
     fn deserialize_identifier<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ValueError> {
@@ -756,7 +847,10 @@ struct SeqAcc<'a> {
 
 impl<'de, 'a> de::SeqAccess<'de> for SeqAcc<'a> {
     type Error = ValueError;
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, ValueError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, ValueError> {
         let Some(item) = self.items.get(self.i) else { return Ok(None) };
         let i = self.i;
         self.i += 1;
@@ -775,12 +869,22 @@ struct MapAcc<'a> {
 
 impl<'de, 'a> de::MapAccess<'de> for MapAcc<'a> {
     type Error = ValueError;
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, ValueError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, ValueError> {
         let Some((k, _)) = self.items.get(self.i) else { return Ok(None) };
-        seed.deserialize(self.de.at(k)).map(Some).map_err(|e| e.at(|| format!("[{}] (a key)", describe_key(k))))
+        seed.deserialize(self.de.at(k))
+            .map(Some)
+            .map_err(|e| e.at(|| format!("[{}] (a key)", describe_key(k))))
     }
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, ValueError> {
-        let Some((k, v)) = self.items.get(self.i) else { return Err(ValueError::msg("a dict value was asked for past its last key")) };
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, ValueError> {
+        let Some((k, v)) = self.items.get(self.i) else {
+            return Err(ValueError::msg("a dict value was asked for past its last key"));
+        };
         self.i += 1;
         seed.deserialize(self.de.at(v)).map_err(|e| {
             e.at(|| match k {
@@ -803,7 +907,10 @@ struct EnumAcc<'a> {
 impl<'de, 'a> de::EnumAccess<'de> for EnumAcc<'a> {
     type Error = ValueError;
     type Variant = VariantAcc<'a>;
-    fn variant_seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<(S::Value, VariantAcc<'a>), ValueError> {
+    fn variant_seed<S: DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<(S::Value, VariantAcc<'a>), ValueError> {
         let name = self.de.at(self.key).string("a variant name")?;
         let variant = seed.deserialize(self.de.at(self.key))?;
         Ok((variant, VariantAcc { de: self.de.at(self.value), name }))
@@ -820,16 +927,25 @@ impl<'de, 'a> de::VariantAccess<'de> for VariantAcc<'a> {
     fn unit_variant(self) -> Result<(), ValueError> {
         Ok(())
     }
-    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, ValueError> {
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(
+        self,
+        seed: T,
+    ) -> Result<T::Value, ValueError> {
         let name = self.name;
         seed.deserialize(self.de).map_err(|e| e.at(|| format!(".{name}")))
     }
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, v: V) -> Result<V::Value, ValueError> {
         let name = self.name;
-        de::Deserializer::deserialize_tuple(self.de, len, v).map_err(|e| e.at(|| format!(".{name}")))
+        de::Deserializer::deserialize_tuple(self.de, len, v)
+            .map_err(|e| e.at(|| format!(".{name}")))
     }
-    fn struct_variant<V: Visitor<'de>>(self, fields: &'static [&'static str], v: V) -> Result<V::Value, ValueError> {
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, ValueError> {
         let name = self.name;
-        de::Deserializer::deserialize_struct(self.de, "variant", fields, v).map_err(|e| e.at(|| format!(".{name}")))
+        de::Deserializer::deserialize_struct(self.de, "variant", fields, v)
+            .map_err(|e| e.at(|| format!(".{name}")))
     }
 }

@@ -61,8 +61,14 @@ struct NoSigPipe<'a>(&'a UnixStream);
 impl io::Write for NoSigPipe<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // SAFETY: `buf` is valid for `buf.len()` bytes; the descriptor is the stream's own.
-        let n = unsafe { libc::send(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+        let n = unsafe {
+            libc::send(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -88,7 +94,10 @@ impl io::Read for Deadline<'_> {
                 if left.is_zero() {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "the deadline passed"));
                 }
-                match procpy_interpreter::ipc::poll(&[(self.stream.as_raw_fd(), libc::POLLIN)], Some(left)) {
+                match procpy_interpreter::ipc::poll(
+                    &[(self.stream.as_raw_fd(), libc::POLLIN)],
+                    Some(left),
+                ) {
                     // Readable, or hung up / in error: the read says which.
                     Ok(r) if r[0] != 0 => break,
                     // poll rounds to milliseconds: look at the clock again.
@@ -125,7 +134,9 @@ pub(crate) enum CallFailure {
 fn read_failure(e: io::Error) -> CallFailure {
     match e.kind() {
         io::ErrorKind::TimedOut => CallFailure::Timeout,
-        io::ErrorKind::InvalidData | io::ErrorKind::OutOfMemory => CallFailure::Protocol(e.to_string()),
+        io::ErrorKind::InvalidData | io::ErrorKind::OutOfMemory => {
+            CallFailure::Protocol(e.to_string())
+        }
         _ => CallFailure::Lost,
     }
 }
@@ -137,7 +148,8 @@ impl Spawner {
     /// Start the worker program with the socket as an inherited descriptor; in `script` mode
     /// return without waiting for `Ready` (the worker runs the script and exits).
     pub fn spawn(&self, setup: &Setup, script: bool) -> Result<Worker> {
-        let (host, child_end) = procpy_interpreter::ipc::socketpair(libc::SOCK_STREAM).map_err(Error::Spawn)?;
+        let (host, child_end) =
+            procpy_interpreter::ipc::socketpair(libc::SOCK_STREAM).map_err(Error::Spawn)?;
         let fd = child_end.as_raw_fd();
         let mut cmd = Command::new(&self.program);
         cmd.env(embed::WORKER_FD_ENV, fd.to_string())
@@ -156,15 +168,24 @@ impl Spawner {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| Error::Spawn(io::Error::new(e.kind(), format!("{}: {e}", self.program.display()))))?;
+        let child = cmd.spawn().map_err(|e| {
+            Error::Spawn(io::Error::new(e.kind(), format!("{}: {e}", self.program.display())))
+        })?;
         drop(child_end);
         let pid = child.id();
         self.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
-        let mut w = Worker { pid, stream: UnixStream::from(host), child: Some(child), pids: self.pids.clone() };
+        let mut w = Worker {
+            pid,
+            stream: UnixStream::from(host),
+            child: Some(child),
+            pids: self.pids.clone(),
+        };
         match send(&w.stream, &Frame::Setup(setup.clone())) {
             Ok(()) => {}
             // Nothing was written: the sources and paths together exceed the frame limit.
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(Error::Invalid(format!("the workers' setup cannot be sent: {e}"))),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(Error::Invalid(format!("the workers' setup cannot be sent: {e}")))
+            }
             Err(_) if !script => return Err(w.not_ready(setup)),
             // A script worker that is already gone: its exit status says why.
             Err(_) => {}
@@ -172,11 +193,17 @@ impl Spawner {
         if script {
             return Ok(w);
         }
-        let ready = embed::read_frame(&mut Deadline { stream: &w.stream, deadline: Some(Instant::now() + BOOT_TIMEOUT) });
+        let ready = embed::read_frame(&mut Deadline {
+            stream: &w.stream,
+            deadline: Some(Instant::now() + BOOT_TIMEOUT),
+        });
         match ready {
             Ok(Frame::Ready(Ok(_))) => Ok(w),
             Ok(Frame::Ready(Err(e))) => Err(Error::from(e)),
-            Ok(other) => Err(Error::Protocol { pid: w.pid, message: format!("unexpected {} frame before Ready", other.kind()) }),
+            Ok(other) => Err(Error::Protocol {
+                pid: w.pid,
+                message: format!("unexpected {} frame before Ready", other.kind()),
+            }),
             Err(e) => match read_failure(e) {
                 CallFailure::Timeout => Err(Error::Spawn(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -204,27 +231,47 @@ impl Worker {
 
     /// Run one call; host functions the Python code calls meanwhile are served here. The
     /// deadline holds for the whole exchange, inside frames too.
-    pub fn call(&mut self, id: u64, target: &str, args: Vec<u8>, deadline: Option<Instant>, host_fns: &HashMap<String, HostFn>) -> std::result::Result<std::result::Result<Vec<u8>, PyError>, CallFailure> {
+    pub fn call(
+        &mut self,
+        id: u64,
+        target: &str,
+        args: Vec<u8>,
+        deadline: Option<Instant>,
+        host_fns: &HashMap<String, HostFn>,
+    ) -> std::result::Result<std::result::Result<Vec<u8>, PyError>, CallFailure> {
         match send(&self.stream, &Frame::Call { id, target: target.to_owned(), args }) {
             Ok(()) => {}
             // Nothing was written (the frame is over the limit): the worker is intact.
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                return Err(CallFailure::Refused(format!("the arguments of {target} cannot be sent: {e}")));
+                return Err(CallFailure::Refused(format!(
+                    "the arguments of {target} cannot be sent: {e}"
+                )));
             }
             Err(_) => return Err(CallFailure::Lost),
         }
         loop {
             match self.read(deadline)? {
                 Frame::Reply { id: got, outcome } if got == id => return Ok(outcome),
-                Frame::HostCall { id: hid, name, args } => self.serve_host_call(hid, &name, &args, host_fns)?,
-                other => return Err(CallFailure::Protocol(format!("unexpected {} frame during call {id}", other.kind()))),
+                Frame::HostCall { id: hid, name, args } => {
+                    self.serve_host_call(hid, &name, &args, host_fns)?
+                }
+                other => {
+                    return Err(CallFailure::Protocol(format!(
+                        "unexpected {} frame during call {id}",
+                        other.kind()
+                    )))
+                }
             }
         }
     }
 
     /// Wait for a script worker to exit, serving the host calls it makes meanwhile. Fails only
     /// with `Timeout` or `Protocol` (the worker must then be killed).
-    pub fn wait_script(&mut self, deadline: Option<Instant>, host_fns: &HashMap<String, HostFn>) -> std::result::Result<(), CallFailure> {
+    pub fn wait_script(
+        &mut self,
+        deadline: Option<Instant>,
+        host_fns: &HashMap<String, HostFn>,
+    ) -> std::result::Result<(), CallFailure> {
         // Without a pidfd there is nothing to wait on: reap (with its grace period) at once.
         let Ok(pidfd) = procpy_interpreter::ipc::pidfd_open(self.pid as i32) else { return Ok(()) };
         let mut channel_open = true;
@@ -233,12 +280,18 @@ impl Worker {
             if channel_open {
                 fds.push((self.stream.as_raw_fd(), libc::POLLIN));
             }
-            match procpy_interpreter::ipc::poll(&fds, procpy_interpreter::ipc::remaining(deadline)) {
+            match procpy_interpreter::ipc::poll(&fds, procpy_interpreter::ipc::remaining(deadline))
+            {
                 Ok(r) if r[0] != 0 => return Ok(()),
                 Ok(r) if r.get(1).is_some_and(|&ev| ev != 0) => {
                     let served = match self.read(deadline) {
-                        Ok(Frame::HostCall { id, name, args }) => self.serve_host_call(id, &name, &args, host_fns),
-                        Ok(other) => Err(CallFailure::Protocol(format!("unexpected {} frame from a script", other.kind()))),
+                        Ok(Frame::HostCall { id, name, args }) => {
+                            self.serve_host_call(id, &name, &args, host_fns)
+                        }
+                        Ok(other) => Err(CallFailure::Protocol(format!(
+                            "unexpected {} frame from a script",
+                            other.kind()
+                        ))),
                         Err(f) => Err(f),
                     };
                     match served {
@@ -259,13 +312,20 @@ impl Worker {
         embed::read_frame(&mut Deadline { stream: &self.stream, deadline }).map_err(read_failure)
     }
 
-    fn serve_host_call(&self, id: u64, name: &str, args: &[u8], host_fns: &HashMap<String, HostFn>) -> std::result::Result<(), CallFailure> {
+    fn serve_host_call(
+        &self,
+        id: u64,
+        name: &str,
+        args: &[u8],
+        host_fns: &HashMap<String, HostFn>,
+    ) -> std::result::Result<(), CallFailure> {
         let outcome = run_host_fn(host_fns, name, args);
         match send(&self.stream, &Frame::HostReply { id, outcome }) {
             Ok(()) => Ok(()),
             // Nothing was written: a result over the frame limit is raised in Python instead.
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                let outcome = Err(format!("the result of host function {name} cannot be sent: {e}"));
+                let outcome =
+                    Err(format!("the result of host function {name} cannot be sent: {e}"));
                 send(&self.stream, &Frame::HostReply { id, outcome }).map_err(|_| CallFailure::Lost)
             }
             Err(_) => Err(CallFailure::Lost),
@@ -303,7 +363,9 @@ impl Worker {
     }
 
     /// The captured stdout/stderr pipes of a script worker.
-    pub fn take_pipes(&mut self) -> (Option<std::process::ChildStdout>, Option<std::process::ChildStderr>) {
+    pub fn take_pipes(
+        &mut self,
+    ) -> (Option<std::process::ChildStdout>, Option<std::process::ChildStderr>) {
         match self.child.as_mut() {
             Some(c) => (c.stdout.take(), c.stderr.take()),
             None => (None, None),
@@ -319,10 +381,15 @@ impl Drop for Worker {
     }
 }
 
-fn run_host_fn(host_fns: &HashMap<String, HostFn>, name: &str, args: &[u8]) -> std::result::Result<Vec<u8>, String> {
+fn run_host_fn(
+    host_fns: &HashMap<String, HostFn>,
+    name: &str,
+    args: &[u8],
+) -> std::result::Result<Vec<u8>, String> {
     let f = host_fns.get(name).ok_or_else(|| format!("no host function named {name:?}"))?;
     let args = wire::from_bytes(args).map_err(|e| e.to_string())?;
-    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&args))).map_err(|_| format!("host function {name} panicked"))??;
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&args)))
+        .map_err(|_| format!("host function {name} panicked"))??;
     Ok(wire::to_bytes(&out))
 }
 
@@ -340,12 +407,15 @@ where
         let arg = match args {
             // One argument reads as `A` itself (a one-tuple `A` still reads it), inside the
             // whole tuple: shared references count from there.
-            Value::Tuple(items) if items.len() == 1 => from_value_within::<A>(args, &items[0]).or_else(|e| from_value::<A>(args).map_err(|_| e)),
+            Value::Tuple(items) if items.len() == 1 => from_value_within::<A>(args, &items[0])
+                .or_else(|e| from_value::<A>(args).map_err(|_| e)),
             Value::Tuple(_) => from_value::<A>(args),
             one => from_value::<A>(one),
         }
         .map_err(|e| format!("bad arguments to host function {name}: {e}"))?;
         let r = f(arg).map_err(|e| e.to_string())?;
-        to_value(&r).map_err(|e| format!("host function {name} returned a value that cannot reach Python: {e}"))
+        to_value(&r).map_err(|e| {
+            format!("host function {name} returned a value that cannot reach Python: {e}")
+        })
     })
 }

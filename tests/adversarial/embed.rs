@@ -191,7 +191,9 @@ fn a_host_call_from_a_thread_between_calls_never_swallows_the_next_call() {
 #[test]
 fn a_script_calls_host_functions() {
     let e = Arc::new(builder(1).build().unwrap());
-    let script = procpy::Script::source("from host import twice\nprint(twice(21))\n").capture_output().timeout(HANG_GUARD);
+    let script = procpy::Script::source("from host import twice\nprint(twice(21))\n")
+        .capture_output()
+        .timeout(HANG_GUARD);
     let out = guarded(move || e.run_script(script)).expect("the script hung").unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n");
@@ -204,9 +206,15 @@ fn a_worker_stalled_mid_frame_times_out() {
     // The header promises 100 bytes; 10 come, then nothing.
     let data = frame(100, &[0; 10]);
     let e2 = e.clone();
-    let err = guarded(move || e2.call_timeout::<_, String>("plugin:send_raw", (procpy::Bytes(data), "stall"), Duration::from_secs(2)))
-        .expect("the call hung past its timeout")
-        .unwrap_err();
+    let err = guarded(move || {
+        e2.call_timeout::<_, String>(
+            "plugin:send_raw",
+            (procpy::Bytes(data), "stall"),
+            Duration::from_secs(2),
+        )
+    })
+    .expect("the call hung past its timeout")
+    .unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     assert!(!alive(first), "the stalled worker was killed");
     let second: u32 = e.call("plugin:pid", ()).unwrap();
@@ -227,7 +235,9 @@ fn garbage_frames_from_a_worker_are_errors() {
     for (what, data, then, says) in cases {
         let first: u32 = e.call("plugin:pid", ()).unwrap();
         let e2 = e.clone();
-        let got = guarded(move || e2.call::<_, String>("plugin:send_raw", (procpy::Bytes(data), then))).unwrap_or_else(|| panic!("{what}: the call hung"));
+        let got =
+            guarded(move || e2.call::<_, String>("plugin:send_raw", (procpy::Bytes(data), then)))
+                .unwrap_or_else(|| panic!("{what}: the call hung"));
         match got {
             Err(Error::Protocol { pid, ref message }) => {
                 assert_eq!(pid, first, "{what}");
@@ -236,7 +246,11 @@ fn garbage_frames_from_a_worker_are_errors() {
             other => panic!("{what}: {other:?}"),
         }
         assert!(!alive(first), "{what}: the worker that broke the protocol was killed");
-        assert_eq!(e.call::<_, i64>("builtins:abs", -3).unwrap(), 3, "{what}: the engine still serves");
+        assert_eq!(
+            e.call::<_, i64>("builtins:abs", -3).unwrap(),
+            3,
+            "{what}: the engine still serves"
+        );
     }
 }
 
@@ -266,13 +280,23 @@ fn a_process_forked_in_a_call_leaves_the_channel_alone() {
 /// space limit if given: a host that crashes fails the test that asked, not the whole suite.
 fn host_in_child(name: &str, address_space: Option<u64>) -> common::Outcome {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", &format!("embed::{name}"), "--ignored", "--nocapture", "--test-threads=1"]).env("PROCPY_EMBED_TEST_HOST", name);
+    cmd.args([
+        "--exact",
+        &format!("embed::{name}"),
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("PROCPY_EMBED_TEST_HOST", name);
     if let Some(bytes) = address_space {
         // SAFETY: only setrlimit (async-signal-safe) between fork and exec. The workers inherit
         // the limit too.
         unsafe {
             cmd.pre_exec(move || {
-                let lim = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
+                let lim = libc::rlimit {
+                    rlim_cur: bytes as libc::rlim_t,
+                    rlim_max: bytes as libc::rlim_t,
+                };
                 if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -294,7 +318,10 @@ fn is_host(name: &str) -> bool {
 /// What the child host printed after `label `.
 fn printed(out: &common::Outcome, label: &str) -> String {
     let label = format!("{label} ");
-    out.stdout.lines().find_map(|l| l.split_once(label.as_str()).map(|(_, r)| r.to_owned())).unwrap_or_default()
+    out.stdout
+        .lines()
+        .find_map(|l| l.split_once(label.as_str()).map(|(_, r)| r.to_owned()))
+        .unwrap_or_default()
 }
 
 /// Not a test by itself: the host of `an_oversized_frame_header_does_not_abort_the_host`.
@@ -355,9 +382,16 @@ fn a_memory_limit_breach_reports_the_limit() {
         let err = guarded(move || e2.call::<_, u64>(target, ()))
             .unwrap_or_else(|| panic!("{target}: the call hung"))
             .unwrap_err();
-        assert!(matches!(err, Error::LimitExceeded { limit: Limit::Memory, .. }), "{target}: {err:?}");
+        assert!(
+            matches!(err, Error::LimitExceeded { limit: Limit::Memory, .. }),
+            "{target}: {err:?}"
+        );
         assert!(err.to_string().contains("memory limit"), "{target}: {err}");
-        assert_eq!(e.call::<_, i64>("builtins:abs", -1).unwrap(), 1, "{target}: the engine still serves");
+        assert_eq!(
+            e.call::<_, i64>("builtins:abs", -1).unwrap(),
+            1,
+            "{target}: the engine still serves"
+        );
     }
 }
 
@@ -367,7 +401,10 @@ fn fake_host(address_space: Option<u64>) -> (UnixStream, std::process::Child) {
     let (host, worker_end) = UnixStream::pair().unwrap();
     let fd = worker_end.as_raw_fd();
     let mut cmd = Command::new(common::procpy());
-    cmd.env("PROCPY_EMBED_FD", fd.to_string()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.env("PROCPY_EMBED_FD", fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     // SAFETY: only fcntl and setrlimit (async-signal-safe) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -375,7 +412,10 @@ fn fake_host(address_space: Option<u64>) -> (UnixStream, std::process::Child) {
                 return Err(std::io::Error::last_os_error());
             }
             if let Some(bytes) = address_space {
-                let lim = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
+                let lim = libc::rlimit {
+                    rlim_cur: bytes as libc::rlim_t,
+                    rlim_max: bytes as libc::rlim_t,
+                };
                 if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -419,10 +459,28 @@ fn a_bad_frame_from_the_host_ends_the_worker_with_a_message() {
     protocol::write_frame(&mut setup, &Frame::Setup(Setup::default())).unwrap();
     // (what, frames sent after a good Setup or instead of it, status, message on stderr)
     let cases: Vec<(&str, bool, Vec<u8>, i32, &str)> = vec![
-        ("garbage instead of Setup", false, frame(8, &[0xff; 8]), HOST_BROKE_PROTOCOL, "cannot decode"),
-        ("a length past the frame limit", false, frame(u32::MAX, &[0; 8]), HOST_BROKE_PROTOCOL, "too large"),
+        (
+            "garbage instead of Setup",
+            false,
+            frame(8, &[0xff; 8]),
+            HOST_BROKE_PROTOCOL,
+            "cannot decode",
+        ),
+        (
+            "a length past the frame limit",
+            false,
+            frame(u32::MAX, &[0; 8]),
+            HOST_BROKE_PROTOCOL,
+            "too large",
+        ),
         ("garbage between calls", true, frame(8, &[0xff; 8]), HOST_BROKE_PROTOCOL, "cannot decode"),
-        ("a frame out of place", true, setup.clone(), HOST_BROKE_PROTOCOL, "sent a Setup frame between calls"),
+        (
+            "a frame out of place",
+            true,
+            setup.clone(),
+            HOST_BROKE_PROTOCOL,
+            "sent a Setup frame between calls",
+        ),
     ];
     for (what, after_setup, data, want, says) in cases {
         let (mut host, child) = fake_host(None);

@@ -59,7 +59,8 @@ fn test_dir(name: &str) -> TestDir {
 /// deadline still shows how far it got.
 fn script(dir: &Path, name: &str, code: &str) -> PathBuf {
     let path = dir.join(name);
-    let prelude = "import builtins as _b, functools as _f\nprint = _f.partial(_b.print, flush=True)\n";
+    let prelude =
+        "import builtins as _b, functools as _f\nprint = _f.partial(_b.print, flush=True)\n";
     std::fs::write(&path, format!("{prelude}{code}")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     path
@@ -120,7 +121,11 @@ impl Owner {
                 Err(_) => {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
-                    panic!("no line {prefix:?} from the script; stdout {:?}; stderr {}", self.seen, self.stderr_now());
+                    panic!(
+                        "no line {prefix:?} from the script; stdout {:?}; stderr {}",
+                        self.seen,
+                        self.stderr_now()
+                    );
                 }
             }
         }
@@ -180,7 +185,9 @@ fn is_root() -> bool {
 fn is_gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Ok(stat) => {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+        }
     }
 }
 
@@ -284,7 +291,14 @@ print('results', ' '.join(results))
 
 /// Run the hostile client (as `uid` if given) against `address` (hex) of the server of the
 /// procpy process `owner`; returns its stdout.
-fn hostile(dir: &Path, address: &str, body: &Path, owner: u32, uid: Option<u32>, extra: &[&str]) -> String {
+fn hostile(
+    dir: &Path,
+    address: &str,
+    body: &Path,
+    owner: u32,
+    uid: Option<u32>,
+    extra: &[&str],
+) -> String {
     let client = script(dir, "hostile.py", HOSTILE);
     let mut cmd = Command::new("python3");
     cmd.arg(&client).arg(address).arg(body).arg(owner.to_string()).args(extra).current_dir("/");
@@ -320,7 +334,10 @@ fn another_user_cannot_make_the_server_run_code() {
     let env = [("MARKER", marker.to_str().unwrap()), ("BODY", body.to_str().unwrap())];
     let mut owner = Owner::start(&owner_script, &env);
     let address = owner.expect("address ");
-    let addr_bytes: Vec<u8> = (0..address.len()).step_by(2).map(|i| u8::from_str_radix(&address[i..i + 2], 16).unwrap()).collect();
+    let addr_bytes: Vec<u8> = (0..address.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&address[i..i + 2], 16).unwrap())
+        .collect();
     std::fs::set_permissions(&body, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     // 1. The published address and anything procpy-named in /proc/net/unix.
@@ -343,14 +360,20 @@ fn another_user_cannot_make_the_server_run_code() {
     owner.say("go");
     let (status, stdout, stderr) = owner.finish();
     let created = marker_created(&marker);
-    assert!(!created, "a uid-{NOBODY} client made the fork server run code; client saw {out:?}, {leaked:?}");
+    assert!(
+        !created,
+        "a uid-{NOBODY} client made the fork server run code; client saw {out:?}, {leaked:?}"
+    );
     assert_eq!(status, Some(0), "owner: {stdout:?} {stderr}");
     assert!(stdout.iter().any(|l| l == "got child ran"), "{stdout:?}");
     // The link's connection was accepted and dropped without a byte from the server: the
     // client read end of file, or found the connection closed while sending.
     if !extra.is_empty() {
         let last = leaked.split_whitespace().last().unwrap_or("");
-        assert!(["read:0", "io:BrokenPipeError", "io:ConnectionResetError"].contains(&last), "leaked path: {leaked:?}");
+        assert!(
+            ["read:0", "io:BrokenPipeError", "io:ConnectionResetError"].contains(&last),
+            "leaked path: {leaked:?}"
+        );
     }
 }
 
@@ -372,10 +395,16 @@ fn same_user_client_without_the_key_runs_no_code() {
     let answering = hostile(&dir, &address, &body, pid, None, &["--answer"]);
     owner.say("go");
     let (status, stdout, stderr) = owner.finish();
-    assert!(!marker_created(&marker), "a client without the key made the server run code: {plain:?} {answering:?}");
+    assert!(
+        !marker_created(&marker),
+        "a client without the key made the server run code: {plain:?} {answering:?}"
+    );
     assert_eq!(status, Some(0), "owner: {stdout:?} {stderr}");
     assert!(stdout.iter().any(|l| l == "got child ran"), "{stdout:?}");
-    assert!(stdout.iter().any(|l| *l == format!("same server {server}")), "the server was replaced: {stdout:?}");
+    assert!(
+        stdout.iter().any(|l| *l == format!("same server {server}")),
+        "the server was replaced: {stdout:?}"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -413,7 +442,11 @@ if __name__ == '__main__':
     );
     let (status, stdout, stderr) = run_owner(&s, &[]);
     assert_eq!(status, Some(0), "{stdout:?} {stderr}");
-    assert_eq!(stdout.iter().filter(|l| l.starts_with("started") && l.ends_with(" 0")).count(), 5, "{stdout:?}");
+    assert_eq!(
+        stdout.iter().filter(|l| l.starts_with("started") && l.ends_with(" 0")).count(),
+        5,
+        "{stdout:?}"
+    );
     assert!(stdout.iter().any(|l| l == "pool [0, 1, 2, 3]"), "{stdout:?}");
 }
 
@@ -671,8 +704,15 @@ if __name__ == '__main__':
         let mut owner = Owner::spawn(cmd);
         let hex = owner.expect("address ");
         let server: i32 = owner.expect("server ").parse().unwrap();
-        let address: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
-        assert_ne!(address.first(), Some(&0), "an abstract socket: anyone on the machine can reach it");
+        let address: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        assert_ne!(
+            address.first(),
+            Some(&0),
+            "an abstract socket: anyone on the machine can reach it"
+        );
         let path = PathBuf::from(String::from_utf8(address).unwrap());
         let private = path.parent().unwrap().to_owned();
         assert_eq!(private.parent(), Some(tmp.as_path()), "not under $TMPDIR: {path:?}");
@@ -691,7 +731,11 @@ if __name__ == '__main__':
                     wait_gone(server, HANG_GUARD),
                     "the server ignored SIGTERM: waiting in {:?}, its directory {}",
                     std::fs::read_to_string(format!("/proc/{server}/wchan")),
-                    if private.exists() { "still there (it never reached its clean-up)" } else { "removed (it hung after)" }
+                    if private.exists() {
+                        "still there (it never reached its clean-up)"
+                    } else {
+                        "removed (it hung after)"
+                    }
                 );
                 assert!(!private.exists(), "{private:?} left by a server ended by SIGTERM");
                 owner.say("go");
@@ -714,7 +758,8 @@ if __name__ == '__main__':
         while std::fs::read_dir(&tmp).unwrap().count() > 0 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> =
+            std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(left.is_empty(), "left in TMPDIR ({how}): {left:?}");
     }
 }
@@ -735,7 +780,11 @@ fn set_fd_limit(pid: i32, soft: u64) -> libc::rlimit {
     assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) }, 0);
     let new = libc::rlimit { rlim_cur: soft, rlim_max: old.rlim_max };
     // SAFETY: `new` is a valid rlimit.
-    assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) }, 0, "prlimit");
+    assert_eq!(
+        unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) },
+        0,
+        "prlimit"
+    );
     old
 }
 
@@ -799,8 +848,16 @@ if __name__ == '__main__':
     let restored = owner.expect("restored ");
     let (status, stdout, stderr) = owner.finish();
     assert_eq!(status, Some(0), "{stdout:?} {stderr}");
-    assert!(accept.starts_with("refused 24 ") && accept.contains("fork server") && accept.contains("file descriptors"), "{accept:?}");
-    assert!(descriptors.starts_with("refused 24 ") && descriptors.contains("descriptors"), "{descriptors:?}");
+    assert!(
+        accept.starts_with("refused 24 ")
+            && accept.contains("fork server")
+            && accept.contains("file descriptors"),
+        "{accept:?}"
+    );
+    assert!(
+        descriptors.starts_with("refused 24 ") && descriptors.contains("descriptors"),
+        "{descriptors:?}"
+    );
     assert_eq!(restored, "started 0");
     assert!(stdout.iter().any(|l| l == "same server True"), "{stdout:?}");
 }

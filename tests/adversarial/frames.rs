@@ -38,7 +38,9 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 
 /// An anonymous memory file of `size` bytes (sparse: nothing is written).
 fn memfd(size: u64) -> OwnedFd {
-    let fd = unsafe { OwnedFd::from_raw_fd(cvt(libc::memfd_create(c"frames-test".as_ptr(), libc::MFD_CLOEXEC))) };
+    let fd = unsafe {
+        OwnedFd::from_raw_fd(cvt(libc::memfd_create(c"frames-test".as_ptr(), libc::MFD_CLOEXEC)))
+    };
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) });
     fd
 }
@@ -46,11 +48,18 @@ fn memfd(size: u64) -> OwnedFd {
 /// A memory file of `size` bytes sealed against resizing, as procpy makes the ones it maps.
 fn sealed_memfd(size: u64) -> OwnedFd {
     // SAFETY: a valid C string; the new descriptor is owned by the OwnedFd at once.
-    let fd = unsafe { OwnedFd::from_raw_fd(cvt(libc::memfd_create(c"frames-test".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING))) };
+    let fd = unsafe {
+        OwnedFd::from_raw_fd(cvt(libc::memfd_create(
+            c"frames-test".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )))
+    };
     // SAFETY: plain system calls on a descriptor we own.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) });
     // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) });
+    cvt(unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW)
+    });
     fd
 }
 
@@ -71,7 +80,11 @@ fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) {
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
             (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(c).cast::<RawFd>(),
+                fds.len(),
+            );
         }
     }
     let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
@@ -144,7 +157,13 @@ fn lines(o: &Outcome) -> Vec<&str> {
 /// The script ran to its end: exit status 0 and its last line printed.
 fn assert_lived(o: &Outcome, last: &str) {
     assert!(!o.timed_out, "hung (killed after {LIMIT:?})\nstdout:\n{}", o.stdout);
-    assert_eq!(o.status, Some(0), "died (negative = signal)\nstdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+    assert_eq!(
+        o.status,
+        Some(0),
+        "died (negative = signal)\nstdout:\n{}\nstderr:\n{}",
+        o.stdout,
+        o.stderr
+    );
     assert_eq!(o.stdout.lines().last(), Some(last), "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
 }
 
@@ -198,7 +217,8 @@ fn pipe_header_of_2_pow_40_raises_memory_error() {
     let o = pipe_header_case(1 << 40, None);
     // Under `overcommit_memory = 1` the allocation of 1 TiB is granted to CPython and to us:
     // then the writer's end of file ends the message.
-    let allowed: &[&str] = if always_overcommit() { &["MemoryError", "OSError"] } else { &["MemoryError"] };
+    let allowed: &[&str] =
+        if always_overcommit() { &["MemoryError", "OSError"] } else { &["MemoryError"] };
     assert_all_raised(&o, allowed);
 }
 
@@ -298,8 +318,13 @@ impl QueueFeeder {
         good.extend_from_slice(&encoded(&text("ok")));
         send_with_fds(b.as_raw_fd(), &good, &[]);
         send_frame(self.conn, &encoded(&text(label)), &[]);
-        let handle = Value::Handle { kind: HandleKind::Queue, fds: vec![0, 1, 2], extra: vec![0, kind] };
-        send_frame(self.conn, &encoded(&handle), &[a.as_raw_fd(), b.as_raw_fd(), counters.as_raw_fd()]);
+        let handle =
+            Value::Handle { kind: HandleKind::Queue, fds: vec![0, 1, 2], extra: vec![0, kind] };
+        send_frame(
+            self.conn,
+            &encoded(&handle),
+            &[a.as_raw_fd(), b.as_raw_fd(), counters.as_raw_fd()],
+        );
         self.keep.extend([a, b, counters]);
     }
 }
@@ -324,17 +349,42 @@ fn bad_queue_records_raise_and_the_queue_stays_usable() {
         let mut f = QueueFeeder { conn, keep: Vec::new() };
         for (kind, name) in [(0, "get Queue"), (2, "get SimpleQueue")] {
             let empty = memfd(0);
-            f.queue(&format!("{name} 2^40 in an empty file"), kind, &memfd_record(1 << 40, 1), &[empty.as_raw_fd()]);
+            f.queue(
+                &format!("{name} 2^40 in an empty file"),
+                kind,
+                &memfd_record(1 << 40, 1),
+                &[empty.as_raw_fd()],
+            );
             let sparse = memfd(1 << 40);
-            f.queue(&format!("{name} 2^40 in a sparse file"), kind, &memfd_record(1 << 40, 1), &[sparse.as_raw_fd()]);
+            f.queue(
+                &format!("{name} 2^40 in a sparse file"),
+                kind,
+                &memfd_record(1 << 40, 1),
+                &[sparse.as_raw_fd()],
+            );
             let short = memfd(10);
-            f.queue(&format!("{name} 100 in a file of 10"), kind, &memfd_record(100, 1), &[short.as_raw_fd()]);
+            f.queue(
+                &format!("{name} 100 in a file of 10"),
+                kind,
+                &memfd_record(100, 1),
+                &[short.as_raw_fd()],
+            );
             f.queue(&format!("{name} memory file missing"), kind, &memfd_record(100, 0), &[]);
             // A record that declares a descriptor it does not carry is no shortage of ours: it
             // is refused, and cannot block the queue (readers must not wait for room for it).
-            f.queue(&format!("{name} descriptor claimed, none sent"), kind, &memfd_record(100, 1), &[]);
+            f.queue(
+                &format!("{name} descriptor claimed, none sent"),
+                kind,
+                &memfd_record(100, 1),
+                &[],
+            );
             let (r, _w) = pipe();
-            f.queue(&format!("{name} memory file is a pipe"), kind, &memfd_record(100, 1), &[r.as_raw_fd()]);
+            f.queue(
+                &format!("{name} memory file is a pipe"),
+                kind,
+                &memfd_record(100, 1),
+                &[r.as_raw_fd()],
+            );
             let mut long = vec![0u8, 0];
             long.extend(std::iter::repeat_n(0x42, 48 * 1024));
             f.queue(&format!("{name} inline record of 48 KiB"), kind, &long, &[]);
@@ -346,10 +396,21 @@ fn bad_queue_records_raise_and_the_queue_stays_usable() {
     assert_lived(&o, "alive");
     let out = lines(&o);
     let expect = |label: &str, exc: &str| {
-        let bad = out.iter().find(|l| l.starts_with(&format!("{label} "))).unwrap_or_else(|| panic!("no line for {label}:\n{}", o.stdout));
-        assert!(bad.starts_with(&format!("{label} {exc}")), "{bad:?}: expected {exc}\n{}", o.stdout);
+        let bad = out
+            .iter()
+            .find(|l| l.starts_with(&format!("{label} ")))
+            .unwrap_or_else(|| panic!("no line for {label}:\n{}", o.stdout));
+        assert!(
+            bad.starts_with(&format!("{label} {exc}")),
+            "{bad:?}: expected {exc}\n{}",
+            o.stdout
+        );
         let good = format!("{label} got 'ok'");
-        assert!(out.contains(&good.as_str()), "the record behind the bad one was lost ({label}):\n{}", o.stdout);
+        assert!(
+            out.contains(&good.as_str()),
+            "the record behind the bad one was lost ({label}):\n{}",
+            o.stdout
+        );
     };
     for name in ["get Queue", "get SimpleQueue"] {
         expect(&format!("{name} 2^40 in an empty file"), "OSError");
@@ -385,7 +446,12 @@ fn crafted_handles_raise_instead_of_sigbus() {
         send("buffer 1MiB over empty", HandleKind::SharedBuffer, vec![memfd(0)], vec![1 << 20]);
         send("buffer 1MiB over 4KiB", HandleKind::SharedBuffer, vec![memfd(4096)], vec![1 << 20]);
         send("buffer negative size", HandleKind::SharedBuffer, vec![memfd(4096)], vec![-1]);
-        send("buffer over a socket", HandleKind::SharedBuffer, vec![socketpair(libc::SOCK_STREAM).0], vec![16]);
+        send(
+            "buffer over a socket",
+            HandleKind::SharedBuffer,
+            vec![socketpair(libc::SOCK_STREAM).0],
+            vec![16],
+        );
         send("buffer without fd", HandleKind::SharedBuffer, vec![], vec![16]);
         // Unsealed: any holder could shrink it under the receiver's mapping.
         send("buffer unsealed", HandleKind::SharedBuffer, vec![memfd(16)], vec![16]);
@@ -410,7 +476,9 @@ fn crafted_handles_raise_instead_of_sigbus() {
     assert_lived(&o, "alive");
     let out = lines(&o);
     let line = |label: &str| -> &str {
-        out.iter().find(|l| l.starts_with(&format!("{label} "))).unwrap_or_else(|| panic!("no line for {label}:\n{}", o.stdout))
+        out.iter()
+            .find(|l| l.starts_with(&format!("{label} ")))
+            .unwrap_or_else(|| panic!("no line for {label}:\n{}", o.stdout))
     };
     for label in [
         "buffer 1MiB over empty",
@@ -426,7 +494,11 @@ fn crafted_handles_raise_instead_of_sigbus() {
         "queue counters unsealed",
     ] {
         let l = line(label);
-        assert!(l.starts_with(&format!("{label} UnpicklingError malformed message:")), "{l:?}\n{}", o.stdout);
+        assert!(
+            l.starts_with(&format!("{label} UnpicklingError malformed message:")),
+            "{l:?}\n{}",
+            o.stdout
+        );
     }
     assert_eq!(line("buffer good"), "buffer good used 16");
     assert_eq!(line("semlock good"), "semlock good used not acquired");
@@ -454,7 +526,13 @@ fn spawn_boot_with_a_bad_length_fails_with_an_exception() {
         drop(ours);
         let o = run_with_deadline(cmd, LIMIT);
         assert!(!o.timed_out, "hung");
-        assert_eq!(o.status, Some(1), "expected a Python exception, got status {:?}\nstderr:\n{}", o.status, o.stderr);
+        assert_eq!(
+            o.status,
+            Some(1),
+            "expected a Python exception, got status {:?}\nstderr:\n{}",
+            o.status,
+            o.stderr
+        );
         assert!(o.stderr.contains(exc), "expected {exc}:\n{}", o.stderr);
     }
 }
@@ -467,7 +545,10 @@ fn spawn_boot_with_a_bad_length_fails_with_an_exception() {
 fn resource_tracker_drops_an_endless_line() {
     let name = format!("/procpy-frames-{}", std::process::id());
     let mut cmd = Command::new(procpy());
-    cmd.arg("--multiprocessing-resource-tracker").stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.arg("--multiprocessing-resource-tracker")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     limit_address_space(&mut cmd, 192 << 20);
     let mut child = cmd.spawn().expect("start the tracker");
     let mut stdin = child.stdin.take().expect("stdin");
@@ -507,7 +588,10 @@ fn resource_tracker_drops_an_endless_line() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.code(), Some(0), "tracker died (signal {:?}):\n{stderr}", status.signal());
     assert!(stderr.contains("malformed message"), "{stderr}");
-    assert!(stderr.contains("leaked shared_memory") && stderr.contains(&name), "the line after the long one was lost:\n{stderr}");
+    assert!(
+        stderr.contains("leaked shared_memory") && stderr.contains(&name),
+        "the line after the long one was lost:\n{stderr}"
+    );
 }
 
 /// `Listener.close()` from one thread while another is blocked in `accept()` returns, and the
@@ -719,7 +803,12 @@ fn deep_nesting_from_a_peer_raises_in_a_thread() {
     assert_lived(&o, "alive after");
     assert_eq!(
         lines(&o)[..4],
-        ["raw 650 UnpicklingError", "raw 100000 UnpicklingError", "encoded 500 500", "encoded 501 RecursionError"],
+        [
+            "raw 650 UnpicklingError",
+            "raw 100000 UnpicklingError",
+            "encoded 500 500",
+            "encoded 501 RecursionError"
+        ],
         "{}",
         o.stdout
     );
@@ -779,7 +868,12 @@ fn shared_memory_files_cannot_be_shrunk_under_their_users() {
         assert_lived(&o, "alive");
         assert_eq!(
             lines(&o)[..4],
-            ["queue shrink refused 1", "lock shrink refused True", "value shrink refused 5", "array shrink refused 0"],
+            [
+                "queue shrink refused 1",
+                "lock shrink refused True",
+                "value shrink refused 5",
+                "array shrink refused 0"
+            ],
             "{method}: {}",
             o.stdout
         );

@@ -79,12 +79,23 @@ fn a_killed_resource_tracker_is_replaced_and_segments_are_still_unlinked() {
         cmd.arg(&script).arg(method);
         let out = run_with_deadline(cmd, Duration::from_secs(120));
         let names: Vec<&str> = out.stdout.lines().filter_map(|l| l.strip_prefix("NAME ")).collect();
-        let left: Vec<&&str> = names.iter().filter(|n| !shm_gone(n, Duration::from_secs(30))).collect();
+        let left: Vec<&&str> =
+            names.iter().filter(|n| !shm_gone(n, Duration::from_secs(30))).collect();
         assert_eq!(out.status, Some(0), "{method}: {out:?}");
-        for line in ["tracker killed: True", "relaunch warned: True", "new tracker: True", "old tracker reaped: True", "done"] {
+        for line in [
+            "tracker killed: True",
+            "relaunch warned: True",
+            "new tracker: True",
+            "old tracker reaped: True",
+            "done",
+        ] {
             assert!(out.stdout.lines().any(|l| l == line), "{method}: no {line:?} in {out:?}");
         }
-        assert_eq!(out.stdout.lines().filter(|l| *l == "child exit: 0").count(), 3, "{method}: {out:?}");
+        assert_eq!(
+            out.stdout.lines().filter(|l| *l == "child exit: 0").count(),
+            3,
+            "{method}: {out:?}"
+        );
         assert_eq!(names.len(), 5, "{method}: {out:?}");
         assert!(left.is_empty(), "{method}: segments left in /dev/shm: {left:?}\n{out:?}");
     }

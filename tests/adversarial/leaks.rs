@@ -33,7 +33,8 @@ fn with_limits(cmd: &mut Command, limits: Limits) {
     // touches no memory shared with the parent.
     unsafe {
         cmd.pre_exec(move || {
-            let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+            let check =
+                |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
             if drop_root {
                 check(libc::setgroups(0, std::ptr::null()))?;
                 check(libc::setgid(NOBODY))?;
@@ -67,9 +68,11 @@ impl TempDir {
     fn new(tag: &str) -> TempDir {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("procpy-leaks-{tag}-{}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("procpy-leaks-{tag}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
         TempDir(dir)
     }
 }
@@ -117,7 +120,8 @@ fn run_script_file(name: &str, code: &str, limits: Limits) -> Option<Outcome> {
     let dir = TempDir::new("script");
     let script = dir.0.join(name);
     std::fs::write(&script, code).expect("write script");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod script");
     let exe = if limits.unprivileged { procpy_for_nobody(&dir)? } else { procpy() };
     let mut cmd = Command::new(exe);
     cmd.arg(&script).current_dir("/");
@@ -197,7 +201,6 @@ fn leak_soak_spawn() {
 
 // ------------------------------------------------------------------------ starting children
 
-
 const START_WITHOUT_DESCRIPTORS: &str = r#"
 import errno, multiprocessing as mp, os, sys
 
@@ -259,8 +262,13 @@ fn start_without_descriptors(method: &str) {
     cmd.arg(&script).arg(method);
     with_limits(&mut cmd, Limits { nofile: Some(64), ..Limits::default() });
     let out = run_with_deadline(cmd, LIMIT);
-    let want = "start failed: EMFILE\n".repeat(3) + "no child left behind: True\nonce descriptors are free: 0\n";
-    assert_eq!(out.stdout, want, "under {method}: status {:?}, stderr:\n{}", out.status, out.stderr);
+    let want = "start failed: EMFILE\n".repeat(3)
+        + "no child left behind: True\nonce descriptors are free: 0\n";
+    assert_eq!(
+        out.stdout, want,
+        "under {method}: status {:?}, stderr:\n{}",
+        out.status, out.stderr
+    );
     assert_eq!(out.status, Some(0), "under {method}: stderr:\n{}", out.stderr);
 }
 
@@ -478,7 +486,8 @@ if __name__ == '__main__':
 #[test]
 fn start_without_processes_raises_and_recovers() {
     let limits = Limits { unprivileged: true, ..Limits::default() };
-    let Some(out) = run_script_file("start_without_processes.py", START_WITHOUT_PROCESSES, limits) else {
+    let Some(out) = run_script_file("start_without_processes.py", START_WITHOUT_PROCESSES, limits)
+    else {
         eprintln!("skipped: no copy of procpy that uid {NOBODY} can run");
         return;
     };
@@ -487,12 +496,21 @@ fn start_without_processes_raises_and_recovers() {
     for method in ["fork", "spawn", "forkserver"] {
         for what in ["Process", "Pool"] {
             let tag = format!("{method} {what} ");
-            let ours: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix(tag.as_str())).collect();
+            let ours: Vec<&str> =
+                lines.iter().filter_map(|l| l.strip_prefix(tag.as_str())).collect();
             let raised = ours.first().copied().unwrap_or_default();
-            let allowed: &[&str] = if what == "Pool" { &["raised EAGAIN", "raised RuntimeError"] } else { &["raised EAGAIN"] };
+            let allowed: &[&str] = if what == "Pool" {
+                &["raised EAGAIN", "raised RuntimeError"]
+            } else {
+                &["raised EAGAIN"]
+            };
             assert!(allowed.contains(&raised), "{tag}: {raised:?}\n{out:?}");
             assert_eq!(ours.get(1).copied(), Some("left behind: []"), "{tag}\n{out:?}");
-            let again = if what == "Pool" { "once processes can start: [1, 2]" } else { "once processes can start: 0" };
+            let again = if what == "Pool" {
+                "once processes can start: [1, 2]"
+            } else {
+                "once processes can start: 0"
+            };
             assert_eq!(ours.get(2).copied(), Some(again), "{tag}\n{out:?}");
         }
     }
@@ -560,16 +578,15 @@ fn a_manager_out_of_threads_serves_again() {
         return;
     }
     let limits = Limits { nproc: Some(100), unprivileged: true, ..Limits::default() };
-    let Some(out) = run_script_file("manager_out_of_threads.py", MANAGER_OUT_OF_THREADS, limits) else {
+    let Some(out) = run_script_file("manager_out_of_threads.py", MANAGER_OUT_OF_THREADS, limits)
+    else {
         eprintln!("skipped: no copy of procpy that uid {NOBODY} can run");
         return;
     };
     assert_eq!(
-        out.stdout,
-        "before: []\nsilent clients: True\namong silent clients: True\nafter: []\n",
+        out.stdout, "before: []\nsilent clients: True\namong silent clients: True\nafter: []\n",
         "status {:?}, stderr:\n{}",
-        out.status,
-        out.stderr
+        out.status, out.stderr
     );
     assert_eq!(out.status, Some(0), "stderr:\n{}", out.stderr);
 }

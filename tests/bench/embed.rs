@@ -77,7 +77,9 @@ fn raw_socketpair() -> Duration {
 }
 
 fn records() -> Vec<Rec> {
-    (0..RECORDS as u64).map(|id| Rec { id, name: format!("rec{id}"), score: id as f64 * 0.5 }).collect()
+    (0..RECORDS as u64)
+        .map(|id| Rec { id, name: format!("rec{id}"), score: id as f64 * 0.5 })
+        .collect()
 }
 
 fn cpython_pool_map(workers: usize) -> Option<f64> {
@@ -108,10 +110,18 @@ if __name__ == '__main__':
 
 fn main() {
     procpy::init();
-    let profile = if cfg!(debug_assertions) { "debug (dev profile; dependencies at opt-level 3)" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug (dev profile; dependencies at opt-level 3)"
+    } else {
+        "release"
+    };
     println!("embedding benchmark, {profile} build");
 
-    let engine = procpy::Builder::new().workers(1).source("_bench", "def ident(x):\n    return x\n").build().unwrap();
+    let engine = procpy::Builder::new()
+        .workers(1)
+        .source("_bench", "def ident(x):\n    return x\n")
+        .build()
+        .unwrap();
     let call = small_call(&engine);
     let raw = raw_socketpair();
     println!(
@@ -123,7 +133,11 @@ fn main() {
     drop(engine);
 
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let engine = procpy::Builder::new().workers(workers).source("_bench", "def ident(x):\n    return x\n").build().unwrap();
+    let engine = procpy::Builder::new()
+        .workers(workers)
+        .source("_bench", "def ident(x):\n    return x\n")
+        .build()
+        .unwrap();
     let data = records();
     let _: Vec<Rec> = engine.map("_bench:ident", &data[..1000]).unwrap();
     let t = Instant::now();

@@ -80,7 +80,10 @@ pub fn run_script(interpreter: &Path, script: &Path, args: &[&str], limit: Durat
 /// (libtest owns a test binary's `main`, so it cannot be its own worker program), with a
 /// generous default timeout as a guard against hangs.
 pub fn embed_builder(workers: usize) -> procpy::Builder {
-    procpy::Builder::new().worker_program(procpy()).workers(workers).default_timeout(Duration::from_secs(60))
+    procpy::Builder::new()
+        .worker_program(procpy())
+        .workers(workers)
+        .default_timeout(Duration::from_secs(60))
 }
 
 /// Wait (up to `limit`) until the shared memory segment /dev/shm/<name> is gone; whether it

@@ -1,13 +1,13 @@
 //! `Connection`: one end of a `Pipe()`, framed like CPython's (4-byte big-endian length).
 
 use super::{
-    deadline, dumps_with_connections, eof_error, fill, loads_with, mp_exception, read_frame_body, retry, wait_readable,
-    wait_readable_spin, write_all, Record,
+    deadline, dumps_with_connections, eof_error, fill, loads_with, mp_exception, read_frame_body,
+    retry, wait_readable, wait_readable_spin, write_all, Record,
 };
 use crate::{codec, ipc, trace};
 use rustpython_vm::builtins::PyBytesRef;
-use rustpython_vm::function::{ArgBytesLike, ArgIntoFloat, ArgMemoryBuffer, FuncArgs, OptionalArg};
 use rustpython_vm::builtins::PyType;
+use rustpython_vm::function::{ArgBytesLike, ArgIntoFloat, ArgMemoryBuffer, FuncArgs, OptionalArg};
 use rustpython_vm::types::{Constructor, Representable};
 use rustpython_vm::{pyclass, FromArgs, Py, PyObjectRef, PyPayload, PyResult, VirtualMachine};
 use std::io;
@@ -84,7 +84,13 @@ impl Connection {
     }
 
     /// Fill `buf`, collecting descriptors that arrive with it (sockets only).
-    fn read_exact_fds(&self, fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>, vm: &VirtualMachine) -> PyResult<bool> {
+    fn read_exact_fds(
+        &self,
+        fd: RawFd,
+        buf: &mut [u8],
+        fds: &mut Vec<OwnedFd>,
+        vm: &VirtualMachine,
+    ) -> PyResult<bool> {
         fill(vm, buf, |b| self.read_some(fd, b, fds))
     }
 
@@ -185,7 +191,9 @@ impl Constructor for Connection {
             return Err(vm.new_value_error("invalid handle"));
         }
         if !args.readable && !args.writable {
-            return Err(vm.new_value_error("at least one of `readable` and `writable` must be True"));
+            return Err(
+                vm.new_value_error("at least one of `readable` and `writable` must be True")
+            );
         }
         let fd = unsafe { OwnedFd::from_raw_fd(handle as RawFd) };
         Ok(Connection::new(fd, args.readable, args.writable))
@@ -258,7 +266,11 @@ impl Connection {
     }
 
     #[pymethod]
-    fn recv_bytes(&self, maxlength: OptionalArg<Option<isize>>, vm: &VirtualMachine) -> PyResult<PyBytesRef> {
+    fn recv_bytes(
+        &self,
+        maxlength: OptionalArg<Option<isize>>,
+        vm: &VirtualMachine,
+    ) -> PyResult<PyBytesRef> {
         let max = match maxlength.flatten() {
             Some(m) if m < 0 => return Err(vm.new_value_error("negative maxlength")),
             m => m.map(|m| m as usize),
@@ -270,7 +282,12 @@ impl Connection {
     }
 
     #[pymethod]
-    fn recv_bytes_into(&self, buf: ArgMemoryBuffer, offset: OptionalArg<isize>, vm: &VirtualMachine) -> PyResult<usize> {
+    fn recv_bytes_into(
+        &self,
+        buf: ArgMemoryBuffer,
+        offset: OptionalArg<isize>,
+        vm: &VirtualMachine,
+    ) -> PyResult<usize> {
         let offset = offset.unwrap_or(0);
         let cap = buf.len() as isize;
         if offset < 0 {
@@ -345,6 +362,9 @@ impl Connection {
 
 impl Representable for Connection {
     fn repr_str(zelf: &Py<Self>, _vm: &VirtualMachine) -> PyResult<String> {
-        Ok(format!("<multiprocessing.connection.Connection fd={}>", zelf.fd.load(Ordering::Acquire)))
+        Ok(format!(
+            "<multiprocessing.connection.Connection fd={}>",
+            zelf.fd.load(Ordering::Acquire)
+        ))
     }
 }

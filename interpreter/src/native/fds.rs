@@ -53,7 +53,10 @@ impl Constructor for Descriptors {
 
     /// Take ownership of `fds`: nothing else may close them afterwards.
     fn py_new(_cls: &Py<PyType>, (fds,): Self::Args, _vm: &VirtualMachine) -> PyResult<Self> {
-        Ok(Descriptors { pid: ipc::pid(), fds: PyMutex::new(fds.into_iter().filter(|&fd| fd >= 0).collect()) })
+        Ok(Descriptors {
+            pid: ipc::pid(),
+            fds: PyMutex::new(fds.into_iter().filter(|&fd| fd >= 0).collect()),
+        })
     }
 }
 

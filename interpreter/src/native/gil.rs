@@ -79,12 +79,28 @@ fn record(key: u32, start: u64, end: u64) {
 
 fn wake_all() {
     SEQ.fetch_add(1, Ordering::Release);
-    unsafe { libc::syscall(libc::SYS_futex, SEQ.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX) };
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            SEQ.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        )
+    };
 }
 
 fn sleep_on_seq(seq: u32, us: u32) {
-    let ts = libc::timespec { tv_sec: (us / 1_000_000) as _, tv_nsec: ((us % 1_000_000) * 1000) as _ };
-    unsafe { libc::syscall(libc::SYS_futex, SEQ.as_ptr(), libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, seq, &ts as *const libc::timespec) };
+    let ts =
+        libc::timespec { tv_sec: (us / 1_000_000) as _, tv_nsec: ((us % 1_000_000) * 1000) as _ };
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            SEQ.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            seq,
+            &ts as *const libc::timespec,
+        )
+    };
 }
 
 /// Take the lock: when it is free, or when its holder has been silent for a whole interval.
@@ -96,7 +112,8 @@ fn acquire(vm: &rustpython_vm::VirtualMachine, me: u32) {
         let interval = INTERVAL_US.load(Ordering::Relaxed);
         let h = holder(s);
         if h == 0 || h == me || idle_us(s, now) >= interval {
-            if STATE.compare_exchange(s, pack(me, now), Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            if STATE.compare_exchange(s, pack(me, now), Ordering::AcqRel, Ordering::Acquire).is_ok()
+            {
                 if h != 0 && h != me {
                     // Taken over from a holder blocked outside Python code: its turn ended
                     // when it was last seen.
@@ -159,13 +176,16 @@ fn on_event(vm: &rustpython_vm::VirtualMachine, leaving: bool) {
         }
         let now = now_us();
         if WAITERS.load(Ordering::Acquire) > 0
-            && now.saturating_sub(SINCE.load(Ordering::Relaxed)) >= INTERVAL_US.load(Ordering::Relaxed) as u64
+            && now.saturating_sub(SINCE.load(Ordering::Relaxed))
+                >= INTERVAL_US.load(Ordering::Relaxed) as u64
         {
             release(me);
             let_another_run(vm, me);
             acquire(vm, me);
         } else if (now as u32) != (s as u32)
-            && STATE.compare_exchange(s, pack(me, now), Ordering::AcqRel, Ordering::Acquire).is_err()
+            && STATE
+                .compare_exchange(s, pack(me, now), Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
         {
             // Taken over while we were blocked outside Python code: wait for our turn.
             acquire(vm, me);
@@ -194,10 +214,13 @@ mod _procpy_gil {
 
         fn call(zelf: &Py<Self>, args: FuncArgs, vm: &VirtualMachine) -> PyResult {
             if ENABLED.load(Ordering::Relaxed) {
-                let leaving = match (args.args.first(), args.args.get(1).and_then(|e| e.downcast_ref::<PyStr>())) {
-                    (Some(frame), Some(event)) if event.to_str() == Some("return") => {
-                        vm.get_attribute_opt(frame.clone(), "f_back")?.is_none_or(|b| vm.is_none(&b))
-                    }
+                let leaving = match (
+                    args.args.first(),
+                    args.args.get(1).and_then(|e| e.downcast_ref::<PyStr>()),
+                ) {
+                    (Some(frame), Some(event)) if event.to_str() == Some("return") => vm
+                        .get_attribute_opt(frame.clone(), "f_back")?
+                        .is_none_or(|b| vm.is_none(&b)),
                     _ => false,
                 };
                 on_event(vm, leaving);

@@ -7,10 +7,10 @@
 //! Python half (`py/multiprocessing/`) only shapes them into CPython's API.
 
 use crate::codec;
-use rustpython_vm::pymodule;
 use crate::ipc::{self, SharedCounters};
 use crate::wire::HandleKind;
 use rustpython_vm::builtins::{PyBaseExceptionRef, PyType, PyTypeRef};
+use rustpython_vm::pymodule;
 use rustpython_vm::{PyObject, PyObjectRef, PyPayload, PyResult, VirtualMachine};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -82,11 +82,17 @@ fn term_signals_mask(how: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
-fn read_frame_body(vm: &VirtualMachine, len: usize, read: impl FnMut(&mut [u8]) -> PyResult<usize>) -> PyResult<Vec<u8>> {
+fn read_frame_body(
+    vm: &VirtualMachine,
+    len: usize,
+    read: impl FnMut(&mut [u8]) -> PyResult<usize>,
+) -> PyResult<Vec<u8>> {
     match ipc::read_body(len, read) {
         Ok(body) => Ok(body),
         Err(ipc::BodyError::Eof { got: 0 }) => Err(eof_error(vm)),
-        Err(ipc::BodyError::Eof { .. }) => Err(vm.new_os_error("got end of file during message".to_owned())),
+        Err(ipc::BodyError::Eof { .. }) => {
+            Err(vm.new_os_error("got end of file during message".to_owned()))
+        }
         Err(ipc::BodyError::NoMemory { len }) => {
             Err(vm.new_memory_error(format!("cannot allocate memory for a message of {len} bytes")))
         }
@@ -216,7 +222,11 @@ fn read_exact(vm: &VirtualMachine, fd: RawFd, buf: &mut [u8]) -> PyResult<bool> 
 
 /// Fill `buf` by repeated `read`s (each may be short; 0 is end of file). `Ok(false)` if end of
 /// file came before the first byte.
-fn fill(vm: &VirtualMachine, buf: &mut [u8], mut read: impl FnMut(&mut [u8]) -> io::Result<usize>) -> PyResult<bool> {
+fn fill(
+    vm: &VirtualMachine,
+    buf: &mut [u8],
+    mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+) -> PyResult<bool> {
     let mut got = 0;
     while got < buf.len() {
         let n = retry(vm, || read(&mut buf[got..]))?;
@@ -232,7 +242,12 @@ fn fill(vm: &VirtualMachine, buf: &mut [u8], mut read: impl FnMut(&mut [u8]) -> 
 }
 
 /// Send `payload` on a stream socket with `fds` attached to its 8-byte length header.
-fn send_with_fds_stream(vm: &VirtualMachine, sock: RawFd, payload: &[u8], fds: &[RawFd]) -> PyResult<()> {
+fn send_with_fds_stream(
+    vm: &VirtualMachine,
+    sock: RawFd,
+    payload: &[u8],
+    fds: &[RawFd],
+) -> PyResult<()> {
     let header = (payload.len() as u64).to_be_bytes();
     let n = retry(vm, || ipc::send_with_fds(sock, &header, fds, 0))?;
     write_all(vm, sock, &header[n..])?;
@@ -241,7 +256,10 @@ fn send_with_fds_stream(vm: &VirtualMachine, sock: RawFd, payload: &[u8], fds: &
 
 /// Receive what [`send_with_fds_stream`] sent. `None` on end of file before the header.
 /// The length comes from the peer: the body is read by [`read_frame_body`].
-fn recv_with_fds_stream(vm: &VirtualMachine, sock: RawFd) -> PyResult<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+fn recv_with_fds_stream(
+    vm: &VirtualMachine,
+    sock: RawFd,
+) -> PyResult<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     let mut header = [0u8; 8];
     let (n, fds, _) = retry(vm, || ipc::recv_with_fds(sock, &mut header, 253, 0))?;
     if n == 0 {
@@ -284,7 +302,10 @@ type Record = (Vec<u8>, Vec<OwnedFd>);
 fn dumps_with_connections(vm: &VirtualMachine, obj: &PyObject) -> PyResult<Record> {
     let mut raw = Vec::new();
     let data = codec::dumps(vm, obj, codec::Handles::Connections(&mut raw))?;
-    let fds = raw.into_iter().map(|fd| ipc::dup(fd).map_err(|e| os_err(vm, e))).collect::<PyResult<Vec<_>>>()?;
+    let fds = raw
+        .into_iter()
+        .map(|fd| ipc::dup(fd).map_err(|e| os_err(vm, e)))
+        .collect::<PyResult<Vec<_>>>()?;
     Ok((data, fds))
 }
 
@@ -298,12 +319,15 @@ fn loads_with(vm: &VirtualMachine, data: &[u8], fds: Vec<OwnedFd>) -> PyResult {
     codec::loads(vm, data, &raw)
 }
 
-
 /// What `codec` needs to send a native handle to a child: its kind, descriptors and extras.
 pub(crate) fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i64>)> {
     if let Some(c) = obj.downcast_ref::<Connection>() {
         let fd = c.fd.load(Ordering::Acquire);
-        return Some((HandleKind::Connection, vec![fd], vec![c.readable.load(Ordering::Acquire) as i64, c.writable as i64]));
+        return Some((
+            HandleKind::Connection,
+            vec![fd],
+            vec![c.readable.load(Ordering::Acquire) as i64, c.writable as i64],
+        ));
     }
     if let Some(q) = obj.downcast_ref::<QueueBase>() {
         let s = &q.shared;
@@ -319,7 +343,11 @@ pub(crate) fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i
         // Exactly these types: subclasses (Lock, RLock, ...) travel through their `__reduce__`.
         if obj.class().is(SemLock::static_type()) {
             let s = obj.downcast_ref::<SemLock>()?;
-            return Some((HandleKind::SemLock, vec![s.shared.fd()], vec![s.kind as i64, s.maxvalue as i64]));
+            return Some((
+                HandleKind::SemLock,
+                vec![s.shared.fd()],
+                vec![s.kind as i64, s.maxvalue as i64],
+            ));
         }
         if obj.class().is(SharedBuffer::static_type()) {
             let b = obj.downcast_ref::<SharedBuffer>()?;
@@ -333,12 +361,25 @@ pub(crate) fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i
 /// The message may come from any peer: the descriptors must be of the kind the handle needs
 /// and memory files must hold what the handle maps (else first use would be SIGBUS); anything
 /// else is an UnpicklingError naming the problem.
-pub(crate) fn rebuild_handle(vm: &VirtualMachine, kind: HandleKind, fds: &[RawFd], extra: &[i64]) -> PyResult {
+pub(crate) fn rebuild_handle(
+    vm: &VirtualMachine,
+    kind: HandleKind,
+    fds: &[RawFd],
+    extra: &[i64],
+) -> PyResult {
     let dup = |fd: RawFd| ipc::dup(fd).map_err(|e| os_err(vm, e));
-    let malformed = |what: String| codec::unpickling_error(vm, format!("malformed message: bad {kind:?} handle: {what}"));
+    let malformed = |what: String| {
+        codec::unpickling_error(vm, format!("malformed message: bad {kind:?} handle: {what}"))
+    };
     let bad = || malformed("wrong number of descriptors or values".to_owned());
     // A size or kind check of ipc/shared_buffer (InvalidData) is the message's fault.
-    let mapping_err = |e: io::Error| if e.kind() == io::ErrorKind::InvalidData { malformed(e.to_string()) } else { os_err(vm, e) };
+    let mapping_err = |e: io::Error| {
+        if e.kind() == io::ErrorKind::InvalidData {
+            malformed(e.to_string())
+        } else {
+            os_err(vm, e)
+        }
+    };
     match kind {
         HandleKind::Connection => {
             let (&[fd], &[r, w]) = (fds, extra) else { return Err(bad()) };
@@ -369,11 +410,13 @@ pub(crate) fn rebuild_handle(vm: &VirtualMachine, kind: HandleKind, fds: &[RawFd
         HandleKind::SemLock => {
             let (&[fd], &[kind, maxvalue]) = (fds, extra) else { return Err(bad()) };
             let shared = SharedCounters::map(dup(fd)?, sync::SLOTS).map_err(mapping_err)?;
-            Ok(SemLock::from_shared(Arc::new(shared), kind as i32, maxvalue as i32).into_pyobject(vm))
+            Ok(SemLock::from_shared(Arc::new(shared), kind as i32, maxvalue as i32)
+                .into_pyobject(vm))
         }
         HandleKind::SharedBuffer => {
             let (&[fd], &[len]) = (fds, extra) else { return Err(bad()) };
-            let len = usize::try_from(len).map_err(|_| malformed(format!("negative size {len}")))?;
+            let len =
+                usize::try_from(len).map_err(|_| malformed(format!("negative size {len}")))?;
             let b = SharedBuffer::from_fd(dup(fd)?, len).map_err(mapping_err)?;
             Ok(b.into_pyobject(vm))
         }
@@ -393,7 +436,10 @@ fn gate_lock() -> std::sync::MutexGuard<'static, Option<fsdoor::Gate>> {
 }
 
 /// Like [`retry`], but hands the OS error back for the caller to classify.
-fn io_retry<T>(vm: &VirtualMachine, mut f: impl FnMut() -> io::Result<T>) -> PyResult<io::Result<T>> {
+fn io_retry<T>(
+    vm: &VirtualMachine,
+    mut f: impl FnMut() -> io::Result<T>,
+) -> PyResult<io::Result<T>> {
     loop {
         match vm.allow_threads(&mut f) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
@@ -404,7 +450,10 @@ fn io_retry<T>(vm: &VirtualMachine, mut f: impl FnMut() -> io::Result<T>) -> PyR
 
 /// An error that means the fork server is gone (or going) rather than refusing us.
 fn server_gone(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ECONNRESET | libc::EPIPE | libc::ENOTCONN))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNREFUSED | libc::ECONNRESET | libc::EPIPE | libc::ENOTCONN)
+    )
 }
 
 /// Fill `buf` from the fork server; `Ok(false)` if it hung up first.
@@ -506,7 +555,10 @@ pub(crate) mod _procpy {
 
     /// `Pipe(duplex)` -> (conn1, conn2); with duplex=False conn1 only reads and conn2 only writes.
     #[pyfunction]
-    fn pipe(duplex: OptionalArg<bool>, vm: &VirtualMachine) -> PyResult<(PyObjectRef, PyObjectRef)> {
+    fn pipe(
+        duplex: OptionalArg<bool>,
+        vm: &VirtualMachine,
+    ) -> PyResult<(PyObjectRef, PyObjectRef)> {
         let (a, b, duplex) = if duplex.unwrap_or(true) {
             let (a, b) = ipc::socketpair(libc::SOCK_STREAM).map_err(|e| os_err(vm, e))?;
             (a, b, true)
@@ -556,7 +608,12 @@ pub(crate) mod _procpy {
     /// Open the POSIX shared memory segment `name` (leading slash included), creating it with
     /// `size` bytes if `create`; returns (SharedBuffer over all of it, its size).
     #[pyfunction]
-    fn shm_open(name: String, create: bool, size: isize, vm: &VirtualMachine) -> PyResult<(PyObjectRef, usize)> {
+    fn shm_open(
+        name: String,
+        create: bool,
+        size: isize,
+        vm: &VirtualMachine,
+    ) -> PyResult<(PyObjectRef, usize)> {
         if size < 0 {
             return Err(vm.new_value_error("'size' must be a positive integer".to_owned()));
         }
@@ -607,7 +664,11 @@ pub(crate) mod _procpy {
     /// `multiprocessing.connection.wait`: the objects (connections, queues' readers, sentinels,
     /// anything with `fileno()`) that are ready, in the order given.
     #[pyfunction]
-    fn wait(object_list: PyObjectRef, timeout: OptionalArg<Option<ArgIntoFloat>>, vm: &VirtualMachine) -> PyResult<PyListRef> {
+    fn wait(
+        object_list: PyObjectRef,
+        timeout: OptionalArg<Option<ArgIntoFloat>>,
+        vm: &VirtualMachine,
+    ) -> PyResult<PyListRef> {
         let objs: Vec<PyObjectRef> = vm.extract_elements_with(&object_list, Ok)?;
         let mut fds = Vec::with_capacity(objs.len());
         for o in &objs {
@@ -624,7 +685,12 @@ pub(crate) mod _procpy {
         loop {
             match vm.allow_threads(|| ipc::poll(&fds, ipc::remaining(until))) {
                 Ok(r) => {
-                    let ready = objs.iter().zip(r).filter(|(_, rev)| *rev != 0).map(|(o, _)| o.clone()).collect();
+                    let ready = objs
+                        .iter()
+                        .zip(r)
+                        .filter(|(_, rev)| *rev != 0)
+                        .map(|(o, _)| o.clone())
+                        .collect();
                     return Ok(vm.ctx.new_list(ready));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
@@ -646,7 +712,13 @@ pub(crate) mod _procpy {
     /// socket (its number in `PROCPY_BOOT_FD`). Returns (pid, our end of that socket), which the
     /// child sees hang up when we exit.
     #[pyfunction]
-    fn spawn_child(exe: String, args: Vec<String>, payload: ArgBytesLike, fds: Vec<i32>, vm: &VirtualMachine) -> PyResult<(i32, i32)> {
+    fn spawn_child(
+        exe: String,
+        args: Vec<String>,
+        payload: ArgBytesLike,
+        fds: Vec<i32>,
+        vm: &VirtualMachine,
+    ) -> PyResult<(i32, i32)> {
         use std::os::unix::process::CommandExt;
         // Like CPython, the tree's resource tracker runs before any spawned child (or the fork
         // server) can create shared memory: the child inherits its pipe's write end.
@@ -673,9 +745,17 @@ pub(crate) mod _procpy {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| os_err(vm, ipc::doing(e, format!("cannot start child process {exe} (see multiprocessing.set_executable)"))))?;
+        let mut child = cmd.spawn().map_err(|e| {
+            os_err(
+                vm,
+                ipc::doing(
+                    e,
+                    format!(
+                        "cannot start child process {exe} (see multiprocessing.set_executable)"
+                    ),
+                ),
+            )
+        })?;
         drop(theirs);
         let pid = child.id() as i32;
         if let Err(e) = payload.with_ref(|p| send_with_fds_stream(vm, ours.as_raw_fd(), p, &fds)) {
@@ -691,19 +771,24 @@ pub(crate) mod _procpy {
     /// (kept open: it hangs up when the parent exits).
     #[pyfunction]
     fn recv_boot(vm: &VirtualMachine) -> PyResult {
-        let fd: i32 = std::env::var("PROCPY_BOOT_FD")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| vm.new_runtime_error("PROCPY_BOOT_FD is not set: this process was not started by procpy".to_owned()))?;
+        let fd: i32 =
+            std::env::var("PROCPY_BOOT_FD").ok().and_then(|s| s.parse().ok()).ok_or_else(|| {
+                vm.new_runtime_error(
+                    "PROCPY_BOOT_FD is not set: this process was not started by procpy".to_owned(),
+                )
+            })?;
         // Grandchildren must not see our boot descriptor.
         unsafe { std::env::remove_var("PROCPY_BOOT_FD") };
-        if let Some(t) = std::env::var(crate::tracker::TRACKER_FD_ENV).ok().and_then(|s| s.parse().ok()) {
+        if let Some(t) =
+            std::env::var(crate::tracker::TRACKER_FD_ENV).ok().and_then(|s| s.parse().ok())
+        {
             unsafe { std::env::remove_var(crate::tracker::TRACKER_FD_ENV) };
             crate::tracker::adopt(t);
         }
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-        let (payload, fds) = recv_with_fds_stream(vm, fd)?
-            .ok_or_else(|| vm.new_eof_error("parent closed the boot channel before sending".to_owned()))?;
+        let (payload, fds) = recv_with_fds_stream(vm, fd)?.ok_or_else(|| {
+            vm.new_eof_error("parent closed the boot channel before sending".to_owned())
+        })?;
         let fds: Vec<i32> = fds.into_iter().map(std::os::fd::IntoRawFd::into_raw_fd).collect();
         Ok(vm.new_tuple((vm.ctx.new_bytes(payload), int_list(vm, &fds), fd)).into())
     }
@@ -768,7 +853,9 @@ pub(crate) mod _procpy {
         })?;
         match connected {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(vm.ctx.new_str("missing").into()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Ok(vm.ctx.new_str("missing").into())
+            }
             Err(e) if server_gone(&e) => return Ok(vm.ctx.new_str("refused").into()),
             Err(e) => return Err(os_err(vm, e)),
         }
@@ -800,7 +887,9 @@ pub(crate) mod _procpy {
         let header = (payload.with_ref(|p| p.len()) as u64).to_be_bytes();
         // A server that stops reading (it refused the request) says why before it hangs up:
         // after a failed send, its reply is still read.
-        let _sent = send_all(vm, fd, &answer, &[])? && send_all(vm, fd, &header, &fds)? && payload.with_ref(|p| send_all(vm, fd, p, &[]))?;
+        let _sent = send_all(vm, fd, &answer, &[])?
+            && send_all(vm, fd, &header, &fds)?
+            && payload.with_ref(|p| send_all(vm, fd, p, &[]))?;
         if !recv_full(vm, fd, &mut kind)? {
             return hangup();
         }
@@ -823,14 +912,21 @@ pub(crate) mod _procpy {
     /// Fork server: serve `listener` (taking it over) with `key`; `address` is removed when
     /// the server closes the gate. One gate per process.
     #[pyfunction]
-    fn forkserver_gate_open(listener: i32, key: ArgBytesLike, address: ArgBytesLike, vm: &VirtualMachine) -> PyResult<()> {
+    fn forkserver_gate_open(
+        listener: i32,
+        key: ArgBytesLike,
+        address: ArgBytesLike,
+        vm: &VirtualMachine,
+    ) -> PyResult<()> {
         if listener < 0 {
             return Err(vm.new_value_error("bad listener descriptor".to_owned()));
         }
         // SAFETY: the caller hands the listener over (it was received for this purpose).
         let listener = unsafe { OwnedFd::from_raw_fd(listener) };
         let path = address.with_ref(|b| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b)));
-        let gate = key.with_ref(|k| fsdoor::Gate::new(listener, k, Some(path))).map_err(|e| os_err(vm, e))?;
+        let gate = key
+            .with_ref(|k| fsdoor::Gate::new(listener, k, Some(path)))
+            .map_err(|e| os_err(vm, e))?;
         *gate_lock() = Some(gate);
         Ok(())
     }
@@ -857,7 +953,8 @@ pub(crate) mod _procpy {
         let items = done
             .into_iter()
             .map(|r| {
-                let fds: Vec<i32> = r.fds.into_iter().map(std::os::fd::IntoRawFd::into_raw_fd).collect();
+                let fds: Vec<i32> =
+                    r.fds.into_iter().map(std::os::fd::IntoRawFd::into_raw_fd).collect();
                 let conn = std::os::fd::IntoRawFd::into_raw_fd(r.conn);
                 vm.new_tuple((conn, vm.ctx.new_bytes(r.body), int_list(vm, &fds))).into()
             })
@@ -880,7 +977,8 @@ pub(crate) mod _procpy {
     /// server's handlers pending, instead of running the server's handler or losing it.
     #[pyfunction]
     fn forkserver_block_signals(block: bool, vm: &VirtualMachine) -> PyResult<()> {
-        term_signals_mask(if block { libc::SIG_BLOCK } else { libc::SIG_UNBLOCK }).map_err(|e| os_err(vm, e))
+        term_signals_mask(if block { libc::SIG_BLOCK } else { libc::SIG_UNBLOCK })
+            .map_err(|e| os_err(vm, e))
     }
 
     /// Fork server's child, first thing: SIGTERM and SIGHUP back to their default action (at
@@ -944,9 +1042,7 @@ pub(crate) mod _procpy {
     /// The path of the running procpy binary (the default executable for spawn).
     #[pyfunction]
     fn current_exe(vm: &VirtualMachine) -> PyResult<String> {
-        std::env::current_exe()
-            .map(|p| p.to_string_lossy().into_owned())
-            .map_err(|e| os_err(vm, e))
+        std::env::current_exe().map(|p| p.to_string_lossy().into_owned()).map_err(|e| os_err(vm, e))
     }
 
     /// Die (SIGKILL) as soon as the process behind `sentinel` (a pidfd) exits: daemonic

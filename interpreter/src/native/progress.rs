@@ -29,7 +29,9 @@ mod _procpy_progress {
             let done = self.bar.position();
             let rate = done as f64 / secs;
             let eta = match self.bar.length() {
-                Some(total) if rate > 0.0 && total >= done => format!("  ETA {:.0}s", (total - done) as f64 / rate),
+                Some(total) if rate > 0.0 && total >= done => {
+                    format!("  ETA {:.0}s", (total - done) as f64 / rate)
+                }
                 _ => String::new(),
             };
             self.bar.set_message(format!("{rate:.1} tasks/s{eta}"));
@@ -50,13 +52,21 @@ mod _procpy_progress {
 
         /// `Progress(total, label, done, elapsed)`: the bar appears once a job has run a while,
         /// so it starts from what is already done (and the rate counts from the job's start).
-        fn py_new(_cls: &Py<PyType>, (total, label, done, elapsed): Self::Args, _vm: &VirtualMachine) -> PyResult<Self> {
-            let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr_with_hz(10)).with_position(done);
+        fn py_new(
+            _cls: &Py<PyType>,
+            (total, label, done, elapsed): Self::Args,
+            _vm: &VirtualMachine,
+        ) -> PyResult<Self> {
+            let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr_with_hz(10))
+                .with_position(done);
             bar.set_style(style(total.is_some()));
             bar.set_prefix(label);
             // Any float may come in (NaN, infinity): what cannot be a duration counts as none.
-            let elapsed = std::time::Duration::try_from_secs_f64(elapsed.max(0.0)).unwrap_or_default();
-            let start = std::time::Instant::now().checked_sub(elapsed).unwrap_or_else(std::time::Instant::now);
+            let elapsed =
+                std::time::Duration::try_from_secs_f64(elapsed.max(0.0)).unwrap_or_default();
+            let start = std::time::Instant::now()
+                .checked_sub(elapsed)
+                .unwrap_or_else(std::time::Instant::now);
             let p = Progress { bar, start };
             p.update_message();
             Ok(p)

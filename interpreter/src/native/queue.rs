@@ -2,7 +2,8 @@
 //! counts in shared memory, and a feeder thread per process so `put` never blocks on the socket.
 
 use super::{
-    deadline, dumps_with_connections, loads_with, os_err, queue_exception, sem_deadline, wait_readable, wait_readable_spin, Record,
+    deadline, dumps_with_connections, loads_with, os_err, queue_exception, sem_deadline,
+    wait_readable, wait_readable_spin, Record,
 };
 use crate::ipc::{self, SharedCounters};
 use crate::trace;
@@ -11,7 +12,9 @@ use rustpython_vm::builtins::PyType;
 use rustpython_vm::common::lock::PyMutex;
 use rustpython_vm::function::ArgIntoFloat;
 use rustpython_vm::types::Constructor;
-use rustpython_vm::{pyclass, AsObject, FromArgs, Py, PyObjectRef, PyPayload, PyResult, VirtualMachine};
+use rustpython_vm::{
+    pyclass, AsObject, FromArgs, Py, PyObjectRef, PyPayload, PyResult, VirtualMachine,
+};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,7 +29,6 @@ const COUNT: usize = 0;
 const UNFINISHED: usize = 1;
 const CARRIES_FDS: usize = 2;
 pub(crate) const SLOTS: usize = 3;
-
 
 /// Per-process writer thread of a queue, as CPython's feeder: `put` never blocks on the pipe.
 struct Feeder {
@@ -45,9 +47,8 @@ impl Feeder {
         let (tx, rx): (Sender<Record>, Receiver<Record>) = crossbeam_channel::unbounded();
         let pending = Arc::new(AtomicUsize::new(0));
         let p2 = pending.clone();
-        let thread = std::thread::Builder::new()
-            .name("procpy-queue-feeder".into())
-            .spawn(move || {
+        let thread =
+            std::thread::Builder::new().name("procpy-queue-feeder".into()).spawn(move || {
                 for (payload, fds) in rx {
                     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
                     // A shortage waits here, as CPython's feeder waits on a full pipe: the item
@@ -111,8 +112,6 @@ impl Drop for Feeder {
 /// Every feeder started in this process (and, after a fork, the parent's stale ones: skipped by pid).
 static FEEDERS: Mutex<Vec<Weak<Feeder>>> = Mutex::new(Vec::new());
 
-
-
 /// Write one queue record: inline, or as a memory file when large (or when the socket's
 /// buffer is too small for it inline), with `fds` attached. Blocks while the socket is full.
 ///
@@ -152,7 +151,10 @@ fn send_record(shared: &QueueShared, payload: &[u8], fds: &[RawFd]) -> io::Resul
 /// (ETOOMANYREFS: readers taking items release them; root is exempt), no descriptor free for
 /// the memory file (EMFILE, ENFILE), or kernel memory (ENOBUFS, ENOMEM).
 fn is_shortage(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ETOOMANYREFS | libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ETOOMANYREFS | libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Take back the counts of an item that will never arrive.
@@ -171,8 +173,18 @@ fn uncount(shared: &QueueShared, kind: u8) {
 /// and a memory file is read by [`ipc::memfd_read`], which checks its size first. `ctrunc`
 /// (`MSG_CTRUNC`) tells a reader out of descriptors from a record that claims more than it
 /// carries.
-fn parse_record(buf: &[u8], mut fds: Vec<OwnedFd>, truncated: bool, ctrunc: bool) -> Result<Record, RecordError> {
-    let malformed = |what: &str| RecordError::Os(io::Error::new(io::ErrorKind::InvalidData, format!("malformed queue record: {what}")));
+fn parse_record(
+    buf: &[u8],
+    mut fds: Vec<OwnedFd>,
+    truncated: bool,
+    ctrunc: bool,
+) -> Result<Record, RecordError> {
+    let malformed = |what: &str| {
+        RecordError::Os(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("malformed queue record: {what}"),
+        ))
+    };
     if truncated {
         return Err(malformed("longer than any queue writes inline"));
     }
@@ -189,7 +201,9 @@ fn parse_record(buf: &[u8], mut fds: Vec<OwnedFd>, truncated: bool, ctrunc: bool
     match kind {
         0 => Ok((rest.to_vec(), fds)),
         1 => {
-            let Ok(len) = <[u8; 8]>::try_from(rest) else { return Err(malformed("bad length field")) };
+            let Ok(len) = <[u8; 8]>::try_from(rest) else {
+                return Err(malformed("bad length field"));
+            };
             if fds.is_empty() {
                 return Err(malformed("its memory file is missing"));
             }
@@ -216,7 +230,9 @@ enum RecordError {
 fn room_for_next(fd: RawFd) -> io::Result<bool> {
     let mut head = [0u8; 2];
     match ipc::recv_with_fds_flags(fd, &mut head, 253, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-        Ok((n, fds, flags)) if n == 2 && fds.len() < head[1] as usize && flags & libc::MSG_CTRUNC != 0 => {
+        Ok((n, fds, flags))
+            if n == 2 && fds.len() < head[1] as usize && flags & libc::MSG_CTRUNC != 0 =>
+        {
             Err(io::Error::from_raw_os_error(libc::EMFILE))
         }
         Ok(_) => Ok(true),
@@ -250,7 +266,13 @@ impl std::fmt::Debug for QueueBase {
 
 impl QueueBase {
     pub(crate) fn from_shared(shared: Arc<QueueShared>, maxsize: u32, kind: u8) -> Self {
-        QueueBase { shared, maxsize, kind, closed: AtomicBool::new(false), feeder: PyMutex::new(None) }
+        QueueBase {
+            shared,
+            maxsize,
+            kind,
+            closed: AtomicBool::new(false),
+            feeder: PyMutex::new(None),
+        }
     }
 
     fn check_open(zelf: &Py<Self>, vm: &VirtualMachine) -> PyResult<()> {
@@ -294,7 +316,12 @@ impl QueueBase {
     }
 
     /// Take a slot for one item, waiting while the queue is full.
-    fn acquire_slot(&self, block: bool, until: Option<Instant>, vm: &VirtualMachine) -> PyResult<()> {
+    fn acquire_slot(
+        &self,
+        block: bool,
+        until: Option<Instant>,
+        vm: &VirtualMachine,
+    ) -> PyResult<()> {
         if self.maxsize == 0 {
             self.count().fetch_add(1, Ordering::AcqRel);
             return Ok(());
@@ -302,7 +329,11 @@ impl QueueBase {
         loop {
             let c = self.count().load(Ordering::Acquire);
             if c < self.maxsize {
-                if self.count().compare_exchange(c, c + 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                if self
+                    .count()
+                    .compare_exchange(c, c + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
                     return Ok(());
                 }
                 continue;
@@ -312,7 +343,8 @@ impl QueueBase {
                 return Err(queue_exception(vm, "Full"));
             }
             // Bounded naps so Ctrl-C is seen even if no wake-up comes.
-            let nap = left.map_or(Duration::from_millis(200), |l| l.min(Duration::from_millis(200)));
+            let nap =
+                left.map_or(Duration::from_millis(200), |l| l.min(Duration::from_millis(200)));
             match vm.allow_threads(|| self.shared.counters.wait(COUNT, c, Some(nap))) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
                 Err(e) => return Err(os_err(vm, e)),
@@ -338,7 +370,12 @@ impl QueueBase {
     }
 
     /// Receive one record, or `None` on timeout.
-    fn recv_record(&self, block: bool, until: Option<Instant>, vm: &VirtualMachine) -> PyResult<Option<Record>> {
+    fn recv_record(
+        &self,
+        block: bool,
+        until: Option<Instant>,
+        vm: &VirtualMachine,
+    ) -> PyResult<Option<Record>> {
         let fd = self.shared.rfd.as_raw_fd();
         let until = if block { until } else { Some(Instant::now()) };
         let mut first = true;
@@ -359,14 +396,16 @@ impl QueueBase {
             };
             // With a backlog the record is already there: one system call, no poll.
             let got = if ready {
-                RECV_BUF.with_borrow_mut(|buf| match ipc::recv_with_fds_flags(fd, buf, 253, libc::MSG_DONTWAIT) {
-                    Ok((n, fds, flags)) => parse_record(
-                        &buf[..n.min(buf.len())],
-                        fds,
-                        flags & libc::MSG_TRUNC != 0,
-                        flags & libc::MSG_CTRUNC != 0,
-                    ),
-                    Err(e) => Err(RecordError::Os(e)),
+                RECV_BUF.with_borrow_mut(|buf| {
+                    match ipc::recv_with_fds_flags(fd, buf, 253, libc::MSG_DONTWAIT) {
+                        Ok((n, fds, flags)) => parse_record(
+                            &buf[..n.min(buf.len())],
+                            fds,
+                            flags & libc::MSG_TRUNC != 0,
+                            flags & libc::MSG_CTRUNC != 0,
+                        ),
+                        Err(e) => Err(RecordError::Os(e)),
+                    }
                 })
             } else {
                 Err(RecordError::Os(io::ErrorKind::WouldBlock.into()))
@@ -375,7 +414,9 @@ impl QueueBase {
                 Ok(record) => return Ok(Some(record)),
                 // Empty, or another consumer took it first.
                 Err(RecordError::Os(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(RecordError::Os(e)) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
+                Err(RecordError::Os(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                    vm.check_signals()?
+                }
                 Err(RecordError::Os(e)) => return Err(os_err(vm, e)),
                 Err(RecordError::Lost) => {
                     // Only if another thread took the descriptors the peek found free: the
@@ -392,7 +433,8 @@ impl QueueBase {
             if !pending && until.is_some_and(|u| Instant::now() >= u) {
                 return Ok(None);
             }
-            let wait_until = if pending { Some(Instant::now() + Duration::from_millis(1)) } else { until };
+            let wait_until =
+                if pending { Some(Instant::now() + Duration::from_millis(1)) } else { until };
             if first {
                 first = false;
                 wait_readable_spin(vm, fd, wait_until)?;
@@ -406,13 +448,21 @@ impl QueueBase {
 /// SimpleQueue's synchronous write. Too many descriptors in flight (or no kernel buffer) is a
 /// full pipe for CPython: wait until readers take some (signal handlers run meanwhile). Out of
 /// descriptors in this process: raise, the item not counted.
-fn send_simple(vm: &VirtualMachine, shared: &QueueShared, data: &[u8], fds: &[RawFd]) -> PyResult<()> {
+fn send_simple(
+    vm: &VirtualMachine,
+    shared: &QueueShared,
+    data: &[u8],
+    fds: &[RawFd],
+) -> PyResult<()> {
     let mut nap = Duration::from_millis(1);
     loop {
         match vm.allow_threads(|| send_record(shared, data, fds)) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
-            Err(e) if is_shortage(&e) && !matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+            Err(e)
+                if is_shortage(&e)
+                    && !matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
+            {
                 vm.allow_threads(|| std::thread::sleep(nap));
                 vm.check_signals()?;
                 nap = (nap * 2).min(Duration::from_millis(100));
@@ -497,7 +547,11 @@ impl QueueBase {
         // Recorded before the feeder owns the bytes; a put that fails below leaves an unpaired
         // send, which the converter drops.
         zelf.traced(true, t0, &data);
-        let sent = f.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|tx| tx.send((data, fds)).is_ok());
+        let sent =
+            f.tx.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|tx| tx.send((data, fds)).is_ok());
         if sent != Some(true) {
             f.pending.fetch_sub(1, Ordering::AcqRel);
             zelf.release_slot();
@@ -604,7 +658,9 @@ impl QueueBase {
             if c == 0 {
                 return Ok(());
             }
-            match vm.allow_threads(|| self.shared.counters.wait(UNFINISHED, c, Some(Duration::from_millis(200)))) {
+            match vm.allow_threads(|| {
+                self.shared.counters.wait(UNFINISHED, c, Some(Duration::from_millis(200)))
+            }) {
                 Err(e) if e.kind() != io::ErrorKind::Interrupted => return Err(os_err(vm, e)),
                 _ => vm.check_signals()?,
             }

@@ -49,7 +49,14 @@ impl Mapping {
         // mmap refuses a zero length; a zero-sized buffer still needs a valid pointer.
         let map_len = len.max(1);
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), map_len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
@@ -91,12 +98,18 @@ impl SharedBuffer {
 
     /// A buffer received from a peer: a sealed memory file of at least `len` bytes.
     pub(crate) fn from_fd(fd: OwnedFd, len: usize) -> io::Result<Self> {
-        Ok(SharedBuffer { map: Arc::new(Mapping::map(fd, len, true)?), exports: AtomicIsize::new(0) })
+        Ok(SharedBuffer {
+            map: Arc::new(Mapping::map(fd, len, true)?),
+            exports: AtomicIsize::new(0),
+        })
     }
 
     /// A buffer over a named shared memory segment (not sealable) of at least `len` bytes.
     pub(crate) fn from_segment(fd: OwnedFd, len: usize) -> io::Result<Self> {
-        Ok(SharedBuffer { map: Arc::new(Mapping::map(fd, len, false)?), exports: AtomicIsize::new(0) })
+        Ok(SharedBuffer {
+            map: Arc::new(Mapping::map(fd, len, false)?),
+            exports: AtomicIsize::new(0),
+        })
     }
 
     fn bytes(&self) -> &[u8] {
@@ -134,7 +147,11 @@ static BUFFER_METHODS: BufferMethods = BufferMethods {
 
 impl AsBuffer for SharedBuffer {
     fn as_buffer(zelf: &Py<Self>, _vm: &VirtualMachine) -> PyResult<PyBuffer> {
-        Ok(PyBuffer::new(zelf.to_owned().into(), BufferDescriptor::simple(zelf.len(), false), &BUFFER_METHODS))
+        Ok(PyBuffer::new(
+            zelf.to_owned().into(),
+            BufferDescriptor::simple(zelf.len(), false),
+            &BUFFER_METHODS,
+        ))
     }
 }
 

@@ -10,14 +10,21 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// `OSError(errno, strerror, filename)`: Python picks the subclass (FileNotFoundError, ...).
-pub(crate) fn os_error_with_filename(vm: &VirtualMachine, e: io::Error, filename: &str) -> PyBaseExceptionRef {
+pub(crate) fn os_error_with_filename(
+    vm: &VirtualMachine,
+    e: io::Error,
+    filename: &str,
+) -> PyBaseExceptionRef {
     let Some(errno) = e.raw_os_error() else { return super::os_err(vm, e) };
     let strerror = io::Error::from_raw_os_error(errno).to_string();
     // io::Error's text ends with " (os error N)"; Python's strerror does not.
-    let strerror = strerror.rsplit_once(" (os error").map(|(s, _)| s.to_owned()).unwrap_or(strerror);
+    let strerror =
+        strerror.rsplit_once(" (os error").map(|(s, _)| s.to_owned()).unwrap_or(strerror);
     let args: (i32, String, String) = (errno, strerror, filename.to_owned());
     match vm.ctx.exceptions.os_error.as_object().call(args, vm) {
-        Ok(exc) => exc.downcast().unwrap_or_else(|_| super::os_err(vm, io::Error::from_raw_os_error(errno))),
+        Ok(exc) => exc
+            .downcast()
+            .unwrap_or_else(|_| super::os_err(vm, io::Error::from_raw_os_error(errno))),
         Err(exc) => exc,
     }
 }
@@ -28,7 +35,12 @@ fn c_name(vm: &VirtualMachine, name: &str) -> PyResult<CString> {
 
 /// Open (or create, exclusively, with `size` bytes) the segment `name` (with its leading
 /// slash) and map all of it; returns the mapping and its size (`st_size`, as CPython reports).
-pub(crate) fn open(vm: &VirtualMachine, name: &str, create: bool, size: usize) -> PyResult<(SharedBuffer, usize)> {
+pub(crate) fn open(
+    vm: &VirtualMachine,
+    name: &str,
+    create: bool,
+    size: usize,
+) -> PyResult<(SharedBuffer, usize)> {
     let c = c_name(vm, name)?;
     let flags = libc::O_RDWR | if create { libc::O_CREAT | libc::O_EXCL } else { 0 };
     let fd = unsafe { libc::shm_open(c.as_ptr(), flags, 0o600) };
@@ -68,4 +80,3 @@ pub(crate) fn unlink(vm: &VirtualMachine, name: &str) -> PyResult<()> {
     }
     Ok(())
 }
-

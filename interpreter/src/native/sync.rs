@@ -13,7 +13,9 @@ use crate::ipc::{self, SharedCounters};
 use rustpython_vm::builtins::{PyType, PyTypeRef};
 use rustpython_vm::function::{ArgIntoFloat, FuncArgs};
 use rustpython_vm::types::Constructor;
-use rustpython_vm::{pyclass, FromArgs, Py, PyObjectRef, PyPayload, PyRef, PyResult, VirtualMachine};
+use rustpython_vm::{
+    pyclass, FromArgs, Py, PyObjectRef, PyPayload, PyRef, PyResult, VirtualMachine,
+};
 use std::io;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering::SeqCst};
 use std::sync::Arc;
@@ -48,7 +50,10 @@ fn process_is_dead(pid: u32) -> bool {
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state letter follows the parenthesised command name.
-        Ok(s) => s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|c| c == 'Z' || c == 'X'),
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|c| c == 'Z' || c == 'X'),
         Err(_) => true,
     }
 }
@@ -75,7 +80,14 @@ impl std::fmt::Debug for SemLock {
 
 impl SemLock {
     pub(crate) fn from_shared(shared: Arc<SharedCounters>, kind: i32, maxvalue: i32) -> Self {
-        SemLock { shared, kind, maxvalue, count: AtomicI64::new(0), last_tid: AtomicU32::new(0), local_pid: AtomicU32::new(ipc::pid()) }
+        SemLock {
+            shared,
+            kind,
+            maxvalue,
+            count: AtomicI64::new(0),
+            last_tid: AtomicU32::new(0),
+            local_pid: AtomicU32::new(ipc::pid()),
+        }
     }
 
     /// This process's count (a fork child starts from zero, as after CPython's `_after_fork`).
@@ -154,7 +166,12 @@ impl SemLock {
     }
 
     /// Acquire, waiting until `until` (None: forever). Returns whether it was acquired.
-    fn acquire_impl(&self, block: bool, until: Option<Instant>, vm: &VirtualMachine) -> PyResult<bool> {
+    fn acquire_impl(
+        &self,
+        block: bool,
+        until: Option<Instant>,
+        vm: &VirtualMachine,
+    ) -> PyResult<bool> {
         if self.kind == RECURSIVE_MUTEX && self.is_mine() {
             self.add_count(1);
             return Ok(true);
@@ -215,7 +232,9 @@ impl SemLock {
                 self.add_count(-1);
                 return Ok(());
             }
-        } else if self.maxvalue != SEM_VALUE_MAX && self.slot(VALUE).load(SeqCst) >= self.maxvalue as u32 {
+        } else if self.maxvalue != SEM_VALUE_MAX
+            && self.slot(VALUE).load(SeqCst) >= self.maxvalue as u32
+        {
             return Err(vm.new_value_error("semaphore or lock released too many times"));
         }
         if self.is_lock() {
@@ -248,7 +267,11 @@ impl Constructor for SemLock {
         if args.kind != RECURSIVE_MUTEX && args.kind != SEMAPHORE {
             return Err(vm.new_value_error("unrecognized kind"));
         }
-        if args.value < 0 || args.value > SEM_VALUE_MAX as i64 || args.maxvalue < 1 || args.maxvalue > SEM_VALUE_MAX as i64 {
+        if args.value < 0
+            || args.value > SEM_VALUE_MAX as i64
+            || args.maxvalue < 1
+            || args.maxvalue > SEM_VALUE_MAX as i64
+        {
             // What sem_open says of a value it cannot hold.
             return Err(os_err(vm, io::Error::from_raw_os_error(libc::EINVAL)));
         }
@@ -335,7 +358,11 @@ impl SemLock {
 
     /// `cls` sharing `raw`'s state: how a subclass is rebuilt in the child.
     #[pyclassmethod]
-    fn _from_raw(cls: PyTypeRef, raw: PyRef<SemLock>, vm: &VirtualMachine) -> PyResult<PyObjectRef> {
+    fn _from_raw(
+        cls: PyTypeRef,
+        raw: PyRef<SemLock>,
+        vm: &VirtualMachine,
+    ) -> PyResult<PyObjectRef> {
         Ok(raw._raw().into_ref_with_type(vm, cls)?.into())
     }
 

@@ -12,7 +12,10 @@ mod _procpy_trace {
     use rustpython_vm::{AsObject, PyResult, VirtualMachine};
 
     /// A JSON object from a dict of simple values (others become their `str()`), or None.
-    fn args_json(args: OptionalArg<Option<PyDictRef>>, vm: &VirtualMachine) -> PyResult<Option<String>> {
+    fn args_json(
+        args: OptionalArg<Option<PyDictRef>>,
+        vm: &VirtualMachine,
+    ) -> PyResult<Option<String>> {
         let Some(d) = args.flatten() else { return Ok(None) };
         let mut s = String::from("{");
         for (i, (k, v)) in d.into_iter().enumerate() {
@@ -70,19 +73,34 @@ mod _procpy_trace {
     }
 
     #[pyfunction]
-    fn begin(name: String, cat: String, args: OptionalArg<Option<PyDictRef>>, vm: &VirtualMachine) -> PyResult<()> {
+    fn begin(
+        name: String,
+        cat: String,
+        args: OptionalArg<Option<PyDictRef>>,
+        vm: &VirtualMachine,
+    ) -> PyResult<()> {
         trace::begin_end(true, &name, &cat, args_json(args, vm)?.as_deref());
         Ok(())
     }
 
     #[pyfunction]
-    fn end(name: String, cat: String, args: OptionalArg<Option<PyDictRef>>, vm: &VirtualMachine) -> PyResult<()> {
+    fn end(
+        name: String,
+        cat: String,
+        args: OptionalArg<Option<PyDictRef>>,
+        vm: &VirtualMachine,
+    ) -> PyResult<()> {
         trace::begin_end(false, &name, &cat, args_json(args, vm)?.as_deref());
         Ok(())
     }
 
     #[pyfunction]
-    fn instant(name: String, cat: String, args: OptionalArg<Option<PyDictRef>>, vm: &VirtualMachine) -> PyResult<()> {
+    fn instant(
+        name: String,
+        cat: String,
+        args: OptionalArg<Option<PyDictRef>>,
+        vm: &VirtualMachine,
+    ) -> PyResult<()> {
         trace::instant(&name, &cat, args_json(args, vm)?.as_deref());
         Ok(())
     }
@@ -94,9 +112,22 @@ mod _procpy_trace {
         if !trace::enabled() {
             return Ok(());
         }
-        let args = format!("{{\"child\":{},\"pid\":{pid},\"method\":{}}}", quoted(&child), quoted(&method));
+        let args = format!(
+            "{{\"child\":{},\"pid\":{pid},\"method\":{}}}",
+            quoted(&child),
+            quoted(&method)
+        );
         let t1 = trace::now();
-        trace::span_with_flow(&format!("start {child}"), "process", t0, t1, Some(&args), true, "start", start_key(pid));
+        trace::span_with_flow(
+            &format!("start {child}"),
+            "process",
+            t0,
+            t1,
+            Some(&args),
+            true,
+            "start",
+            start_key(pid),
+        );
         Ok(())
     }
 
@@ -110,7 +141,16 @@ mod _procpy_trace {
         let t0 = trace::boot_t0();
         let args = format!("{{\"method\":{}}}", quoted(trace::start_method().unwrap_or("?")));
         let t1 = trace::now();
-        trace::span_with_flow("boot", "process", t0, t1, Some(&args), false, "start", start_key(unsafe { libc::getpid() }));
+        trace::span_with_flow(
+            "boot",
+            "process",
+            t0,
+            t1,
+            Some(&args),
+            false,
+            "start",
+            start_key(unsafe { libc::getpid() }),
+        );
     }
 
     /// The exit of this process (`pid` None) or, seen by its parent, of child `pid`.

@@ -24,7 +24,11 @@ fn main() -> std::io::Result<()> {
     // Malformed on purpose: the error paths are where decoders go wrong.
     let mut truncated = wire::to_bytes(&Value::List(vec![Value::Str(b"truncated".to_vec()); 3]));
     truncated.truncate(truncated.len() - 4);
-    for (name, b) in [("malformed-truncated", truncated), ("malformed-tag", vec![15, 0]), ("malformed-length", vec![8, 0xff, 0xff, 0xff, 0xff, 0x0f, 0])] {
+    for (name, b) in [
+        ("malformed-truncated", truncated),
+        ("malformed-tag", vec![15, 0]),
+        ("malformed-length", vec![8, 0xff, 0xff, 0xff, 0xff, 0x0f, 0]),
+    ] {
         n += write(&root.join("wire_decode"), name, &b)?;
         n += write(&root.join("codec_loads"), name, &b)?;
     }
@@ -81,7 +85,13 @@ fn pure_values() -> Vec<(&'static str, Value)> {
         ("tuple", Value::Tuple(vec![Value::Int(1), s("two"), Value::Float(3.0), Value::None])),
         ("list", Value::List(vec![Value::Int(1), Value::Bool(false), Value::Bytes(vec![])])),
         ("dict", Value::Dict(vec![(s("a"), Value::Int(1)), (s("b"), Value::List(vec![s("x")]))])),
-        ("dict-tuple-keys", Value::Dict(vec![(Value::Tuple(vec![Value::Int(1), s("k")]), Value::None), (Value::Int(2), Value::Float(0.5))])),
+        (
+            "dict-tuple-keys",
+            Value::Dict(vec![
+                (Value::Tuple(vec![Value::Int(1), s("k")]), Value::None),
+                (Value::Int(2), Value::Float(0.5)),
+            ]),
+        ),
         // [l, l]: one list twice (memo 1 is the inner list; 0 the outer).
         ("shared", Value::List(vec![Value::List(vec![Value::Int(1)]), Value::Memo(1)])),
         // l = []; l.append(l)
@@ -94,7 +104,14 @@ fn pure_values() -> Vec<(&'static str, Value)> {
         ("tuple-self", Value::Tuple(vec![Value::Memo(0)])),
         ("memo-undefined", Value::List(vec![Value::Memo(5)])),
         ("dict-list-key", Value::Dict(vec![(Value::List(vec![]), Value::None)])),
-        ("dict-duplicate-keys", Value::Dict(vec![(s("k"), Value::List(vec![])), (s("j"), Value::Int(1)), (s("k"), Value::Memo(1))])),
+        (
+            "dict-duplicate-keys",
+            Value::Dict(vec![
+                (s("k"), Value::List(vec![])),
+                (s("j"), Value::Int(1)),
+                (s("k"), Value::Memo(1)),
+            ]),
+        ),
         ("nested-400", nested(400, true)),
         // The deepest message accepted (long enough for the decoder's depth walk) and one more.
         ("nested-limit", nested(MAX_DEPTH, false)),
@@ -102,7 +119,15 @@ fn pure_values() -> Vec<(&'static str, Value)> {
         ("long-list", Value::List((0..600).map(Value::Int).collect())),
         // l = [l, [], [], ...]: a cycle still being built when 2000 new objects trigger an
         // automatic collection (regressions/README.md).
-        ("cycle-outlives-gen0", Value::List([Value::Memo(0)].into_iter().chain((0..2000).map(|_| Value::List(vec![]))).collect())),
+        (
+            "cycle-outlives-gen0",
+            Value::List(
+                [Value::Memo(0)]
+                    .into_iter()
+                    .chain((0..2000).map(|_| Value::List(vec![])))
+                    .collect(),
+            ),
+        ),
     ]
 }
 
@@ -122,7 +147,13 @@ fn named_values() -> Vec<(&'static str, Value)> {
                 dictitems: vec![(s("a"), Value::Memo(0))],
             })),
         ),
-        ("handle", Value::Tuple(vec![Value::Handle { kind: HandleKind::Connection, fds: vec![0], extra: vec![1, 0] }, Value::Handle { kind: HandleKind::SharedBuffer, fds: vec![1], extra: vec![4096] }])),
+        (
+            "handle",
+            Value::Tuple(vec![
+                Value::Handle { kind: HandleKind::Connection, fds: vec![0], extra: vec![1, 0] },
+                Value::Handle { kind: HandleKind::SharedBuffer, fds: vec![1], extra: vec![4096] },
+            ]),
+        ),
         (
             "function",
             Value::Function(Box::new(Function {
@@ -191,19 +222,40 @@ fn bodies() -> Vec<(&'static str, Vec<u8>)> {
         // Past BODY_STEP: the buffer doubles twice as fills arrive.
         ("body-grows", with(u24len(2 * BODY_STEP + 5), 8, &[FILL_1M, FILL_1M, FILL_ROOM])),
         // Declared 16 MiB (granted), 10 bytes sent, then end of file: one step held, not 16 MiB.
-        ("body-declared-large", with(u24len((16 << 20) - 1), 5, &[input(10), b'0', b'1', b'2', b'3', b'4', b'5', b'6', b'7', b'8', b'9', EOF])),
+        (
+            "body-declared-large",
+            with(
+                u24len((16 << 20) - 1),
+                5,
+                &[input(10), b'0', b'1', b'2', b'3', b'4', b'5', b'6', b'7', b'8', b'9', EOF],
+            ),
+        ),
         // Declared 4 GiB, over the 32 MiB granted: no memory, before any read.
-        ("body-declared-4g", with(u64len(4 << 30), 8, &[input(10), b'0', b'1', b'2', b'3', b'4', b'5', b'6', b'7', b'8', b'9', EOF])),
+        (
+            "body-declared-4g",
+            with(
+                u64len(4 << 30),
+                8,
+                &[input(10), b'0', b'1', b'2', b'3', b'4', b'5', b'6', b'7', b'8', b'9', EOF],
+            ),
+        ),
         ("body-impossible", with(u64len(u64::MAX), 8, &[ONE])),
         ("body-over-limit", with(u64len(1 << 40), 0, &[ONE])),
         // The third allocation fails: after the first read, while the buffer grows.
-        ("body-fail-midway", with(u24len(2 * BODY_STEP), (3 << 4) | 8, &[FILL_1M, FILL_1M, FILL_ROOM])),
+        (
+            "body-fail-midway",
+            with(u24len(2 * BODY_STEP), (3 << 4) | 8, &[FILL_1M, FILL_1M, FILL_ROOM]),
+        ),
     ]
 }
 
 /// frame_body, reader 1: a `u32` length and a postcard frame, as `write_frame` writes them.
 fn frames() -> std::io::Result<Vec<(&'static str, Vec<u8>)>> {
-    let err = PyError { type_name: "ValueError".into(), message: "bad".into(), traceback: "Traceback...\nValueError: bad\n".into() };
+    let err = PyError {
+        type_name: "ValueError".into(),
+        message: "bad".into(),
+        traceback: "Traceback...\nValueError: bad\n".into(),
+    };
     let args = wire::to_bytes(&Value::Tuple(vec![Value::Int(1), s("two")]));
     let setup = Setup {
         sys_path: vec!["/srv/app".into()],
@@ -211,7 +263,11 @@ fn frames() -> std::io::Result<Vec<(&'static str, Vec<u8>)>> {
         host_fns: vec!["log".into()],
         memory_limit: Some(1 << 30),
         cpu_limit: Some(10),
-        script: Some(ScriptSpec { path: None, source: Some("print(1)".into()), argv: vec!["-".into()] }),
+        script: Some(ScriptSpec {
+            path: None,
+            source: Some("print(1)".into()),
+            argv: vec!["-".into()],
+        }),
     };
     let list: Vec<(&str, u8, Frame)> = vec![
         ("frame-setup", 1, Frame::Setup(setup)),
@@ -220,12 +276,20 @@ fn frames() -> std::io::Result<Vec<(&'static str, Vec<u8>)>> {
         ("frame-ready-error", 1, Frame::Ready(Err(err.clone()))),
         ("frame-call", 1, Frame::Call { id: 7, target: "plugin:f".into(), args: args.clone() }),
         // Read a byte at a time, with EINTR on every other read.
-        ("frame-call-trickle", 1 | 2 | 32, Frame::Call { id: 8, target: "pkg.mod:Cls.method".into(), args: args.clone() }),
+        (
+            "frame-call-trickle",
+            1 | 2 | 32,
+            Frame::Call { id: 8, target: "pkg.mod:Cls.method".into(), args: args.clone() },
+        ),
         ("frame-reply", 1 | 2 | (4 << 2), Frame::Reply { id: 7, outcome: Ok(args.clone()) }),
         ("frame-reply-error", 1, Frame::Reply { id: 7, outcome: Err(err) }),
         ("frame-host-call", 1, Frame::HostCall { id: 1, name: "log".into(), args: args.clone() }),
         ("frame-host-reply", 1, Frame::HostReply { id: 1, outcome: Ok(args) }),
-        ("frame-host-reply-error", 1 | 2 | (3 << 2), Frame::HostReply { id: 1, outcome: Err("no such function".into()) }),
+        (
+            "frame-host-reply-error",
+            1 | 2 | (3 << 2),
+            Frame::HostReply { id: 1, outcome: Err("no such function".into()) },
+        ),
     ];
     let mut out = Vec::new();
     for (name, mode, f) in list {

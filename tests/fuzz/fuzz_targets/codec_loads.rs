@@ -49,7 +49,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     INTERP.with(|cell| {
-        let interp = cell.get_or_init(|| Box::leak(Box::new(boot::builder(vec!["codec_loads".to_owned()]).build())));
+        let interp = cell.get_or_init(|| {
+            Box::leak(Box::new(boot::builder(vec!["codec_loads".to_owned()]).build()))
+        });
         interp.enter(|vm| {
             check(vm, data);
             let gc = rustpython_vm::gc_state::gc_state();
@@ -69,7 +71,11 @@ fn check(vm: &VirtualMachine, data: &[u8]) {
     };
     let again = match codec::loads(vm, &bytes, &[]) {
         Ok(o) => o,
-        Err(e) if describe(vm, &e).contains("recursive reference to an object still being built") => return,
+        Err(e)
+            if describe(vm, &e).contains("recursive reference to an object still being built") =>
+        {
+            return
+        }
         Err(e) => panic!("the encoding of a decoded object does not decode: {}", describe(vm, &e)),
     };
     match codec::dumps(vm, &again, Handles::Refuse) {
@@ -97,6 +103,8 @@ fn pure(v: &Value) -> bool {
         | Value::Memo(_) => true,
         Value::Tuple(items) | Value::List(items) => items.iter().all(pure),
         Value::Dict(pairs) => pairs.iter().all(|(k, x)| pure(k) && pure(x)),
-        Value::Global { .. } | Value::Reduce(_) | Value::Function(_) | Value::Handle { .. } => false,
+        Value::Global { .. } | Value::Reduce(_) | Value::Function(_) | Value::Handle { .. } => {
+            false
+        }
     }
 }

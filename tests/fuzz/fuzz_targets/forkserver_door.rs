@@ -22,8 +22,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use procpy_fuzz::forkserver::{
-    answer, decode_error_head, encode_error, request_len, verify, Inbound, Reject, ANSWER_LEN, ERROR_HEAD_LEN,
-    HEADER_LEN, KEY_LEN, MAX_FDS, MAX_MESSAGE, MAX_REQUEST, NONCE_LEN, REC_ERROR,
+    answer, decode_error_head, encode_error, request_len, verify, Inbound, Reject, ANSWER_LEN,
+    ERROR_HEAD_LEN, HEADER_LEN, KEY_LEN, MAX_FDS, MAX_MESSAGE, MAX_REQUEST, NONCE_LEN, REC_ERROR,
 };
 use procpy_fuzz::{track, Input};
 
@@ -36,8 +36,10 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let flags = input.byte();
     let seed = input.byte();
-    let nonce: [u8; NONCE_LEN] = std::array::from_fn(|i| seed.wrapping_add((i as u8).wrapping_mul(37)));
-    let splits: Vec<(u8, u8)> = (0..input.byte() % 17).map(|_| (input.byte(), input.byte())).collect();
+    let nonce: [u8; NONCE_LEN] =
+        std::array::from_fn(|i| seed.wrapping_add((i as u8).wrapping_mul(37)));
+    let splits: Vec<(u8, u8)> =
+        (0..input.byte() % 17).map(|_| (input.byte(), input.byte())).collect();
     let rest = input.rest();
 
     let mut stream = Vec::with_capacity(ANSWER_LEN + rest.len());
@@ -81,7 +83,11 @@ fn door(nonce: &[u8; NONCE_LEN], splits: &[(u8, u8)], stream: &[u8], feed_after_
         match phase {
             Phase::Answer => assert_eq!(want, ANSWER_LEN - part),
             Phase::Header => assert_eq!(want, HEADER_LEN - part),
-            Phase::Body => assert!(want > 0 && want <= len - part, "want {want} with {} of the body to come", len - part),
+            Phase::Body => assert!(
+                want > 0 && want <= len - part,
+                "want {want} with {} of the body to come",
+                len - part
+            ),
             Phase::Done => assert_eq!(want, 0),
         }
         // The body's buffer grows with the bytes that arrived, never with the header's length.
@@ -91,7 +97,10 @@ fn door(nonce: &[u8; NONCE_LEN], splits: &[(u8, u8)], stream: &[u8], feed_after_
             Phase::Done => len,
             Phase::Answer | Phase::Header => 0,
         };
-        assert!(held >= 0 && held as usize <= (2 * body_got).max(8), "{held} bytes held with {body_got} body bytes in");
+        assert!(
+            held >= 0 && held as usize <= (2 * body_got).max(8),
+            "{held} bytes held with {body_got} body bytes in"
+        );
         if phase == Phase::Done || off == stream.len() {
             break;
         }
@@ -146,7 +155,12 @@ fn door(nonce: &[u8; NONCE_LEN], splits: &[(u8, u8)], stream: &[u8], feed_after_
             Phase::Done => unreachable!("the loop ends once done"),
         };
         let got = inb.feed(&KEY, chunk, nfds);
-        assert_eq!(got, expected, "feeding {} bytes ({took} wanted) with {nfds} descriptors", chunk.len());
+        assert_eq!(
+            got,
+            expected,
+            "feeding {} bytes ({took} wanted) with {nfds} descriptors",
+            chunk.len()
+        );
         if let Err(reject) = got {
             // The server drops the connection, telling the client why.
             assert!(reject.errno() > 0);
@@ -173,7 +187,11 @@ fn door(nonce: &[u8; NONCE_LEN], splits: &[(u8, u8)], stream: &[u8], feed_after_
     let body = inb.into_body();
     let start = ANSWER_LEN + HEADER_LEN;
     assert!(body == stream[start..start + len], "the body is not the {len} bytes after the header");
-    assert!(body.capacity() <= (2 * len).max(8), "a body of {len} bytes in a buffer of {}", body.capacity());
+    assert!(
+        body.capacity() <= (2 * len).max(8),
+        "a body of {len} bytes in a buffer of {}",
+        body.capacity()
+    );
 }
 
 /// `verify` accepts the answer `answer` computes and nothing else, under any key.
@@ -212,7 +230,10 @@ fn records(flags: u8, seed: u8, rest: &[u8]) {
     match decode_error_head(&head) {
         Some((errno, len)) => {
             assert!(head[0] == REC_ERROR && declared <= MAX_MESSAGE);
-            assert_eq!((errno, len), (i32::from_be_bytes([head[1], head[2], head[3], head[4]]), declared));
+            assert_eq!(
+                (errno, len),
+                (i32::from_be_bytes([head[1], head[2], head[3], head[4]]), declared)
+            );
         }
         None => assert!(head[0] != REC_ERROR || declared > MAX_MESSAGE),
     }
@@ -227,12 +248,17 @@ fn records(flags: u8, seed: u8, rest: &[u8]) {
     let (e, len) = decode_error_head(&head).expect("our own record decodes");
     assert_eq!(e, errno);
     assert_eq!(rec.len(), ERROR_HEAD_LEN + len);
-    let text = std::str::from_utf8(&rec[ERROR_HEAD_LEN..]).expect("the message is cut at a char boundary");
+    let text =
+        std::str::from_utf8(&rec[ERROR_HEAD_LEN..]).expect("the message is cut at a char boundary");
     assert!(message.starts_with(text));
     if message.len() <= MAX_MESSAGE {
         assert_eq!(text.len(), message.len());
     } else {
         // A UTF-8 char is at most 4 bytes: the cut loses at most 3 bytes of the last one.
-        assert!(text.len() <= MAX_MESSAGE && text.len() + 3 >= MAX_MESSAGE, "cut to {} bytes", text.len());
+        assert!(
+            text.len() <= MAX_MESSAGE && text.len() + 3 >= MAX_MESSAGE,
+            "cut to {} bytes",
+            text.len()
+        );
     }
 }

@@ -155,14 +155,22 @@ fn body(mode: u8, mut input: Input) {
         Ok(body) => {
             assert_eq!(body.len(), len);
             assert_eq!(delivered, len);
-            assert!(body.capacity() <= len, "a body of {len} bytes in a buffer of {}", body.capacity());
+            assert!(
+                body.capacity() <= len,
+                "a body of {len} bytes in a buffer of {}",
+                body.capacity()
+            );
             assert_eq!(stats.live, body.capacity() as isize, "held beside the body");
             replay(&log, script, &body);
         }
         Err(BodyError::Eof { got }) => {
             assert_eq!(got, delivered);
             assert!(got < len);
-            assert!(matches!(log.last(), Some(Call { returned: Ok(0), .. })), "EOF without a read returning 0: {:?}", log.last());
+            assert!(
+                matches!(log.last(), Some(Call { returned: Ok(0), .. })),
+                "EOF without a read returning 0: {:?}",
+                log.last()
+            );
             assert_eq!(stats.live, 0, "held after EOF");
         }
         Err(BodyError::Read(e)) => {
@@ -189,10 +197,20 @@ fn replay(log: &[Call], script: &[u8], body: &[u8]) {
         assert!(got > 0, "the body completed after a read returned 0");
         let (written, unwritten) = body[at..at + got].split_at(c.wrote);
         match c.src {
-            Src::Script(off) => assert!(written == &script[off..off + c.wrote], "body bytes at {at} differ from the delivered ones"),
-            Src::Fill(f) => assert!(written.iter().all(|&x| x == f), "body bytes at {at} differ from the delivered fill"),
+            Src::Script(off) => assert!(
+                written == &script[off..off + c.wrote],
+                "body bytes at {at} differ from the delivered ones"
+            ),
+            Src::Fill(f) => assert!(
+                written.iter().all(|&x| x == f),
+                "body bytes at {at} differ from the delivered fill"
+            ),
         }
-        assert!(unwritten.iter().all(|&x| x == 0), "claimed but unwritten bytes at {} are not zero", at + c.wrote);
+        assert!(
+            unwritten.iter().all(|&x| x == 0),
+            "claimed but unwritten bytes at {} are not zero",
+            at + c.wrote
+        );
         at += got;
     }
     assert_eq!(at, body.len());
@@ -222,7 +240,9 @@ impl Read for Trickle<'_> {
 
 /// What `read_frame` must make of `stream`, worked out from the format.
 fn expect(stream: &[u8]) -> Result<(Frame, usize), ErrorKind> {
-    let Some((head, rest)) = stream.split_first_chunk::<4>() else { return Err(ErrorKind::UnexpectedEof) };
+    let Some((head, rest)) = stream.split_first_chunk::<4>() else {
+        return Err(ErrorKind::UnexpectedEof);
+    };
     let len = u32::from_le_bytes(*head) as usize;
     if len > embed::MAX_FRAME {
         return Err(ErrorKind::InvalidData);
@@ -248,7 +268,12 @@ fn frame(mode: u8, stream: &[u8]) {
     // up to (remaining bytes x element size) per sequence (postcard caps serde's size hint by
     // the bytes left). Linear in the bytes read, whatever the header says.
     let bound = (128 << 10) + 256 * reader.pos;
-    assert!(stats.peak >= 0 && stats.peak as usize <= bound, "{} bytes held reading {} bytes", stats.peak, reader.pos);
+    assert!(
+        stats.peak >= 0 && stats.peak as usize <= bound,
+        "{} bytes held reading {} bytes",
+        stats.peak,
+        reader.pos
+    );
     assert_eq!(stats.refused, 0, "an allocation was refused: {stats:?}");
 
     match (result, expected) {

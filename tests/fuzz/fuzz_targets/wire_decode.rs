@@ -25,7 +25,8 @@ fuzz_target!(|data: &[u8]| {
 
     let bytes = wire::to_bytes(&value);
     assert!(bytes.len() <= data.len(), "{} input bytes re-encode to {}", data.len(), bytes.len());
-    let again = wire::from_bytes(&bytes).unwrap_or_else(|e| panic!("the re-encoding of a decoded value does not decode: {e}"));
+    let again = wire::from_bytes(&bytes)
+        .unwrap_or_else(|e| panic!("the re-encoding of a decoded value does not decode: {e}"));
     assert!(wire::to_bytes(&again) == bytes, "decode(encode(v)) differs from v");
 
     let height = height(&value);
@@ -33,10 +34,19 @@ fuzz_target!(|data: &[u8]| {
     let wrapped_bytes = wire::to_bytes(&wrapped);
     match wire::from_bytes(&wrapped_bytes) {
         Ok(w) => {
-            assert!(height < wire::MAX_DEPTH, "a value {} deep was accepted (limit {})", height + 1, wire::MAX_DEPTH);
+            assert!(
+                height < wire::MAX_DEPTH,
+                "a value {} deep was accepted (limit {})",
+                height + 1,
+                wire::MAX_DEPTH
+            );
             assert!(wire::to_bytes(&w) == wrapped_bytes, "the padded value did not round-trip");
         }
-        Err(e) => assert!(height >= wire::MAX_DEPTH, "a well-formed value {} deep was refused: {e}", height + 1),
+        Err(e) => assert!(
+            height >= wire::MAX_DEPTH,
+            "a well-formed value {} deep was refused: {e}",
+            height + 1
+        ),
     }
 });
 
