@@ -290,7 +290,7 @@ pub(crate) fn at_fork_child(child: extern "C" fn()) {
 }
 
 /// `sem_unlink(name)`: nix has no wrapper for POSIX named semaphores.
-pub(crate) fn sem_unlink(name: &CStr) -> io::Result<()> {
+pub fn sem_unlink(name: &CStr) -> io::Result<()> {
     // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
     cvt(unsafe { libc::sem_unlink(name.as_ptr()) })?;
     Ok(())
