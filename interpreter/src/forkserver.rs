@@ -28,6 +28,8 @@
 
 use crate::ipc;
 use hmac::{Hmac, Mac};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::socket::{self as sock, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
 use sha2::Sha256;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -334,14 +336,6 @@ pub fn sockaddr(path: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)>
     Ok((addr, len as libc::socklen_t))
 }
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
 fn random<const N: usize>() -> io::Result<[u8; N]> {
     let mut b = [0u8; N];
     getrandom::fill(&mut b).map_err(|e| io::Error::other(e.to_string()))?;
@@ -379,8 +373,7 @@ fn safe_base(base: &Path) -> bool {
         return false;
     }
     let Ok(meta) = std::fs::metadata(base) else { return false };
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     meta.is_dir()
         && (meta.uid() == me || meta.uid() == 0)
         && (meta.mode() & 0o022 == 0 || meta.mode() & 0o1000 != 0)
@@ -425,18 +418,14 @@ pub fn listen_private() -> io::Result<(OwnedFd, PathBuf)> {
 }
 
 fn bind_listen(path: &Path) -> io::Result<OwnedFd> {
-    let (addr, len) = sockaddr(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: plain socket(2); the descriptor is owned at once.
-    let fd =
-        cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: `addr` is a valid sockaddr_un of length `len`.
-    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) })?;
+    // The same checks (and ENAMETOOLONG) as the client's address.
+    sockaddr(path.as_os_str().as_encoded_bytes())?;
+    let addr = UnixAddr::new(path)?;
+    let fd = sock::socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    sock::bind(fd.as_raw_fd(), &addr)?;
     // The directory already keeps others out; the file's mode is a second fence (as CPython).
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    // SAFETY: listen(2) on a socket we own.
-    cvt(unsafe { libc::listen(fd.as_raw_fd(), 128) })?;
+    sock::listen(&fd, Backlog::new(128)?)?;
     Ok(fd)
 }
 
@@ -455,19 +444,8 @@ pub fn remove_private(path: &Path) {
 /// The credentials of the process at the other end of a Unix socket (for a connecting
 /// client: as of its connect; for a server's socket: as of its listen).
 pub fn peer_cred(fd: RawFd) -> io::Result<libc::ucred> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` is a writable ucred and `len` its size.
-    cvt(unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    })?;
-    Ok(cred)
+    let cred = sock::getsockopt(&ipc::borrow_fd(fd)?, sock::sockopt::PeerCredentials)?;
+    Ok(cred.into())
 }
 
 /// Write all of a small record to a non-blocking socket; a socket that cannot take it now
@@ -540,16 +518,12 @@ impl Gate {
     pub fn new(listener: OwnedFd, key: &[u8], path: Option<PathBuf>) -> io::Result<Gate> {
         let key: [u8; KEY_LEN] =
             key.try_into().map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let fd = listener.as_raw_fd();
-        // SAFETY: fcntl on a descriptor we own.
-        let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
-        // SAFETY: as above.
-        cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+        let flags = OFlag::from_bits_retain(fcntl(&listener, FcntlArg::F_GETFL)?);
+        fcntl(&listener, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
         Ok(Gate {
             listener: Some(listener),
             key,
-            // SAFETY: geteuid cannot fail.
-            uid: unsafe { libc::geteuid() },
+            uid: nix::unistd::geteuid().as_raw(),
             path,
             pending: Vec::new(),
             reserve: open_reserve(),
@@ -703,8 +677,7 @@ impl Gate {
                             }
                             // Hang up, and keep the descriptor as the next spare: reopening one
                             // after closing this could lose the slot to the next accept.
-                            // SAFETY: shutdown(2) on a socket we own.
-                            unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RDWR) };
+                            let _ = sock::shutdown(sock.as_raw_fd(), sock::Shutdown::Both);
                             self.reserve = Some(sock);
                         }
                         Err(_) => self.reserve = open_reserve(),
@@ -786,15 +759,7 @@ fn open_reserve() -> Option<OwnedFd> {
 }
 
 fn accept(listener: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: accept4 on our listener, without an address buffer.
-    let fd = cvt(unsafe {
-        libc::accept4(
-            listener,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-        )
-    })?;
+    let fd = sock::accept4(listener, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)?;
     // SAFETY: a fresh descriptor from accept4, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -908,8 +873,7 @@ mod tests {
         assert!(!safe_base(Path::new("")));
         assert!(!safe_base(&root.join("missing")));
         assert!(safe_base(Path::new("/tmp")));
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        if nix::unistd::geteuid().is_root() {
             let theirs = dir("theirs", 0o755);
             std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
             assert!(!safe_base(&theirs), "a directory another user owns");

@@ -3,8 +3,15 @@
 //! Every call returns `io::Error` untouched, `EINTR` included, so the caller (which knows about
 //! Python signal handlers) decides whether to retry.
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, SealFlag};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::mman::{MapFlags, ProtFlags};
+use nix::sys::socket::{AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
+use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
@@ -16,12 +23,32 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
+/// `fd` borrowed for one call into nix. Every function here taking a `RawFd` requires its
+/// caller to hold that descriptor open for the call (the contract `BorrowedFd` states); a
+/// negative number is no descriptor, so it is `EBADF`, as the kernel says of it, rather than
+/// the panic `BorrowedFd` has for -1.
+pub(crate) fn borrow_fd<'a>(fd: RawFd) -> io::Result<BorrowedFd<'a>> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
+    // SAFETY: `fd` is not -1 (the one value `BorrowedFd` cannot hold), and the caller keeps it
+    // open while the borrow is used (one system call, see above). A number that is not an open
+    // descriptor only makes that call fail with EBADF: the kernel checks, nothing is assumed.
+    Ok(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+/// An integer socket option (`SO_DOMAIN`, `SO_TYPE`) of `fd`. Raw: nix has no `SO_DOMAIN`, and
+/// its `SO_TYPE` option reads the value as its `SockType` enum, which a socket of another type
+/// (DCCP, packet), perhaps a peer's, would make an invalid enum value.
+fn socket_int_option(fd: RawFd, option: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` is a writable c_int and `len` its size; the kernel writes at most `len`
+    // bytes there. A bad descriptor is an error return, not undefined behaviour.
+    cvt(unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, option, (&raw mut value).cast(), &mut len)
+    })?;
+    Ok(value)
 }
 
 /// An OS error and what was being done when it happened ("cannot start the resource tracker"):
@@ -56,18 +83,13 @@ pub fn doing(e: io::Error, what: impl Into<String>) -> io::Error {
 
 /// A close-on-exec AF_UNIX socket pair of the given type (`SOCK_STREAM`, `SOCK_SEQPACKET`).
 pub fn socketpair(kind: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    cvt(unsafe {
-        libc::socketpair(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
-    })?;
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let kind = SockType::try_from(kind)?;
+    Ok(nix::sys::socket::socketpair(AddressFamily::Unix, kind, None, SockFlag::SOCK_CLOEXEC)?)
 }
 
 /// A close-on-exec pipe: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
 
 static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -87,10 +109,8 @@ pub fn pid() -> u32 {
     if p != 0 {
         return p;
     }
-    AT_FORK.call_once(|| unsafe {
-        libc::pthread_atfork(None, None, Some(forgot_ids_in_child));
-    });
-    let p = unsafe { libc::getpid() } as u32;
+    AT_FORK.call_once(|| at_fork_child(forgot_ids_in_child));
+    let p = nix::unistd::getpid().as_raw() as u32;
     PID.store(p, Relaxed);
     p
 }
@@ -110,7 +130,7 @@ pub fn tid() -> u32 {
         if gen == forks {
             return tid;
         }
-        let tid = unsafe { libc::gettid() } as u32;
+        let tid = nix::unistd::gettid().as_raw() as u32;
         c.set((forks, tid));
         tid
     })
@@ -120,37 +140,32 @@ pub fn tid() -> u32 {
 pub fn is_unix_socket(fd: RawFd) -> bool {
     // Only Unix-domain sockets carry descriptors (SCM_RIGHTS); a TCP connection from
     // `Listener`/`Client` is a socket too, but cannot.
-    let mut domain: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            (&mut domain as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    r == 0 && domain == libc::AF_UNIX
+    socket_int_option(fd, libc::SO_DOMAIN).is_ok_and(|domain| domain == libc::AF_UNIX)
 }
 
 /// Duplicate a descriptor (close-on-exec).
 pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
-    let n = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?;
+    // Not nix's `dup`: the copy must be close-on-exec from the start, and numbered 3 or more.
+    let n = fcntl(borrow_fd(fd)?, FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
 /// One `write`; may be short.
 pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    cvt_size(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
+    Ok(nix::unistd::write(borrow_fd(fd)?, buf)?)
 }
 
 /// One `read`; 0 means end of file.
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    cvt_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+    Ok(nix::unistd::read(borrow_fd(fd)?, buf)?)
 }
 
 /// `poll` over `fds` (descriptor, events); returns the revents of each. `None` waits forever.
+///
+/// Raw `poll`, not nix's: its `PollFd` holds a `BorrowedFd`, so it cannot carry the negative
+/// entries poll(2) skips (`connection.wait` passes the numbers Python code gives it), and it
+/// reports revents only as flags it knows.
 pub fn poll(fds: &[(RawFd, i16)], timeout: Option<Duration>) -> io::Result<Vec<i16>> {
     let mut pfds: Vec<libc::pollfd> =
         fds.iter().map(|&(fd, events)| libc::pollfd { fd, events, revents: 0 }).collect();
@@ -161,6 +176,8 @@ pub fn poll(fds: &[(RawFd, i16)], timeout: Option<Duration>) -> io::Result<Vec<i
         Some(d) => (d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0))
             .min(i32::MAX as u128) as i32,
     };
+    // SAFETY: `pfds` is a live, writable array of `pfds.len()` pollfd structures; the kernel
+    // writes only their `revents`.
     cvt(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) })?;
     Ok(pfds.iter().map(|p| p.revents).collect())
 }
@@ -177,28 +194,12 @@ pub fn send_with_fds(
     fds: &[RawFd],
     flags: libc::c_int,
 ) -> io::Result<usize> {
-    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    if !fds.is_empty() {
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
-            std::ptr::copy_nonoverlapping(
-                fds.as_ptr(),
-                libc::CMSG_DATA(c).cast::<RawFd>(),
-                fds.len(),
-            );
-        }
-    }
-    cvt_size(unsafe { libc::sendmsg(sock, &msg, flags | libc::MSG_NOSIGNAL) })
+    let rights = [ControlMessage::ScmRights(fds)];
+    // No control message at all without descriptors (not an empty SCM_RIGHTS one).
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    let flags = MsgFlags::from_bits_retain(flags) | MsgFlags::MSG_NOSIGNAL;
+    let iov = [io::IoSlice::new(data)];
+    Ok(nix::sys::socket::sendmsg::<()>(sock, &iov, cmsgs, flags, None)?)
 }
 
 /// `recvmsg` into `buf`, accepting up to `max_fds` descriptors (received close-on-exec).
@@ -215,6 +216,10 @@ pub fn recv_with_fds(
 
 /// [`recv_with_fds`] returning the message's `msg_flags` whole: `MSG_CTRUNC` there means
 /// descriptors were sent but not all could be received (no room, or out of descriptors).
+///
+/// Raw `recvmsg`, not nix's: when the control data is truncated (`MSG_CTRUNC`), nix refuses to
+/// walk it, yet the kernel has already installed the descriptors that fitted. They must be
+/// taken (and closed) here, or every truncated record would leak them.
 pub fn recv_with_fds_flags(
     sock: RawFd,
     buf: &mut [u8],
@@ -222,16 +227,28 @@ pub fn recv_with_fds_flags(
     flags: libc::c_int,
 ) -> io::Result<(usize, Vec<OwnedFd>, libc::c_int)> {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: msghdr is plain old data; all zeroes is a valid, empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
+    // SAFETY: CMSG_SPACE is arithmetic on its argument; it touches no memory.
     let space = unsafe { libc::CMSG_SPACE((max_fds.max(1) * std::mem::size_of::<RawFd>()) as u32) }
         as usize;
+    // u64s: the control buffer must be aligned for cmsghdr.
     let mut cbuf = vec![0u64; space.div_ceil(8)];
     msg.msg_control = cbuf.as_mut_ptr().cast();
     msg.msg_controllen = space as _;
-    let n = cvt_size(unsafe { libc::recvmsg(sock, &mut msg, flags | libc::MSG_CMSG_CLOEXEC) })?;
+    // SAFETY: `msg` points at `iov` (describing `buf`, writable for its length) and at `cbuf`
+    // (writable for `space` bytes); all three outlive the call, and the kernel writes within
+    // those lengths only.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
     let mut fds = Vec::new();
+    // SAFETY: the kernel filled `cbuf` with well-formed control messages and set
+    // `msg_controllen` to their total length; CMSG_FIRSTHDR/CMSG_NXTHDR stay within that and
+    // return null past the end. Each SCM_RIGHTS message holds `bytes` bytes of descriptors,
+    // read unaligned; every one was installed in this process by this call (close-on-exec),
+    // owned by nobody else, so taking ownership is right, and closes it if the caller drops it.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
@@ -250,27 +267,76 @@ pub fn recv_with_fds_flags(
 
 /// A descriptor that becomes readable when process `pid` exits.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes two integers and returns a new descriptor or -1; nix has no
+    // wrapper for it.
     let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    let fd = r as RawFd;
-    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) })?;
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    // SAFETY: a non-negative result is a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(r as RawFd) };
+    fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(fd)
+}
+
+/// Run `child` in the child process after every `fork()`. nix has no `pthread_atfork`.
+///
+/// `child` runs where only async-signal-safe work is allowed (the forking process may have
+/// had other threads, whose locks stay held forever in the child): atomics, no allocation.
+pub(crate) fn at_fork_child(child: extern "C" fn()) {
+    // SAFETY: registers a plain function pointer, valid for the program's life; the handlers
+    // passed keep to the rule above.
+    unsafe { libc::pthread_atfork(None, None, Some(child)) };
+}
+
+/// `sem_unlink(name)`: nix has no wrapper for POSIX named semaphores.
+pub fn sem_unlink(name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    cvt(unsafe { libc::sem_unlink(name.as_ptr()) })?;
+    Ok(())
+}
+
+/// `FUTEX_WAIT` on `word` (private: only this process's threads wake it): sleep while it
+/// still holds `expected`, at most `timeout` (`None`: no limit). nix has no futex call.
+/// Returns the raw error: `EAGAIN` (the value differed), `ETIMEDOUT`, `EINTR`, ...
+pub(crate) fn futex_wait(
+    word: &AtomicU32,
+    expected: u32,
+    timeout: Option<Duration>,
+    private: bool,
+) -> io::Result<()> {
+    let ts = timeout
+        .map(|d| libc::timespec { tv_sec: d.as_secs() as _, tv_nsec: d.subsec_nanos() as _ });
+    let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let op = libc::FUTEX_WAIT | if private { libc::FUTEX_PRIVATE_FLAG } else { 0 };
+    // SAFETY: `word` is a live, aligned u32 (an atomic, as the kernel's futex word must be
+    // accessed), and `tsp` is null or points at `ts`, alive until the call returns. The kernel
+    // only reads both.
+    let r = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), op, expected, tsp) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `FUTEX_WAKE` of at most `n` waiters on `word` (`private`: as they waited). nix has no
+/// futex call.
+pub(crate) fn futex_wake(word: &AtomicU32, n: i32, private: bool) {
+    let op = libc::FUTEX_WAKE | if private { libc::FUTEX_PRIVATE_FLAG } else { 0 };
+    // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE neither reads nor writes memory
+    // through it (the address only names the wait queue).
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), op, n) };
 }
 
 /// An anonymous memory file holding `data`, for payloads too big for one socket record.
 pub fn memfd_with(data: &[u8]) -> io::Result<OwnedFd> {
-    let fd = cvt(unsafe { libc::memfd_create(c"procpy-msg".as_ptr(), libc::MFD_CLOEXEC) })?;
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = memfd_create(c"procpy-msg", MFdFlags::MFD_CLOEXEC)?;
     let mut off = 0;
     while off < data.len() {
-        match cvt_size(unsafe {
-            libc::pwrite(fd.as_raw_fd(), data[off..].as_ptr().cast(), data.len() - off, off as i64)
-        }) {
+        match nix::sys::uio::pwrite(&fd, &data[off..], off as i64) {
             Ok(n) => off += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(fd)
@@ -284,15 +350,16 @@ pub fn memfd_read(fd: RawFd, len: usize) -> io::Result<Vec<u8>> {
     if (size as u128) < len as u128 {
         return Err(invalid(format!("message file holds {size} bytes, its record says {len}")));
     }
+    let file = borrow_fd(fd)?;
     let mut off = 0usize;
     let body = read_body(len, |b| loop {
-        match cvt_size(unsafe { libc::pread(fd, b.as_mut_ptr().cast(), b.len(), off as i64) }) {
+        match nix::sys::uio::pread(file, b, off as i64) {
             Ok(n) => {
                 off += n;
                 return Ok(n);
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(io::Error::from(e)),
         }
     });
     body.map_err(io::Error::from)
@@ -305,8 +372,7 @@ fn invalid(msg: String) -> io::Error {
 /// The size of `fd`, which must be a regular file (a memory file or a POSIX shared memory
 /// segment); `what` names it in the error otherwise.
 pub fn regular_file_size(fd: RawFd, what: &str) -> io::Result<u64> {
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    let st = nix::sys::stat::fstat(borrow_fd(fd)?)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(invalid(format!("the {what} is not a memory file")));
     }
@@ -317,25 +383,13 @@ pub fn regular_file_size(fd: RawFd, what: &str) -> io::Result<u64> {
 /// `F_SEAL_SEAL`): every process that maps it may touch all `len` bytes for as long as it lives,
 /// since no holder of the descriptor, however hostile, can shrink it (touching a mapping past
 /// the end of its file is SIGBUS). For memory that is mapped; see [`require_sealed`].
-pub fn sealed_memfd(name: &std::ffi::CStr, len: usize) -> io::Result<OwnedFd> {
-    // SAFETY: `name` is a valid C string; a non-negative result is a new descriptor we own.
-    let fd = cvt(unsafe {
-        libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-    })?;
-    // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+pub fn sealed_memfd(name: &CStr, len: usize) -> io::Result<OwnedFd> {
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
     let len = libc::off_t::try_from(len)
         .map_err(|_| invalid(format!("a memory file of {len} bytes is too large")))?;
-    // SAFETY: plain system calls on a descriptor we own.
-    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) })?;
-    // SAFETY: as above.
-    cvt(unsafe {
-        libc::fcntl(
-            fd.as_raw_fd(),
-            libc::F_ADD_SEALS,
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
-        )
-    })?;
+    nix::unistd::ftruncate(&fd, len)?;
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
     Ok(fd)
 }
 
@@ -343,9 +397,9 @@ pub fn sealed_memfd(name: &std::ffi::CStr, len: usize) -> io::Result<OwnedFd> {
 /// [`sealed_memfd`] makes them): otherwise any process holding it could make every process that
 /// maps it die of SIGBUS at its next access, by `ftruncate`. `what` names it in the error.
 pub fn require_sealed(fd: RawFd, what: &str) -> io::Result<()> {
-    // SAFETY: F_GET_SEALS reads the descriptor's seals; an unsuitable descriptor is an error.
-    let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
-    if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+    // An unsuitable descriptor (not a memory file) has no seals: the same refusal.
+    let seals = borrow_fd(fd).and_then(|f| Ok(fcntl(f, FcntlArg::F_GET_SEALS)?)).unwrap_or(0);
+    if seals & libc::F_SEAL_SHRINK == 0 {
         return Err(invalid(format!(
             "the {what} is not sealed against shrinking (procpy seals the memory files it maps)"
         )));
@@ -355,18 +409,7 @@ pub fn require_sealed(fd: RawFd, what: &str) -> io::Result<()> {
 
 /// Whether `fd` is a socket of type `kind` (`SOCK_STREAM`, `SOCK_SEQPACKET`, ...).
 pub fn is_socket_of_type(fd: RawFd, kind: libc::c_int) -> bool {
-    let mut ty: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    r == 0 && ty == kind
+    socket_int_option(fd, libc::SO_TYPE).is_ok_and(|ty| ty == kind)
 }
 
 /// Frame bodies up to this size are read into one buffer of their declared length (zeroed by
@@ -490,96 +533,165 @@ pub fn read_body_from(r: &mut impl io::Read, len: usize) -> io::Result<Vec<u8>> 
     body.map_err(io::Error::from)
 }
 
-/// Counters in memory shared by every process that holds the descriptor, with futex waits.
-pub struct SharedCounters {
+/// A memory file mapped shared and read-write, with the descriptor it maps: the one owner of
+/// such a mapping in procpy, under [`SharedCounters`] and `native::SharedBuffer`.
+///
+/// Invariants, which make handing out its memory sound:
+/// - **The pointer stays valid.** The mapping is made in the constructor and unmapped only by
+///   `Drop`, so [`as_ptr`](Self::as_ptr) points at [`len`](Self::len) mapped bytes (at least
+///   one page: mmap refuses a zero length, so an empty map still maps one byte) for as long as
+///   the `SharedMap` lives. Closing or reusing the descriptor would not unmap it either.
+/// - **The file was big enough when mapped.** The constructor checks, with `fstat`, that the
+///   descriptor is a regular file (a memory file or a /dev/shm segment) of at least `len`
+///   bytes before mapping: it may come from a peer, and touching a mapped page past the end of
+///   its file is SIGBUS.
+/// - **A sealed file cannot shrink afterwards.** A map made with `sealed` (every memory file:
+///   [`create`](Self::create) makes them so, and a peer's must be) requires `F_SEAL_SHRINK`
+///   ([`require_sealed`]): the kernel then refuses every `ftruncate` to less, from every holder
+///   of the file however hostile, and the seal itself cannot be removed. So every byte up to
+///   `len` stays backed for the mapping's whole life.
+/// - **An unsealed /dev/shm segment may.** A named segment (`SharedMemory`) cannot be sealed:
+///   any process of the user can `ftruncate` it after we mapped it, and the next access past the
+///   new end kills this process with SIGBUS, as it kills CPython's. No memory is misread (the
+///   access faults), but the process dies: that is the risk named segments carry.
+///
+/// The memory is shared with other processes, which may write it at any time: procpy reads it
+/// only through atomics ([`SharedCounters`]) or hands it to Python code as a buffer that the
+/// program synchronises itself (as CPython's ctypes over `mmap`).
+pub struct SharedMap {
     fd: OwnedFd,
-    ptr: *mut AtomicU32,
-    n: usize,
+    ptr: NonNull<u8>,
+    len: usize,
 }
 
-// The mapping is shared memory accessed only through atomics.
-unsafe impl Send for SharedCounters {}
-unsafe impl Sync for SharedCounters {}
+// SAFETY: the struct owns a descriptor and a mapping, neither tied to a thread; the mapped
+// memory is shared with other processes anyway, so other threads add nothing its users do not
+// already handle (atomics, or the program's own locks).
+unsafe impl Send for SharedMap {}
+// SAFETY: as for Send: `&SharedMap` only reads the fields, which never change.
+unsafe impl Sync for SharedMap {}
+
+impl SharedMap {
+    /// `len` zero bytes in a fresh sealed memory file named `name` (see [`sealed_memfd`]);
+    /// `what` as for [`map`](Self::map).
+    pub fn create(name: &CStr, len: usize, what: &str) -> io::Result<SharedMap> {
+        SharedMap::map(sealed_memfd(name, len)?, len, true, what)
+    }
+
+    /// Map `len` bytes of `fd`, which must be a regular file holding at least that much and, if
+    /// `sealed`, sealed against shrinking (see the type's invariants). `what` (a possessive:
+    /// "counters'") names the mapping in an `InvalidData` error that says what is wrong.
+    pub fn map(fd: OwnedFd, len: usize, sealed: bool, what: &str) -> io::Result<SharedMap> {
+        let size = regular_file_size(fd.as_raw_fd(), &format!("{what} descriptor"))?;
+        if size < len as u64 {
+            return Err(invalid(format!(
+                "the {what} memory file holds {size} bytes, {len} needed"
+            )));
+        }
+        if sealed {
+            require_sealed(fd.as_raw_fd(), &format!("{what} memory file"))?;
+        }
+        // mmap refuses a zero length; an empty map still needs a valid pointer.
+        let map_len = NonZeroUsize::new(len.max(1)).expect("at least 1");
+        // SAFETY: a new shared mapping of a file we hold, placed by the kernel (no address
+        // given), so it replaces nothing of ours; it is unmapped only in Drop.
+        let ptr = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                map_len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &fd,
+                0,
+            )
+        }?;
+        Ok(SharedMap { fd, ptr: ptr.cast(), len })
+    }
+
+    /// The start of the mapping: valid for [`len`](Self::len) bytes while `self` lives, page
+    /// aligned, and written by other processes at any time.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The length asked for (the file may be larger).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The memory file's descriptor (to hand to children).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for SharedMap {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` and `len.max(1)` are the mapping the constructor made, still mapped
+        // (only this unmaps it); nothing borrowed from `self` outlives it.
+        unsafe {
+            let _ = nix::sys::mman::munmap(self.ptr.cast(), self.len.max(1));
+        }
+    }
+}
+
+/// Counters in memory shared by every process that holds the descriptor, with futex waits.
+pub struct SharedCounters {
+    map: SharedMap,
+    n: usize,
+}
 
 impl SharedCounters {
     /// `n` zeroed counters in a fresh memory file.
     pub fn create(n: usize) -> io::Result<Self> {
-        Self::map(sealed_memfd(c"procpy-counters", n * 4)?, n)
+        Ok(SharedCounters { map: SharedMap::create(c"procpy-counters", n * 4, "counters'")?, n })
     }
 
     /// Map counters created by another process. The descriptor came from a peer: it must be a
-    /// memory file holding all `n` counters (touching a mapping past the end of its file is
-    /// SIGBUS), else `InvalidData` says what is wrong.
+    /// sealed memory file holding all `n` counters (see [`SharedMap`]), else `InvalidData` says
+    /// what is wrong.
     pub fn map(fd: OwnedFd, n: usize) -> io::Result<Self> {
-        let size = regular_file_size(fd.as_raw_fd(), "counters' descriptor")?;
-        if size < (n * 4) as u64 {
-            return Err(invalid(format!(
-                "the counters' memory file holds {size} bytes, {} needed",
-                n * 4
-            )));
-        }
-        require_sealed(fd.as_raw_fd(), "counters' memory file")?;
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                n * 4,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self { fd, ptr: p.cast(), n })
+        Ok(SharedCounters { map: SharedMap::map(fd, n * 4, true, "counters'")?, n })
     }
 
     /// The descriptor to hand to children.
     pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.map.fd().as_raw_fd()
     }
 
     /// Counter `i`. Callers pass their own slot constants, all below the `n` they mapped, so the
     /// assertion is a guard against a programming error, not reachable from input.
     pub fn get(&self, i: usize) -> &AtomicU32 {
         assert!(i < self.n);
-        unsafe { &*self.ptr.add(i) }
+        // SAFETY: `i < n` and the map holds `n * 4` bytes, valid while `self` lives (SharedMap's
+        // invariants), so the pointer is in bounds; the mapping is page aligned, so aligned for
+        // u32. Every process touches these words only atomically (here, or the kernel's futex),
+        // which is what a shared `&AtomicU32` allows.
+        unsafe { &*self.map.as_ptr().cast::<AtomicU32>().add(i) }
     }
 
     /// Sleep while counter `i` still equals `expected`, at most `timeout`. Spurious wake-ups are
     /// possible: callers re-check their condition.
     pub fn wait(&self, i: usize, expected: u32, timeout: Option<Duration>) -> io::Result<()> {
-        let ts = timeout
-            .map(|d| libc::timespec { tv_sec: d.as_secs() as _, tv_nsec: d.subsec_nanos() as _ });
-        let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const _);
-        let r = unsafe {
-            libc::syscall(libc::SYS_futex, self.get(i).as_ptr(), libc::FUTEX_WAIT, expected, tsp)
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ETIMEDOUT)) {
-                return Ok(());
-            }
-            return Err(e);
+        match futex_wait(self.get(i), expected, timeout, false) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ETIMEDOUT)) => Ok(()),
+            r => r,
         }
-        Ok(())
     }
 
     /// Wake one process sleeping on counter `i`.
     pub fn wake_one(&self, i: usize) {
-        unsafe { libc::syscall(libc::SYS_futex, self.get(i).as_ptr(), libc::FUTEX_WAKE, 1) };
+        futex_wake(self.get(i), 1, false);
     }
 
     /// Wake every process sleeping on counter `i`.
     pub fn wake_all(&self, i: usize) {
-        unsafe { libc::syscall(libc::SYS_futex, self.get(i).as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
-    }
-}
-
-impl Drop for SharedCounters {
-    fn drop(&mut self) {
-        unsafe { libc::munmap(self.ptr.cast(), self.n * 4) };
+        futex_wake(self.get(i), i32::MAX, false);
     }
 }
 
@@ -697,6 +809,27 @@ mod tests {
         let fd = memfd_with(&[0u8; 4]).unwrap();
         let e = SharedCounters::map(fd, 3).err().expect("3 counters over 4 bytes");
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    }
+
+    #[test]
+    fn shared_maps_need_a_seal_when_asked_and_share_their_bytes() {
+        let unsealed = memfd_with(&[0u8; 8]).unwrap();
+        let e = SharedMap::map(unsealed, 8, true, "test's").err().expect("unsealed refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        // A /dev/shm-like (unsealed) file is accepted when no seal is asked for.
+        assert_eq!(
+            SharedMap::map(memfd_with(&[0u8; 8]).unwrap(), 8, false, "t's").unwrap().len(),
+            8
+        );
+        let a = SharedMap::create(c"procpy-test", 4096, "test's").unwrap();
+        let b = SharedMap::map(dup(a.fd().as_raw_fd()).unwrap(), 4096, true, "test's").unwrap();
+        // SAFETY: both maps are valid for 4096 bytes; one thread, no other access meanwhile.
+        unsafe {
+            a.as_ptr().add(4095).write(7);
+            assert_eq!(b.as_ptr().add(4095).read(), 7);
+        }
+        // An empty map still has a valid pointer.
+        assert!(SharedMap::create(c"procpy-test", 0, "test's").unwrap().is_empty());
     }
 
     #[test]

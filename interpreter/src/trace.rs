@@ -70,10 +70,11 @@ pub fn clock() -> Option<f64> {
 }
 
 /// CLOCK_MONOTONIC in microseconds: comparable across processes on Linux.
+/// Async-signal-safe (no allocation): the fork handler calls it.
 pub fn now() -> f64 {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t.tv_sec as f64 * 1e6 + t.tv_nsec as f64 / 1e3
+    use nix::time::{clock_gettime, ClockId};
+    let t = clock_gettime(ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    t.tv_sec() as f64 * 1e6 + t.tv_nsec() as f64 / 1e3
 }
 
 /// When this process came to exist (µs).
@@ -122,11 +123,13 @@ pub fn init_from_env(role: Role) {
     else {
         return;
     };
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC) };
-    if fd < 0 {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CLOEXEC;
+    let Ok(fd) = nix::fcntl::open(c.as_c_str(), flags, nix::sys::stat::Mode::empty()) else {
         return;
-    }
-    FD.store(fd, Relaxed);
+    };
+    // Kept open for the process's life (a fork child inherits it with `FD`).
+    FD.store(std::os::fd::IntoRawFd::into_raw_fd(fd), Relaxed);
     let t0 = match (role, exec_t0) {
         (Role::SpawnChild, Some(t)) => t.min(now()),
         _ => now(),
@@ -141,7 +144,7 @@ pub fn init_from_env(role: Role) {
         Relaxed,
     );
     // A forked child came to exist at fork return; a fork server's children are forkserver ones.
-    unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+    crate::ipc::at_fork_child(after_fork_child);
     ON.store(true, Relaxed);
     match role {
         Role::Main => process_name("MainProcess"),
@@ -164,11 +167,11 @@ extern "C" fn after_fork_child() {
 // ------------------------------------------------------------------ writing events
 
 fn pid() -> i32 {
-    unsafe { libc::getpid() }
+    nix::unistd::getpid().as_raw()
 }
 
 fn tid() -> i32 {
-    unsafe { libc::gettid() }
+    nix::unistd::gettid().as_raw()
 }
 
 thread_local! {
@@ -183,13 +186,9 @@ fn write_line(line: &str) {
         return;
     }
     let b = line.as_bytes();
-    loop {
-        let r = unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
-        if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        return;
-    }
+    // `FD` stays open for the process's life (see `init_from_env`).
+    let Ok(fd) = crate::ipc::borrow_fd(fd) else { return };
+    while let Err(nix::errno::Errno::EINTR) = nix::unistd::write(fd, b) {}
 }
 
 /// A JSON string literal.
@@ -371,12 +370,10 @@ pub fn flow_key(channel: u64, data: &[u8]) -> u64 {
 /// share it) or a file (every process's mapping of a queue's counters). 0 otherwise: each end
 /// of a socket has an inode of its own.
 pub fn inode(fd: RawFd) -> u64 {
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
     let shared = |m: libc::mode_t| matches!(m & libc::S_IFMT, libc::S_IFIFO | libc::S_IFREG);
-    if unsafe { libc::fstat(fd, &mut st) } == 0 && shared(st.st_mode) {
-        st.st_ino as u64 ^ ((st.st_dev as u64) << 48)
-    } else {
-        0
+    match crate::ipc::borrow_fd(fd).and_then(|f| Ok(nix::sys::stat::fstat(f)?)) {
+        Ok(st) if shared(st.st_mode) => st.st_ino ^ (st.st_dev << 48),
+        _ => 0,
     }
 }
 

@@ -98,8 +98,7 @@ pub fn reset() {
         // Our own unreaped child, so the pid cannot have been reused. `EPIPE` means its read
         // end is closed, which it does only as it exits: this wait is short. ECHILD (someone
         // else reaped it) is fine.
-        // SAFETY: plain syscall; a null status pointer is allowed.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
     }
 }
 
@@ -107,7 +106,10 @@ pub fn reset() {
 pub fn adopt(fd: RawFd) {
     if fd >= 0 {
         // Only our own children may inherit it, and they get it explicitly.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        if let Ok(fd) = crate::ipc::borrow_fd(fd) {
+            let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+            let _ = nix::fcntl::fcntl(fd, cloexec);
+        }
         FD.store(fd, Ordering::Release);
     }
 }
@@ -162,15 +164,11 @@ const RTYPES: [&str; 3] = ["noop", "semaphore", "shared_memory"];
 
 fn cleanup(rtype: &str, name: &str) -> io::Result<()> {
     let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let r = match rtype {
-        "shared_memory" => unsafe { libc::shm_unlink(c.as_ptr()) },
-        "semaphore" => unsafe { libc::sem_unlink(c.as_ptr()) },
-        _ => 0,
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
+    match rtype {
+        "shared_memory" => Ok(nix::sys::mman::shm_unlink(c.as_c_str())?),
+        "semaphore" => crate::ipc::sem_unlink(&c),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The tracker process's main loop (`procpy --multiprocessing-resource-tracker`): returns the
@@ -179,13 +177,13 @@ pub fn main() -> i32 {
     // The tracker must outlive the others to clean up after them: it ignores Ctrl-C and a
     // plain kill (as CPython's does), a hang-up, and SIGTTOU (writing the warning to the
     // terminal from its background process group must not stop it).
-    unsafe {
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGTTOU] {
-            libc::signal(sig, libc::SIG_IGN);
-        }
-        // Do not pin the program's working directory (a mount point, say) while waiting.
-        libc::chdir(c"/".as_ptr());
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGTTOU] {
+        // SAFETY: SIG_IGN installs no handler, so no code of ours can run in signal context.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
     }
+    // Do not pin the program's working directory (a mount point, say) while waiting.
+    let _ = nix::unistd::chdir(c"/");
     let stdin = io::stdin();
     // BTreeMap/BTreeSet: a deterministic clean-up order and set semantics (registering a name
     // twice — creator and attacher — then unregistering it once forgets it, as in CPython).
@@ -230,7 +228,8 @@ pub fn main() -> i32 {
     }
     drop(lock);
     // Nobody else reads this pipe: close it so no descriptor of the tree outlives the tree.
-    unsafe { libc::close(io::stdin().as_raw_fd()) };
+    // (Stdin's lock is gone and nothing reads it again.)
+    let _ = nix::unistd::close(io::stdin().as_raw_fd());
     for (rtype, names) in &cache {
         if names.is_empty() {
             continue;

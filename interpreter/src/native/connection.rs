@@ -153,7 +153,10 @@ impl Connection {
     fn do_close(&self) {
         let fd = self.fd.swap(-1, Ordering::AcqRel);
         if fd >= 0 {
-            unsafe { libc::close(fd) };
+            // The connection owns `fd` (taken from an OwnedFd, or adopted, in `new`); swapping
+            // in -1 first makes this the one close of it. A plain close, not an OwnedFd's drop:
+            // a number Python code closed behind our back is EBADF here, not an abort.
+            let _ = nix::unistd::close(fd);
         }
     }
 }
@@ -195,6 +198,9 @@ impl Constructor for Connection {
                 vm.new_value_error("at least one of `readable` and `writable` must be True")
             );
         }
+        // SAFETY: `Connection(handle)` adopts the descriptor, as CPython's does: the caller
+        // hands it over and no longer closes it. The number is in range (never -1); one that
+        // is not open only makes the connection's calls fail with EBADF.
         let fd = unsafe { OwnedFd::from_raw_fd(handle as RawFd) };
         Ok(Connection::new(fd, args.readable, args.writable))
     }

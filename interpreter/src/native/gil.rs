@@ -52,9 +52,9 @@ fn my_key() -> u32 {
 
 /// CLOCK_MONOTONIC in µs: the same clock in every process, so timelines line up.
 pub(crate) fn now_us() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    use nix::time::{clock_gettime, ClockId};
+    let ts = clock_gettime(ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1_000
 }
 
 fn pack(key: u32, now: u64) -> u64 {
@@ -79,28 +79,14 @@ fn record(key: u32, start: u64, end: u64) {
 
 fn wake_all() {
     SEQ.fetch_add(1, Ordering::Release);
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            SEQ.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
-        )
-    };
+    crate::ipc::futex_wake(&SEQ, i32::MAX, true);
 }
 
 fn sleep_on_seq(seq: u32, us: u32) {
-    let ts =
-        libc::timespec { tv_sec: (us / 1_000_000) as _, tv_nsec: ((us % 1_000_000) * 1000) as _ };
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            SEQ.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            seq,
-            &ts as *const libc::timespec,
-        )
-    };
+    // Any return (woken, timed out, value changed, interrupted) sends the caller back to its
+    // loop, which re-checks.
+    let _ =
+        crate::ipc::futex_wait(&SEQ, seq, Some(std::time::Duration::from_micros(us.into())), true);
 }
 
 /// Take the lock: when it is free, or when its holder has been silent for a whole interval.

@@ -3,11 +3,13 @@
 //! early `SharedMemory.close()` drops its own reference.
 
 use super::SharedBuffer;
+use nix::fcntl::OFlag;
+use nix::sys::mman;
+use nix::sys::stat::Mode;
 use rustpython_vm::builtins::PyBaseExceptionRef;
 use rustpython_vm::{AsObject, PyResult, VirtualMachine};
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// `OSError(errno, strerror, filename)`: Python picks the subclass (FileNotFoundError, ...).
 pub(crate) fn os_error_with_filename(
@@ -42,21 +44,15 @@ pub(crate) fn open(
     size: usize,
 ) -> PyResult<(SharedBuffer, usize)> {
     let c = c_name(vm, name)?;
-    let flags = libc::O_RDWR | if create { libc::O_CREAT | libc::O_EXCL } else { 0 };
-    let fd = unsafe { libc::shm_open(c.as_ptr(), flags, 0o600) };
-    if fd < 0 {
-        return Err(os_error_with_filename(vm, io::Error::last_os_error(), name));
-    }
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let flags =
+        OFlag::O_RDWR | if create { OFlag::O_CREAT | OFlag::O_EXCL } else { OFlag::empty() };
+    let fd = mman::shm_open(c.as_c_str(), flags, Mode::from_bits_truncate(0o600))
+        .map_err(|e| os_error_with_filename(vm, e.into(), name))?;
     let sized = || -> io::Result<usize> {
-        if create && unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) } != 0 {
-            return Err(io::Error::last_os_error());
+        if create {
+            nix::unistd::ftruncate(&fd, size as libc::off_t)?;
         }
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(st.st_size as usize)
+        Ok(nix::sys::stat::fstat(&fd)?.st_size as usize)
     };
     let mapped = match sized() {
         Ok(0) => return Err(vm.new_value_error("cannot mmap an empty file".to_owned())),
@@ -66,7 +62,7 @@ pub(crate) fn open(
     mapped.map_err(|e| {
         // A segment we created but could not size or map must not stay behind.
         if create {
-            unsafe { libc::shm_unlink(c.as_ptr()) };
+            let _ = mman::shm_unlink(c.as_c_str());
         }
         super::os_err(vm, e)
     })
@@ -75,8 +71,5 @@ pub(crate) fn open(
 /// Remove the name `name` (with its leading slash); mappings stay valid.
 pub(crate) fn unlink(vm: &VirtualMachine, name: &str) -> PyResult<()> {
     let c = c_name(vm, name)?;
-    if unsafe { libc::shm_unlink(c.as_ptr()) } != 0 {
-        return Err(os_error_with_filename(vm, io::Error::last_os_error(), name));
-    }
-    Ok(())
+    mman::shm_unlink(c.as_c_str()).map_err(|e| os_error_with_filename(vm, e.into(), name))
 }

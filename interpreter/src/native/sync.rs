@@ -45,8 +45,8 @@ fn process_is_dead(pid: u32) -> bool {
     if pid == 0 {
         return false;
     }
-    if unsafe { libc::kill(pid as i32, 0) } != 0 {
-        return io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None) {
+        return e == nix::errno::Errno::ESRCH;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state letter follows the parenthesised command name.

@@ -149,7 +149,7 @@ mod _procpy_trace {
             Some(&args),
             false,
             "start",
-            start_key(unsafe { libc::getpid() }),
+            start_key(nix::unistd::getpid().as_raw()),
         );
     }
 
