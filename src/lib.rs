@@ -16,11 +16,14 @@
 pub mod cli;
 pub mod embed;
 
-pub use embed::engine::{Builder, Engine, Imap, Script, ScriptOutput, StartMethod, Task};
+pub use embed::builder::{Builder, StartMethod};
 pub use embed::error::{Error, ExitStatus, Limit, Result};
 pub use embed::init;
+pub use embed::pool::Engine;
+pub use embed::process::Output;
+pub use embed::script::{Script, ScriptOutput};
+pub use embed::task::{Imap, Task};
 pub use embed::value::{from_value, to_value, Bytes, ValueError};
-pub use embed::worker::Output;
 pub use procpy_interpreter::wire;
 
 use procpy_interpreter::trace;

@@ -1,10 +1,13 @@
 //! Embedding: Python functions and scripts in worker processes, called from Rust.
 //! See the crate documentation for the tutorial.
 
-pub mod engine;
+pub mod builder;
 pub mod error;
+pub mod pool;
+pub mod process;
+pub mod script;
+pub mod task;
 pub mod value;
-pub mod worker;
 
 /// Enter worker mode if this process was started as a procpy worker; otherwise return at once.
 /// Call it first thing in `main()` of every program that is (or may be) a worker program.
