@@ -26,6 +26,7 @@ pub use embed::task::{Imap, Task};
 pub use embed::value::{from_value, to_value, Bytes, ValueError};
 pub use procpy_interpreter::wire;
 
+use procpy_interpreter::switches::{self, Switches};
 use procpy_interpreter::trace;
 pub use procpy_interpreter::RunMode;
 
@@ -42,19 +43,17 @@ pub fn run(mode: RunMode, argv: Vec<String>) -> u32 {
     procpy_interpreter::run(mode, argv)
 }
 
-/// Run `mode` with procpy's switches. They reach every child process through the environment
-/// (children of every start method inherit it): `PROCPY_EMULATE_GIL`, `PROCPY_PROGRESS`,
-/// `PROCPY_TRACE`.
+/// Run `mode` with procpy's switches; returns the exit status. The switches reach every child
+/// process through `procpy_interpreter::switches` (stored here, inherited by forked children,
+/// put in the environment of exec'd ones): this process's own environment is never changed.
 pub fn run_with(mode: RunMode, argv: Vec<String>, features: &cli::Features) -> u32 {
-    // Set before the interpreter (and any thread) exists, so setting the environment is sound.
-    if features.emulate_gil {
-        std::env::set_var("PROCPY_EMULATE_GIL", "1");
-    }
-    if features.progress {
-        std::env::set_var("PROCPY_PROGRESS", "1");
-    }
-    // --trace: every procpy process appends to a spool named in PROCPY_TRACE; this run, the
-    // top level, turns it into the trace file at the end (interpreter/src/trace.rs).
+    // What the environment says (an exec'd child's switches, or a user's variables), and the
+    // command line's switches on top.
+    let mut switches = Switches::from_env();
+    switches.emulate_gil |= features.emulate_gil;
+    switches.progress |= features.progress;
+    // --trace: every procpy process appends to a spool; this run, the top level, turns it into
+    // the trace file at the end (interpreter/src/trace.rs).
     let spool = match features.trace.as_deref().map(|out| (out, trace::create_spool(out.as_ref())))
     {
         None => None,
@@ -64,6 +63,11 @@ pub fn run_with(mode: RunMode, argv: Vec<String>, features: &cli::Features) -> u
             return 2;
         }
     };
+    if let Some((_, spool, _)) = &spool {
+        switches.trace_spool = Some(spool.clone());
+    }
+    // Nothing read them yet: the interpreter does not exist.
+    let _ = switches::set(switches);
     trace::init_from_env(match mode {
         RunMode::SpawnChild => trace::Role::SpawnChild,
         RunMode::ForkServer => trace::Role::ForkServer,
