@@ -12,16 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-/// How worker processes are started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum StartMethod {
-    /// Execute the worker program afresh (procspawn-style re-entry through [`crate::init`]).
-    /// The only method: forking a multi-threaded host is not safe.
-    #[default]
-    Spawn,
-}
-
 /// Configures and builds an [`Engine`].
 ///
 /// ```
@@ -39,7 +29,6 @@ pub enum StartMethod {
 pub struct Builder {
     program: Option<PathBuf>,
     workers: usize,
-    start_method: StartMethod,
     sys_path: Vec<String>,
     sources: Vec<(String, String, String)>,
     source_files: Vec<(String, PathBuf)>,
@@ -51,6 +40,29 @@ pub struct Builder {
     memory_limit: Option<u64>,
     cpu_limit: Option<u64>,
     chunksize: Option<usize>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut host_fns: Vec<&str> = self.host_fns.keys().map(String::as_str).collect();
+        host_fns.sort_unstable();
+        let sources: Vec<&str> = self.sources.iter().map(|(name, ..)| name.as_str()).collect();
+        f.debug_struct("Builder")
+            .field("program", &self.program)
+            .field("workers", &self.workers)
+            .field("sys_path", &self.sys_path)
+            .field("sources", &sources)
+            .field("source_files", &self.source_files)
+            .field("env", &self.env)
+            .field("stdout", &self.stdout)
+            .field("stderr", &self.stderr)
+            .field("host_fns", &host_fns)
+            .field("timeout", &self.timeout)
+            .field("memory_limit", &self.memory_limit)
+            .field("cpu_limit", &self.cpu_limit)
+            .field("chunksize", &self.chunksize)
+            .finish()
+    }
 }
 
 impl Default for Builder {
@@ -71,7 +83,6 @@ impl Builder {
         Builder {
             program: None,
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            start_method: StartMethod::Spawn,
             sys_path: Vec::new(),
             sources: Vec::new(),
             source_files: Vec::new(),
@@ -108,18 +119,6 @@ impl Builder {
     /// ```
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n.max(1);
-        self
-    }
-
-    /// The start method (only [`StartMethod::Spawn`] exists).
-    ///
-    /// ```
-    /// # procpy::init();
-    /// let b = procpy::Builder::new().start_method(procpy::StartMethod::Spawn);
-    /// # drop(b);
-    /// ```
-    pub fn start_method(mut self, m: StartMethod) -> Self {
-        self.start_method = m;
         self
     }
 
@@ -285,14 +284,13 @@ impl Builder {
     /// assert_eq!(engine.workers(), 2);
     /// ```
     pub fn build(self) -> Result<Engine> {
-        if std::env::var_os(procpy_interpreter::embed::WORKER_FD_ENV).is_some() {
+        if process::worker_fd_arg().is_some() {
             // We are a worker whose main() did not call init(): building an engine here would
             // start workers that start workers, without end.
             return Err(Error::Spawn(std::io::Error::other(
                 "this process was started as a procpy worker but procpy::init() was not called first thing in main()",
             )));
         }
-        let _ = self.start_method;
         let program = match self.program {
             Some(p) => p,
             None => std::env::current_exe().map_err(Error::Spawn)?,

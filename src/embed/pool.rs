@@ -226,6 +226,24 @@ pub struct Engine {
     pub(super) dispatch: Mutex<Option<Dispatch>>,
 }
 
+// The engine is shared across threads (see its documentation): keep it so.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Engine>();
+};
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("program", &self.inner.spawner.program)
+            .field("workers", &self.inner.size)
+            .field("worker_pids", &self.worker_pids())
+            .field("timeout", &self.inner.timeout)
+            .field("closed", &self.inner.closed.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Engine {
     /// A [`Builder`].
     ///

@@ -6,14 +6,28 @@ use super::value::{from_value, from_value_within, to_value};
 use procpy_interpreter::embed::{self, Frame, PyError, Setup};
 use procpy_interpreter::wire::{self, Value};
 use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The first argument of a worker program started as a worker, followed by the number of its
+/// end of the socket to the host. An argument rather than an environment variable: the worker
+/// reads it without changing its environment, and its own children do not inherit it.
+pub(crate) const WORKER_FD_ARG: &str = "--procpy-embed-fd=";
+
+/// What follows [`WORKER_FD_ARG`] when it is this process's first argument.
+pub(crate) fn worker_fd_arg() -> Option<OsString> {
+    let arg = std::env::args_os().nth(1)?;
+    let fd = arg.as_bytes().strip_prefix(WORKER_FD_ARG.as_bytes())?;
+    Some(OsStr::from_bytes(fd).to_owned())
+}
 
 /// A host function, type-erased: argument tuple in, result or error message out.
 pub(crate) type HostFn = Arc<dyn Fn(&Value) -> std::result::Result<Value, String> + Send + Sync>;
@@ -152,7 +166,7 @@ impl Spawner {
             procpy_interpreter::ipc::socketpair(libc::SOCK_STREAM).map_err(Error::Spawn)?;
         let fd = child_end.as_raw_fd();
         let mut cmd = Command::new(&self.program);
-        cmd.env(embed::WORKER_FD_ENV, fd.to_string())
+        cmd.arg(format!("{WORKER_FD_ARG}{fd}"))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(self.stdout.stdio(script))

@@ -61,9 +61,22 @@ impl Slot {
 /// };
 /// assert_eq!(s, "12");
 /// ```
+#[must_use = "a task does nothing useful unless its result is waited for or awaited"]
 pub struct Task<R> {
     pub(super) slot: Arc<Slot>,
     pub(super) _r: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for Task<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("result", &std::any::type_name::<R>())
+            .field(
+                "finished",
+                &self.slot.state.lock().unwrap_or_else(|e| e.into_inner()).0.is_some(),
+            )
+            .finish()
+    }
 }
 
 impl<R: DeserializeOwned> Task<R> {
@@ -119,13 +132,24 @@ impl<R: DeserializeOwned> Future for Task<R> {
     }
 }
 
-/// The iterator of [`Engine::imap`].
+/// The iterator of [`crate::Engine::imap`].
 pub struct Imap<R> {
     /// (slot of the chunk, index of its first item, its length)
     pub(super) chunks: VecDeque<(Arc<Slot>, usize, usize)>,
     pub(super) current: VecDeque<Value>,
     pub(super) index: usize,
     pub(super) _r: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for Imap<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap")
+            .field("item", &std::any::type_name::<R>())
+            .field("next_index", &self.index)
+            .field("buffered", &self.current.len())
+            .field("chunks_left", &self.chunks.len())
+            .finish()
+    }
 }
 
 impl<R: DeserializeOwned> Iterator for Imap<R> {

@@ -1,5 +1,5 @@
 //! Rust values <-> Python values: a serde `Serializer` that produces the codec's
-//! [`wire::Value`] and a `Deserializer` that reads one, naming the path of any mismatch.
+//! [`Value`] and a `Deserializer` that reads one, naming the path of any mismatch.
 //!
 //! | Rust | Python |
 //! |---|---|
@@ -124,7 +124,7 @@ impl serde_de::Error for ValueError {
 ///
 /// ```
 /// # procpy::init();
-/// use procpy::wire::Value;
+/// use procpy::Value;
 /// assert_eq!(procpy::to_value(&(1, "a")).unwrap(), Value::Tuple(vec![Value::Int(1), Value::Str(b"a".to_vec())]));
 /// ```
 pub fn to_value<T: Serialize + ?Sized>(v: &T) -> Result<Value, ValueError> {
@@ -135,7 +135,7 @@ pub fn to_value<T: Serialize + ?Sized>(v: &T) -> Result<Value, ValueError> {
 ///
 /// ```
 /// # procpy::init();
-/// use procpy::wire::Value;
+/// use procpy::Value;
 /// let v = Value::List(vec![Value::Int(1), Value::Str(b"x".to_vec())]);
 /// let e = procpy::from_value::<Vec<i64>>(&v).unwrap_err();
 /// assert_eq!(e.to_string(), "[1]: expected i64, found str 'x'");
