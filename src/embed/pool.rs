@@ -5,6 +5,8 @@ use super::error::{Error, ExitStatus, Limit, Result};
 use super::process::{CallFailure, HostFn, Spawner, Worker};
 use super::task::{Imap, Slot, Task};
 use super::value::{from_value, to_value};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use procpy_interpreter::embed::PyError;
 use procpy_interpreter::wire::{self, Value};
 use serde::de::DeserializeOwned;
@@ -519,9 +521,9 @@ impl Drop for Engine {
         // Busy workers die too, so pool threads blocked in a call return at once.
         let pids = self.inner.spawner.pids.lock().unwrap_or_else(|e| e.into_inner());
         for &pid in pids.iter() {
-            // SAFETY: a plain syscall. The pid is our child, not yet reaped (`Worker::reap`
-            // unregisters it under this lock before it waits), so it cannot have been reused.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            // The pid is our child, not yet reaped (`Worker::reap` unregisters it under this
+            // lock before it waits), so it cannot have been reused.
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         drop(pids);
         if let Some(d) = self.dispatch.lock().unwrap_or_else(|e| e.into_inner()).take() {

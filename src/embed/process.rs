@@ -3,6 +3,8 @@
 
 use super::error::{Error, ExitStatus, Limit, Result};
 use super::value::{from_value, from_value_within, to_value};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::socket::MsgFlags;
 use procpy_interpreter::embed::{self, Frame, PyError, Setup};
 use procpy_interpreter::wire::{self, Value};
 use std::collections::{HashMap, HashSet};
@@ -74,15 +76,7 @@ struct NoSigPipe<'a>(&'a UnixStream);
 
 impl io::Write for NoSigPipe<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for `buf.len()` bytes; the descriptor is the stream's own.
-        let n = unsafe {
-            libc::send(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        Ok(nix::sys::socket::send(self.0.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL)?)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -172,20 +166,21 @@ impl Spawner {
             .stdout(self.stdout.stdio(script))
             .stderr(self.stderr.stdio(script));
         // Only this child inherits its end: the socket is close-on-exec everywhere else (other
-        // threads of the host may be spawning at the same time).
-        // SAFETY: the hook only calls fcntl (async-signal-safe) on a descriptor it owns a copy of.
+        // threads of the host may be spawning at the same time). The hook owns our copy of the
+        // child's end, so the descriptor it names stays open until `cmd` drops.
+        // SAFETY: between fork and exec the hook only calls fcntl, which is async-signal-safe
+        // (nix's wrapper adds an errno read, no allocation or lock), on a descriptor it owns.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                fcntl(&child_end, FcntlArg::F_SETFD(FdFlag::empty()))?;
                 Ok(())
             });
         }
         let child = cmd.spawn().map_err(|e| {
             Error::Spawn(io::Error::new(e.kind(), format!("{}: {e}", self.program.display())))
         })?;
-        drop(child_end);
+        // Closes our copy of the child's end (the hook owned it).
+        drop(cmd);
         let pid = child.id();
         self.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
         let mut w = Worker {
