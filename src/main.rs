@@ -1,7 +1,14 @@
 //! The `procpy` command: a drop-in for `python3 script.py` whose `multiprocessing` is native.
+//!
+//! The command line is parsed here ([`cli`]); the interpreter, the native `multiprocessing` and
+//! the `--trace` recorder live in `procpy-interpreter`. The `procpy` library is the embedding
+//! API only.
 
-use procpy::cli::{self, Invocation};
-use procpy::RunMode;
+mod cli;
+
+use cli::{Features, Invocation};
+use procpy_interpreter::switches::{self, Switches};
+use procpy_interpreter::{trace, RunMode};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -33,8 +40,48 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
-            let status = procpy::run_with(mode, argv, &parsed.features);
+            let status = run(mode, argv, &parsed.features);
             ExitCode::from(status.min(255) as u8)
         }
     }
+}
+
+/// Run `mode` with procpy's switches; returns the exit status. The switches reach every child
+/// process through `procpy_interpreter::switches` (stored here, inherited by forked children,
+/// put in the environment of exec'd ones): this process's own environment is never changed.
+fn run(mode: RunMode, argv: Vec<String>, features: &Features) -> u32 {
+    // What the environment says (an exec'd child's switches, or a user's variables), and the
+    // command line's switches on top.
+    let mut switches = Switches::from_env();
+    switches.emulate_gil |= features.emulate_gil;
+    switches.progress |= features.progress;
+    // --trace: every procpy process appends to a spool; this run, the top level, turns it into
+    // the trace file at the end (interpreter/src/trace.rs).
+    let spool = match features.trace.as_deref().map(|out| (out, trace::create_spool(out.as_ref())))
+    {
+        None => None,
+        Some((out, Ok((spool, path)))) => Some((out, spool, path)),
+        Some((out, Err(e))) => {
+            eprintln!("procpy: cannot write the trace file '{out}': {e}");
+            return 2;
+        }
+    };
+    if let Some((_, spool, _)) = &spool {
+        switches.trace_spool = Some(spool.clone());
+    }
+    // Nothing read them yet: the interpreter does not exist.
+    let _ = switches::set(switches);
+    trace::init_from_env(match mode {
+        RunMode::SpawnChild => trace::Role::SpawnChild,
+        RunMode::ForkServer => trace::Role::ForkServer,
+        _ => trace::Role::Main,
+    });
+    let status = procpy_interpreter::run(mode, argv);
+    trace::exit(status as i64, None);
+    if let Some((out, spool, path)) = spool {
+        if let Err(e) = trace::finish(&spool, &path) {
+            eprintln!("procpy: cannot write the trace file '{out}': {e}");
+        }
+    }
+    status
 }

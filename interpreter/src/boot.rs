@@ -118,8 +118,8 @@ fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
     if !matches!(mode, RunMode::SpawnChild | RunMode::ForkServer) {
         rustpython_vm::gc_state::gc_state().enable();
     }
-    // `procpy --emulate-gil`: every process of the run (children inherit the environment).
-    if std::env::var_os("PROCPY_EMULATE_GIL").is_some_and(|v| v == "1") {
+    // `procpy --emulate-gil`: every process of the run (see `crate::switches`).
+    if crate::switches::get().emulate_gil {
         call_glue(vm, "procpy_gil", "enable")?;
     }
     // `site` only for user code: children and the fork server get their sys.path from the parent.

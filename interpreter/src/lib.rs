@@ -6,6 +6,7 @@
 //! - [`forkserver`] is the fork server's VM-free door: its socket, handshake and request framing;
 //! - [`tracker`] is the resource tracker process (VM-free) and its client side;
 //! - [`trace`] records `procpy --trace` events (VM-free);
+//! - [`switches`] hands `--emulate-gil`, `--progress` and `--trace` to every process (VM-free);
 //! - [`embed`] is the host<->worker protocol of embedding, [`worker`] its worker side;
 //! - `native` is the `_procpy` module that `multiprocessing` is built on.
 #![deny(missing_docs)]
@@ -16,6 +17,7 @@ pub mod embed;
 pub mod forkserver;
 pub mod ipc;
 mod native;
+pub mod switches;
 pub mod trace;
 pub mod tracker;
 pub mod wire;

@@ -1,8 +1,8 @@
 //! `procpy --trace FILE`: a Chrome trace-event timeline of every process. No VM in here.
 //!
-//! The top-level procpy creates a spool file next to the output and names it in `PROCPY_TRACE`;
-//! every procpy process (children of each start method and the fork server inherit the
-//! environment) appends its events to it, one `write` per line with `O_APPEND`, so lines from
+//! The top-level procpy creates a spool file next to the output and stores its path in
+//! [`crate::switches`], which hands it to every procpy process (forked children inherit it,
+//! exec'd ones get it in `PROCPY_TRACE`); each appends its events to it, one `write` per line with `O_APPEND`, so lines from
 //! different processes never interleave and a process killed by SIGKILL simply stops adding
 //! lines. When the top-level run returns, [`finish`] turns the spool into the JSON file.
 //!
@@ -25,7 +25,7 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering::Relaxed};
 
-/// The environment variable naming the spool (internal: set by the top-level procpy).
+/// The environment variable naming the spool for an exec'd procpy (internal: see [`crate::switches`]).
 pub const ENV: &str = "PROCPY_TRACE";
 /// When a spawned child was exec'd (µs, set by its parent when tracing): its boot starts there.
 pub const EXEC_T0_ENV: &str = "PROCPY_TRACE_EXEC_T0";
@@ -94,8 +94,8 @@ pub fn start_method() -> Option<&'static str> {
 
 // ------------------------------------------------------------------ set-up
 
-/// Top level: create (empty) the spool next to `out`, and name it in the environment for this
-/// process and its children. Call before any thread exists. Returns the spool's path and the
+/// Top level: create (empty) the spool next to `out`; the caller stores its path in
+/// [`crate::switches`] for this process and its children. Returns the spool's path and the
 /// output's absolute path (the script may change directory).
 pub fn create_spool(out: &Path) -> io::Result<(PathBuf, PathBuf)> {
     let out = std::path::absolute(out)?;
@@ -105,20 +105,17 @@ pub fn create_spool(out: &Path) -> io::Result<(PathBuf, PathBuf)> {
     // Fail now, with the output's name, rather than after the script ran.
     std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&out)?;
     std::fs::File::create(&spool)?;
-    std::env::set_var(ENV, &spool);
     Ok((spool, out))
 }
 
-/// Every process, before its interpreter exists: start recording if `PROCPY_TRACE` names a
+/// Every process, before its interpreter exists: start recording if [`crate::switches`] name a
 /// spool. Emits the names of the main process or the fork server (children name themselves
 /// in `_bootstrap`, once their multiprocessing name is known).
 pub fn init_from_env(role: Role) {
+    // Left in the environment (removing it would race other threads): only a spawn child reads
+    // it, and its parent sets it afresh on every spawn.
     let exec_t0 = std::env::var(EXEC_T0_ENV).ok().and_then(|t| t.parse::<f64>().ok());
-    if exec_t0.is_some() {
-        // Ours only: neither grandchildren nor the script's subprocesses should see it.
-        std::env::remove_var(EXEC_T0_ENV);
-    }
-    let Some(path) = std::env::var_os(ENV) else { return };
+    let Some(path) = crate::switches::get().trace_spool.as_deref() else { return };
     let Ok(c) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
     else {
         return;

@@ -52,20 +52,24 @@ impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
             ExitStatus::Code(c) => write!(f, "exit code {c}"),
-            ExitStatus::Signal(s) => {
-                // SAFETY: strsignal returns NULL or a NUL-terminated string that stays valid
-                // until the next call in this thread; it is copied out at once.
-                let name = unsafe {
-                    let p = libc::strsignal(*s);
-                    if p.is_null() {
-                        String::new()
-                    } else {
-                        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-                    }
-                };
-                write!(f, "signal {s} ({name})")
-            }
+            ExitStatus::Signal(s) => write!(f, "signal {s} ({})", signal_description(*s)),
             ExitStatus::Unknown => f.write_str("unknown status"),
+        }
+    }
+}
+
+/// The C library's description of a signal (`Killed`, `Segmentation fault`), as a shell prints
+/// it; nix names signals (`SIGKILL`) but does not describe them.
+fn signal_description(sig: i32) -> String {
+    // SAFETY: strsignal takes any int and returns NULL or a NUL-terminated string that stays
+    // valid until the next strsignal call in this thread (glibc's buffer is thread-local); it is
+    // copied out before this function returns.
+    unsafe {
+        let p = libc::strsignal(sig);
+        if p.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
         }
     }
 }

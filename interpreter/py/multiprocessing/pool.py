@@ -298,7 +298,7 @@ class _Progress(object):
 
     @staticmethod
     def maybe(label, total=None):
-        if os.environ.get('PROCPY_PROGRESS') != '1':
+        if not _procpy.progress_enabled():
             return None
         try:
             import sys

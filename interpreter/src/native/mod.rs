@@ -596,6 +596,12 @@ pub(crate) mod _procpy {
         QueueBase::make_static_type()
     }
 
+    /// Whether `procpy --progress` is on in this process (see `crate::switches`).
+    #[pyfunction]
+    fn progress_enabled() -> bool {
+        crate::switches::get().progress
+    }
+
     /// Whether this process records `procpy --trace` events; the hooks are then in
     /// `_procpy_trace` (imported only when tracing: an import costs even when unused).
     #[pyfunction]
@@ -728,7 +734,8 @@ pub(crate) mod _procpy {
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(&args)
             .env("PROCPY_BOOT_FD", child_fd.to_string())
-            .env(crate::tracker::TRACKER_FD_ENV, tracker_fd.to_string());
+            .env(crate::tracker::TRACKER_FD_ENV, tracker_fd.to_string())
+            .envs(crate::switches::get().child_env());
         if let Some(t) = crate::trace::clock() {
             // procpy --trace: the child's boot span starts at its exec, not at its main().
             cmd.env(crate::trace::EXEC_T0_ENV, format!("{t:.3}"));

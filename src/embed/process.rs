@@ -3,17 +3,33 @@
 
 use super::error::{Error, ExitStatus, Limit, Result};
 use super::value::{from_value, from_value_within, to_value};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::socket::MsgFlags;
 use procpy_interpreter::embed::{self, Frame, PyError, Setup};
 use procpy_interpreter::wire::{self, Value};
 use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The first argument of a worker program started as a worker, followed by the number of its
+/// end of the socket to the host. An argument rather than an environment variable: the worker
+/// reads it without changing its environment, and its own children do not inherit it.
+pub(crate) const WORKER_FD_ARG: &str = "--procpy-embed-fd=";
+
+/// What follows [`WORKER_FD_ARG`] when it is this process's first argument.
+pub(crate) fn worker_fd_arg() -> Option<OsString> {
+    let arg = std::env::args_os().nth(1)?;
+    let fd = arg.as_bytes().strip_prefix(WORKER_FD_ARG.as_bytes())?;
+    Some(OsStr::from_bytes(fd).to_owned())
+}
 
 /// A host function, type-erased: argument tuple in, result or error message out.
 pub(crate) type HostFn = Arc<dyn Fn(&Value) -> std::result::Result<Value, String> + Send + Sync>;
@@ -60,15 +76,7 @@ struct NoSigPipe<'a>(&'a UnixStream);
 
 impl io::Write for NoSigPipe<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for `buf.len()` bytes; the descriptor is the stream's own.
-        let n = unsafe {
-            libc::send(self.0.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        Ok(nix::sys::socket::send(self.0.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL)?)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -152,26 +160,27 @@ impl Spawner {
             procpy_interpreter::ipc::socketpair(libc::SOCK_STREAM).map_err(Error::Spawn)?;
         let fd = child_end.as_raw_fd();
         let mut cmd = Command::new(&self.program);
-        cmd.env(embed::WORKER_FD_ENV, fd.to_string())
+        cmd.arg(format!("{WORKER_FD_ARG}{fd}"))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(self.stdout.stdio(script))
             .stderr(self.stderr.stdio(script));
         // Only this child inherits its end: the socket is close-on-exec everywhere else (other
-        // threads of the host may be spawning at the same time).
-        // SAFETY: the hook only calls fcntl (async-signal-safe) on a descriptor it owns a copy of.
+        // threads of the host may be spawning at the same time). The hook owns our copy of the
+        // child's end, so the descriptor it names stays open until `cmd` drops.
+        // SAFETY: between fork and exec the hook only calls fcntl, which is async-signal-safe
+        // (nix's wrapper adds an errno read, no allocation or lock), on a descriptor it owns.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                fcntl(&child_end, FcntlArg::F_SETFD(FdFlag::empty()))?;
                 Ok(())
             });
         }
         let child = cmd.spawn().map_err(|e| {
             Error::Spawn(io::Error::new(e.kind(), format!("{}: {e}", self.program.display())))
         })?;
-        drop(child_end);
+        // Closes our copy of the child's end (the hook owned it).
+        drop(cmd);
         let pid = child.id();
         self.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
         let mut w = Worker {
