@@ -6,7 +6,7 @@
 //! - [`forkserver`] is the fork server's VM-free door: its socket, handshake and request framing;
 //! - [`tracker`] is the resource tracker process (VM-free) and its client side;
 //! - [`trace`] records `procpy --trace` events (VM-free);
-//! - [`embed`] is the host<->worker protocol of embedding, [`worker`] its worker side;
+//! - [`embed`] is embedding's worker side: the host<->worker protocol and the worker's serve loop;
 //! - `native` is the `_procpy` module that `multiprocessing` is built on.
 #![deny(missing_docs)]
 
@@ -19,7 +19,6 @@ mod native;
 pub mod trace;
 pub mod tracker;
 pub mod wire;
-pub mod worker;
 
 pub use boot::{run, RunMode, FORK_SERVER_FLAG, SPAWN_CHILD_FLAG};
 pub use tracker::TRACKER_FLAG;

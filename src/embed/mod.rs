@@ -20,7 +20,7 @@ pub fn init() {
     // variable is sound here: init() runs first in main(), before any thread exists.
     std::env::remove_var(WORKER_FD_ENV);
     match fd {
-        Some(fd) if fd >= 0 => procpy_interpreter::worker::serve(fd),
+        Some(fd) if fd >= 0 => procpy_interpreter::embed::serve(fd),
         _ => {
             eprintln!("procpy: {WORKER_FD_ENV} is not a descriptor number");
             std::process::exit(2);

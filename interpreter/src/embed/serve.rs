@@ -1,11 +1,11 @@
-//! The worker side of embedding (see [`crate::embed`]): a process started by a host
-//! application serves calls of Python functions over an inherited socket.
+//! The worker's serve loop: a process started by a host application serves calls of Python
+//! functions over an inherited socket, speaking [`super::protocol`].
 //!
 //! The host re-executes a program whose `main` calls `procpy::init()`; that finds
-//! [`crate::embed::WORKER_FD_ENV`] and lands in [`serve`], which never returns.
+//! [`super::WORKER_FD_ENV`] and lands in [`serve`], which never returns.
 
+use super::protocol::{self as embed, Frame, PyError, Setup};
 use crate::boot;
-use crate::embed::{self, Frame, PyError, Setup};
 use rustpython_vm::builtins::{PyBaseExceptionRef, PyBytes, PyStr, PyTuple};
 use rustpython_vm::{AsObject, PyObjectRef, PyResult, VirtualMachine};
 use std::io;
