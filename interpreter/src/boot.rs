@@ -3,6 +3,7 @@
 
 use crate::native;
 use rustpython_vm::compiler::core::frozen::FrozenLib;
+use rustpython_vm::scope::Scope;
 use rustpython_vm::{Interpreter, InterpreterBuilder, PyResult, Settings, VirtualMachine};
 
 /// Our Python sources (`interpreter/py`), compiled at build time.
@@ -122,13 +123,35 @@ fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
     if std::env::var_os("PROCPY_EMULATE_GIL").is_some_and(|v| v == "1") {
         call_glue(vm, "procpy_gil", "enable")?;
     }
-    // `site` only for user code: children and the fork server get their sys.path from the parent.
-    let import_site = || drop(vm.import("site", 0));
     match mode {
         RunMode::SpawnChild => call_glue(vm, "multiprocessing.spawn", "_child_main"),
         RunMode::ForkServer => call_glue(vm, "multiprocessing.forkserver", "_server_main"),
-        RunMode::Script(path) => {
-            import_site();
+        RunMode::Script(path) => run_main(vm, scope, Main::File(path)),
+        RunMode::Command(code) => run_main(vm, scope, Main::Source(code)),
+        RunMode::Module(name) => run_main(vm, scope, Main::Module(name)),
+    }
+}
+
+/// The user's code to run as `__main__`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Main<'a> {
+    /// A script file (`python3 script.py`).
+    File(&'a str),
+    /// Source code (`python3 -c CODE`).
+    Source(&'a str),
+    /// A module run by name (`python3 -m module`).
+    Module(&'a str),
+}
+
+/// Run `main` in `scope` (the `__main__` module's) as `python3` would: `site` imported, then
+/// the script's directory (the current one for `-c` and `-m`) first on `sys.path`, and a
+/// script's `__file__` absolute. The one runner of user code, for the CLI and for scripts a
+/// host runs through the embedding API alike.
+pub fn run_main(vm: &VirtualMachine, scope: Scope, main: Main<'_>) -> PyResult<()> {
+    // `site` only for user code: children and the fork server get their sys.path from the parent.
+    drop(vm.import("site", 0));
+    match main {
+        Main::File(path) => {
             let dir = std::path::Path::new(path).parent().and_then(|p| p.to_str()).unwrap_or("");
             let dir = if dir.is_empty() { "." } else { dir };
             let abs = std::fs::canonicalize(dir)
@@ -138,16 +161,14 @@ fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
             // CPython 3.9+ gives the main script an absolute `__file__` (and tracebacks show it).
             let file = std::path::absolute(path)
                 .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| path.clone());
+                .unwrap_or_else(|_| path.to_owned());
             vm.run_any_file(scope, &file)
         }
-        RunMode::Command(code) => {
-            import_site();
+        Main::Source(code) => {
             vm.insert_sys_path(vm.new_pyobj(""))?;
             vm.run_string(scope, code, "<string>".to_owned()).map(drop)
         }
-        RunMode::Module(name) => {
-            import_site();
+        Main::Module(name) => {
             let cwd = std::env::current_dir()
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();

@@ -228,20 +228,10 @@ fn run_in(vm: &VirtualMachine, chan: &Channel, setup: &Setup) -> PyResult<()> {
     // The host serves host calls for as long as it waits for the script.
     chan.open();
     let scope = vm.new_scope_with_main()?;
+    // As the CLI runs it: the same `site`, `sys.path` and `__file__`.
     match (&script.path, &script.source) {
-        (Some(path), _) => {
-            let dir = std::path::Path::new(path)
-                .parent()
-                .and_then(|p| p.to_str())
-                .filter(|d| !d.is_empty())
-                .unwrap_or(".");
-            let abs = std::fs::canonicalize(dir)
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| dir.to_owned());
-            vm.insert_sys_path(vm.new_pyobj(abs))?;
-            vm.run_any_file(scope, path)
-        }
-        (None, Some(code)) => vm.run_string(scope, code, "<string>".to_owned()).map(drop),
+        (Some(path), _) => boot::run_main(vm, scope, boot::Main::File(path)),
+        (None, Some(code)) => boot::run_main(vm, scope, boot::Main::Source(code)),
         (None, None) => Ok(()),
     }
 }
