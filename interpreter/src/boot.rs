@@ -50,6 +50,8 @@ pub fn builder(argv: Vec<String>) -> InterpreterBuilder {
             .path_list
             .extend(std::env::split_paths(&pp).map(|p| p.to_string_lossy().into_owned()));
     }
+    // The codec carries `_procpy`'s handles (connections, queues, ...) through this table.
+    crate::codec::set_handle_table(&native::HANDLES);
     let builder = InterpreterBuilder::new().settings(settings);
     let defs = rustpython_stdlib::stdlib_module_defs(&builder.ctx);
     let ours = native::module_def(&builder.ctx);

@@ -319,8 +319,12 @@ fn loads_with(vm: &VirtualMachine, data: &[u8], fds: Vec<OwnedFd>) -> PyResult {
     codec::loads(vm, data, &raw)
 }
 
+/// The codec's view of the handle types below (installed by [`crate::boot::builder`]).
+pub(crate) static HANDLES: codec::HandleTable =
+    codec::HandleTable { as_handle, rebuild: rebuild_handle };
+
 /// What `codec` needs to send a native handle to a child: its kind, descriptors and extras.
-pub(crate) fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i64>)> {
+fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i64>)> {
     if let Some(c) = obj.downcast_ref::<Connection>() {
         let fd = c.fd.load(Ordering::Acquire);
         return Some((
@@ -361,12 +365,7 @@ pub(crate) fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i
 /// The message may come from any peer: the descriptors must be of the kind the handle needs
 /// and memory files must hold what the handle maps (else first use would be SIGBUS); anything
 /// else is an UnpicklingError naming the problem.
-pub(crate) fn rebuild_handle(
-    vm: &VirtualMachine,
-    kind: HandleKind,
-    fds: &[RawFd],
-    extra: &[i64],
-) -> PyResult {
+fn rebuild_handle(vm: &VirtualMachine, kind: HandleKind, fds: &[RawFd], extra: &[i64]) -> PyResult {
     let dup = |fd: RawFd| ipc::dup(fd).map_err(|e| os_err(vm, e));
     let malformed = |what: String| {
         codec::unpickling_error(vm, format!("malformed message: bad {kind:?} handle: {what}"))
