@@ -7,6 +7,7 @@
 //! Python half (`py/multiprocessing/`) only shapes them into CPython's API.
 
 use crate::codec;
+use crate::ipc::stream::{self, StreamError, Syscall};
 use crate::ipc::{self, SharedCounters};
 use crate::wire::HandleKind;
 use rustpython_vm::builtins::{PyBaseExceptionRef, PyType, PyTypeRef};
@@ -105,15 +106,39 @@ fn eof_error(vm: &VirtualMachine) -> PyBaseExceptionRef {
     vm.new_exception_empty(vm.ctx.exceptions.eof_error.to_owned())
 }
 
-/// Run a syscall, retrying after EINTR once Python signal handlers have run (they may raise,
-/// e.g. KeyboardInterrupt, which then propagates). The thread is detached from the VM while
-/// it blocks (`allow_threads`): RustPython's `os.fork` stops the world and would otherwise wait
-/// forever for a thread blocked here.
-fn retry<T>(vm: &VirtualMachine, mut f: impl FnMut() -> io::Result<T>) -> PyResult<T> {
-    loop {
-        match vm.allow_threads(&mut f) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
-            r => return r.map_err(|e| os_err(vm, e)),
+/// How the VM runs a blocking syscall for [`ipc::stream`]: retried after EINTR once Python
+/// signal handlers have run (they may raise, e.g. KeyboardInterrupt, which then propagates).
+/// The thread is detached from the VM while it blocks (`allow_threads`): RustPython's
+/// `os.fork` stops the world and would otherwise wait forever for a thread blocked here.
+struct Vm<'a>(&'a VirtualMachine);
+
+impl Syscall for Vm<'_> {
+    type Interrupt = PyBaseExceptionRef;
+    fn run<T>(&self, mut f: impl FnMut() -> io::Result<T>) -> PyResult<io::Result<T>> {
+        loop {
+            match self.0.allow_threads(&mut f) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.0.check_signals()?,
+                r => return Ok(r),
+            }
+        }
+    }
+}
+
+/// Run a syscall as [`Vm`] does; its failure an OSError.
+fn retry<T>(vm: &VirtualMachine, f: impl FnMut() -> io::Result<T>) -> PyResult<T> {
+    Vm(vm).run(f)?.map_err(|e| os_err(vm, e))
+}
+
+/// Why an [`ipc::stream`] helper stopped, as CPython's `multiprocessing` raises it: end of file
+/// before the first byte is EOFError, later it is OSError("got end of file during message").
+fn stream_err(vm: &VirtualMachine, e: StreamError<PyBaseExceptionRef>) -> PyBaseExceptionRef {
+    match e {
+        StreamError::Interrupted(e) => e,
+        StreamError::Io(e) => os_err(vm, e),
+        StreamError::Eof { got: 0 } => eof_error(vm),
+        StreamError::Eof { .. } => vm.new_os_error("got end of file during message".to_owned()),
+        StreamError::NoMemory { len } => {
+            vm.new_memory_error(format!("cannot allocate memory for a message of {len} bytes"))
         }
     }
 }
@@ -155,42 +180,9 @@ fn sem_deadline(vm: &VirtualMachine, timeout: Option<f64>) -> PyResult<Option<In
     Ok(d.and_then(|d| Instant::now().checked_add(d)))
 }
 
-/// How long a reader polls before it sleeps: `PROCPY_SPIN_US` microseconds, default 0 (off).
-/// Waking a sleeping process costs tens of microseconds on these virtual machines, and a peer
-/// that answers at once (a ping-pong) usually does within ~100 µs; but on a loaded machine the
-/// poller takes the core its peer needs, and round trips got up to 10x slower in the runs
-/// recorded in docs/performance.md, so it stays an opt-in.
-fn spin_window() -> Duration {
-    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *SPIN.get_or_init(|| {
-        let us = std::env::var("PROCPY_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0u64);
-        Duration::from_micros(us)
-    })
-}
-
-/// Poll `fd` without sleeping for up to [`spin_window`] (never past `until`); `true` once readable.
-fn spin_readable(fd: RawFd, until: Option<Instant>) -> bool {
-    let spin = spin_window();
-    if spin.is_zero() {
-        return false;
-    }
-    let start = Instant::now();
-    let stop = until.map_or(start + spin, |u| u.min(start + spin));
-    loop {
-        if matches!(ipc::poll(&[(fd, libc::POLLIN)], Some(Duration::ZERO)), Ok(r) if r[0] != 0) {
-            return true;
-        }
-        if Instant::now() >= stop {
-            return false;
-        }
-        // Yield rather than burn: on a busy machine the peer may need this very core to answer.
-        unsafe { libc::sched_yield() };
-    }
-}
-
-/// Like [`wait_readable`], but polls briefly before it sleeps ([`spin_window`]).
+/// Like [`wait_readable`], but polls briefly before it sleeps ([`stream::spin_window`]).
 fn wait_readable_spin(vm: &VirtualMachine, fd: RawFd, until: Option<Instant>) -> PyResult<bool> {
-    if vm.allow_threads(|| spin_readable(fd, until)) {
+    if vm.allow_threads(|| stream::spin_readable(fd, until)) {
         return Ok(true);
     }
     wait_readable(vm, fd, until)
@@ -198,21 +190,11 @@ fn wait_readable_spin(vm: &VirtualMachine, fd: RawFd, until: Option<Instant>) ->
 
 /// Wait until `fd` is readable (or hung up). `false` on timeout.
 fn wait_readable(vm: &VirtualMachine, fd: RawFd, until: Option<Instant>) -> PyResult<bool> {
-    loop {
-        match vm.allow_threads(|| ipc::poll(&[(fd, libc::POLLIN)], ipc::remaining(until))) {
-            Ok(r) => return Ok(r[0] != 0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
-            Err(e) => return Err(os_err(vm, e)),
-        }
-    }
+    stream::wait_readable(&Vm(vm), fd, until).map_err(|e| stream_err(vm, e))
 }
 
-fn write_all(vm: &VirtualMachine, fd: RawFd, mut buf: &[u8]) -> PyResult<()> {
-    while !buf.is_empty() {
-        let n = retry(vm, || ipc::write(fd, buf))?;
-        buf = &buf[n..];
-    }
-    Ok(())
+fn write_all(vm: &VirtualMachine, fd: RawFd, buf: &[u8]) -> PyResult<()> {
+    stream::write_all(&Vm(vm), fd, buf).map_err(|e| stream_err(vm, e))
 }
 
 /// Fill `buf` completely. `Ok(false)` if end of file came before the first byte.
@@ -225,20 +207,9 @@ fn read_exact(vm: &VirtualMachine, fd: RawFd, buf: &mut [u8]) -> PyResult<bool> 
 fn fill(
     vm: &VirtualMachine,
     buf: &mut [u8],
-    mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+    read: impl FnMut(&mut [u8]) -> io::Result<usize>,
 ) -> PyResult<bool> {
-    let mut got = 0;
-    while got < buf.len() {
-        let n = retry(vm, || read(&mut buf[got..]))?;
-        if n == 0 {
-            if got == 0 {
-                return Ok(false);
-            }
-            return Err(vm.new_os_error("got end of file during message".to_owned()));
-        }
-        got += n;
-    }
-    Ok(true)
+    stream::fill(&Vm(vm), buf, read).map_err(|e| stream_err(vm, e))
 }
 
 /// Send `payload` on a stream socket with `fds` attached to its 8-byte length header.
@@ -248,29 +219,15 @@ fn send_with_fds_stream(
     payload: &[u8],
     fds: &[RawFd],
 ) -> PyResult<()> {
-    let header = (payload.len() as u64).to_be_bytes();
-    let n = retry(vm, || ipc::send_with_fds(sock, &header, fds, 0))?;
-    write_all(vm, sock, &header[n..])?;
-    write_all(vm, sock, payload)
+    stream::send_framed(&Vm(vm), sock, payload, fds).map_err(|e| stream_err(vm, e))
 }
 
 /// Receive what [`send_with_fds_stream`] sent. `None` on end of file before the header.
-/// The length comes from the peer: the body is read by [`read_frame_body`].
 fn recv_with_fds_stream(
     vm: &VirtualMachine,
     sock: RawFd,
 ) -> PyResult<Option<(Vec<u8>, Vec<OwnedFd>)>> {
-    let mut header = [0u8; 8];
-    let (n, fds, _) = retry(vm, || ipc::recv_with_fds(sock, &mut header, 253, 0))?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if n < 8 && !read_exact(vm, sock, &mut header[n..])? {
-        return Err(vm.new_os_error("got end of file during message".to_owned()));
-    }
-    let len = usize::try_from(u64::from_be_bytes(header)).unwrap_or(usize::MAX);
-    let payload = read_frame_body(vm, len, |b| retry(vm, || ipc::read(sock, b)))?;
-    Ok(Some((payload, fds)))
+    stream::recv_framed(&Vm(vm), sock).map_err(|e| stream_err(vm, e))
 }
 
 fn int_list(vm: &VirtualMachine, v: &[i32]) -> PyObjectRef {
@@ -435,54 +392,19 @@ fn gate_lock() -> std::sync::MutexGuard<'static, Option<fsdoor::Gate>> {
 }
 
 /// Like [`retry`], but hands the OS error back for the caller to classify.
-fn io_retry<T>(
-    vm: &VirtualMachine,
-    mut f: impl FnMut() -> io::Result<T>,
-) -> PyResult<io::Result<T>> {
-    loop {
-        match vm.allow_threads(&mut f) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
-            r => return Ok(r),
-        }
-    }
-}
-
-/// An error that means the fork server is gone (or going) rather than refusing us.
-fn server_gone(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ECONNREFUSED | libc::ECONNRESET | libc::EPIPE | libc::ENOTCONN)
-    )
+fn io_retry<T>(vm: &VirtualMachine, f: impl FnMut() -> io::Result<T>) -> PyResult<io::Result<T>> {
+    Vm(vm).run(f)
 }
 
 /// Fill `buf` from the fork server; `Ok(false)` if it hung up first.
 fn recv_full(vm: &VirtualMachine, fd: RawFd, buf: &mut [u8]) -> PyResult<bool> {
-    let mut got = 0;
-    while got < buf.len() {
-        match io_retry(vm, || ipc::read(fd, &mut buf[got..]))? {
-            Ok(0) => return Ok(false),
-            Ok(n) => got += n,
-            Err(e) if server_gone(&e) => return Ok(false),
-            Err(e) => return Err(os_err(vm, e)),
-        }
-    }
-    Ok(true)
+    stream::recv_full(&Vm(vm), fd, buf).map_err(|e| stream_err(vm, e))
 }
 
 /// Send all of `data` to the fork server, `fds` attached to its first byte; `Ok(false)` if it
 /// stopped reading (hung up).
-fn send_all(vm: &VirtualMachine, fd: RawFd, mut data: &[u8], mut fds: &[RawFd]) -> PyResult<bool> {
-    while !data.is_empty() {
-        match io_retry(vm, || ipc::send_with_fds(fd, data, fds, 0))? {
-            Ok(n) => {
-                data = &data[n..];
-                fds = &[];
-            }
-            Err(e) if server_gone(&e) => return Ok(false),
-            Err(e) => return Err(os_err(vm, e)),
-        }
-    }
-    Ok(true)
+fn send_all(vm: &VirtualMachine, fd: RawFd, data: &[u8], fds: &[RawFd]) -> PyResult<bool> {
+    stream::send_all(&Vm(vm), fd, data, fds).map_err(|e| stream_err(vm, e))
 }
 
 /// Read the rest of an error record (its kind byte already read) into an OSError.
@@ -855,7 +777,7 @@ pub(crate) mod _procpy {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 return Ok(vm.ctx.new_str("missing").into())
             }
-            Err(e) if server_gone(&e) => return Ok(vm.ctx.new_str("refused").into()),
+            Err(e) if stream::peer_gone(&e) => return Ok(vm.ctx.new_str("refused").into()),
             Err(e) => return Err(os_err(vm, e)),
         }
         // The listener must be the one this very process made: the kernel reports who called
