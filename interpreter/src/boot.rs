@@ -2,6 +2,7 @@
 //! own `multiprocessing`, which ours replaces), our frozen `multiprocessing` and `_procpy`.
 
 use crate::native;
+use nix::sys::signal::{self, SigHandler, Signal};
 use rustpython_vm::compiler::core::frozen::FrozenLib;
 use rustpython_vm::scope::Scope;
 use rustpython_vm::{Interpreter, InterpreterBuilder, PyResult, Settings, VirtualMachine};
@@ -77,12 +78,7 @@ pub fn builder(argv: Vec<String>) -> InterpreterBuilder {
 
 /// Run `mode` in a fresh interpreter and return the process exit status, as `python3` would.
 pub fn run(mode: RunMode, argv: Vec<String>) -> u32 {
-    // Rust's runtime catches SIGSEGV/SIGBUS to report stack overflows, and a SIGSEGV sent
-    // with kill() (no fault to repeat) would then be survived. python3 dies of it; so do we.
-    unsafe {
-        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
-        libc::signal(libc::SIGBUS, libc::SIG_DFL);
-    }
+    die_of_faults();
     // No cyclic collection while the interpreter builds itself: the boot allocates tens of
     // thousands of long-lived objects and collecting them was ~10% of a bare start (perf).
     // Collection is back on before any user code runs.
@@ -104,14 +100,27 @@ pub fn run(mode: RunMode, argv: Vec<String>) -> u32 {
         });
         if interrupted {
             interp.finalize(None);
-            unsafe {
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
-                libc::kill(libc::getpid(), libc::SIGINT);
-            }
-            return 128 + libc::SIGINT as u32;
+            default_action(Signal::SIGINT);
+            let _ = signal::kill(nix::unistd::getpid(), Signal::SIGINT);
+            return 128 + Signal::SIGINT as u32;
         }
     }
     interp.finalize(res.err())
+}
+
+/// SIGSEGV and SIGBUS back to their default action. Rust's runtime catches them to report stack
+/// overflows, and a SIGSEGV sent with kill() (no fault to repeat) would then be survived; python3
+/// dies of it, and so must we (a host embedding us sees the signal).
+pub(crate) fn die_of_faults() {
+    default_action(Signal::SIGSEGV);
+    default_action(Signal::SIGBUS);
+}
+
+/// Put `sig`'s default action back.
+fn default_action(sig: Signal) {
+    // SAFETY: SIG_DFL installs no handler of ours, so no async-signal-safety rule is at stake;
+    // the call fails only for a signal that cannot be caught, which leaves it as it was.
+    let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
 }
 
 fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {

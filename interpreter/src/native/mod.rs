@@ -10,11 +10,14 @@ use crate::codec;
 use crate::ipc::stream::{self, StreamError, Syscall};
 use crate::ipc::{self, SharedCounters};
 use crate::wire::HandleKind;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::signal::{pthread_sigmask, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use rustpython_vm::builtins::{PyBaseExceptionRef, PyType, PyTypeRef};
 use rustpython_vm::pymodule;
 use rustpython_vm::{PyObject, PyObjectRef, PyPayload, PyResult, VirtualMachine};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,26 +66,18 @@ fn os_error_with(vm: &VirtualMachine, errno: i32, strerror: String) -> PyBaseExc
     }
 }
 
+/// Change this thread's mask for SIGTERM and SIGHUP (`how`: block or unblock).
+fn term_signals_mask(how: SigmaskHow) -> io::Result<()> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGHUP);
+    pthread_sigmask(how, Some(&set), None).map_err(io::Error::from)
+}
+
 /// Read the body of a frame whose header (sent by a peer) declared `len` bytes, with
 /// [`ipc::read_body`]'s rule: the buffer grows as bytes arrive, never from the header alone.
 /// As CPython: end of file before the body's first byte is EOFError, later it is
 /// OSError("got end of file during message"), and no memory for it is MemoryError.
-/// Change this thread's mask for SIGTERM and SIGHUP (`how`: `SIG_BLOCK` or `SIG_UNBLOCK`).
-fn term_signals_mask(how: libc::c_int) -> io::Result<()> {
-    // SAFETY: `set` is initialised by sigemptyset before use; a null old-set pointer is allowed.
-    let r = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
-    };
-    if r != 0 {
-        return Err(io::Error::from_raw_os_error(r));
-    }
-    Ok(())
-}
-
 fn read_frame_body(
     vm: &VirtualMachine,
     len: usize,
@@ -656,6 +651,8 @@ pub(crate) mod _procpy {
         }
         // Between fork and exec: keep the boot socket and the tracker pipe across exec
         // (async-signal-safe calls only; this changes the child's descriptor table only).
+        // SAFETY: the hook runs in the forked child before exec: it only calls fcntl (async-signal
+        // safe), allocates nothing and touches no lock.
         unsafe {
             cmd.pre_exec(move || {
                 for fd in [child_fd, tracker_fd] {
@@ -699,14 +696,19 @@ pub(crate) mod _procpy {
                 )
             })?;
         // Grandchildren must not see our boot descriptor.
+        // SAFETY: a spawned child calls this first thing in its boot, before any code of its own
+        // starts a thread that could read the environment meanwhile.
         unsafe { std::env::remove_var("PROCPY_BOOT_FD") };
         if let Some(t) =
             std::env::var(crate::tracker::TRACKER_FD_ENV).ok().and_then(|s| s.parse().ok())
         {
+            // SAFETY: as above.
             unsafe { std::env::remove_var(crate::tracker::TRACKER_FD_ENV) };
             crate::tracker::adopt(t);
         }
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        // SAFETY: `fd` is the boot socket our parent passed us, open for as long as this call.
+        let boot = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = fcntl(boot, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
         let (payload, fds) = recv_with_fds_stream(vm, fd)?.ok_or_else(|| {
             vm.new_eof_error("parent closed the boot channel before sending".to_owned())
         })?;
@@ -756,13 +758,8 @@ pub(crate) mod _procpy {
     ) -> PyResult {
         let hangup = || Ok(vm.ctx.new_str("hangup").into());
         let (addr, len) = address.with_ref(fsdoor::sockaddr).map_err(|e| os_err(vm, e))?;
-        // SAFETY: plain socket(2); the result is checked and owned below.
-        let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(os_err(vm, io::Error::last_os_error()));
-        }
-        // SAFETY: a fresh descriptor from socket(2), owned by nobody else.
-        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+        let sock = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+            .map_err(|e| os_err(vm, e.into()))?;
         let fd = sock.as_raw_fd();
         let connected = io_retry(vm, || {
             // SAFETY: `addr` is a valid sockaddr_un of length `len`.
@@ -784,8 +781,7 @@ pub(crate) mod _procpy {
         // listen() on it, which nobody can fake. (A server that cannot be impersonated: the
         // request may carry secrets.)
         let cred = fsdoor::peer_cred(fd).map_err(|e| os_err(vm, e))?;
-        // SAFETY: geteuid cannot fail.
-        if cred.uid != unsafe { libc::geteuid() } || cred.pid as u32 != std::process::id() {
+        if cred.uid != nix::unistd::geteuid().as_raw() || cred.pid as u32 != std::process::id() {
             return Err(vm
                 .new_errno_error(libc::EACCES, format!("fork server: the socket at {:?} is not this process's (peer pid {}, uid {})",
                     address.with_ref(|b| String::from_utf8_lossy(b).into_owned()), cred.pid, cred.uid))
@@ -898,7 +894,7 @@ pub(crate) mod _procpy {
     /// server's handlers pending, instead of running the server's handler or losing it.
     #[pyfunction]
     fn forkserver_block_signals(block: bool, vm: &VirtualMachine) -> PyResult<()> {
-        term_signals_mask(if block { libc::SIG_BLOCK } else { libc::SIG_UNBLOCK })
+        term_signals_mask(if block { SigmaskHow::SIG_BLOCK } else { SigmaskHow::SIG_UNBLOCK })
             .map_err(|e| os_err(vm, e))
     }
 
@@ -907,13 +903,13 @@ pub(crate) mod _procpy {
     /// sent while the child was being forked ends it now, as it would a CPython child.
     #[pyfunction]
     fn forkserver_child_signals(vm: &VirtualMachine) -> PyResult<()> {
-        for sig in [libc::SIGTERM, libc::SIGHUP] {
-            // SAFETY: installing the default disposition for a catchable signal.
-            if unsafe { libc::signal(sig, libc::SIG_DFL) } == libc::SIG_ERR {
-                return Err(os_err(vm, io::Error::last_os_error()));
-            }
+        for sig in [Signal::SIGTERM, Signal::SIGHUP] {
+            // SAFETY: SIG_DFL installs no handler of ours, so no async-signal-safety rule is at
+            // stake.
+            unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) }
+                .map_err(|e| os_err(vm, e.into()))?;
         }
-        term_signals_mask(libc::SIG_UNBLOCK).map_err(|e| os_err(vm, e))
+        term_signals_mask(SigmaskHow::SIG_UNBLOCK).map_err(|e| os_err(vm, e))
     }
 
     /// Fork server: tell a client its child's pid.
@@ -947,7 +943,7 @@ pub(crate) mod _procpy {
     fn close_fds(fds: Vec<i32>) {
         for fd in fds {
             if fd >= 0 {
-                unsafe { libc::close(fd) };
+                let _ = nix::unistd::close(fd);
             }
         }
     }
@@ -972,19 +968,15 @@ pub(crate) mod _procpy {
     /// the forking *thread* exits and would not cover fork-server children at all.
     #[pyfunction]
     fn watch_parent(sentinel: i32, vm: &VirtualMachine) -> PyResult<()> {
-        let fd = unsafe { libc::fcntl(sentinel, libc::F_DUPFD_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(os_err(vm, io::Error::last_os_error()));
-        }
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = ipc::dup(sentinel).map_err(|e| os_err(vm, e))?;
         std::thread::Builder::new()
             .name("procpy-parent-watch".into())
             .spawn(move || loop {
                 match ipc::poll(&[(fd.as_raw_fd(), libc::POLLIN)], None) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    _ => unsafe {
-                        libc::kill(libc::getpid(), libc::SIGKILL);
-                    },
+                    _ => {
+                        let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGKILL);
+                    }
                 }
             })
             .map_err(|e| os_err(vm, e))?;
