@@ -2,7 +2,9 @@
 //! own `multiprocessing`, which ours replaces), our frozen `multiprocessing` and `_procpy`.
 
 use crate::native;
+use nix::sys::signal::{self, SigHandler, Signal};
 use rustpython_vm::compiler::core::frozen::FrozenLib;
+use rustpython_vm::scope::Scope;
 use rustpython_vm::{Interpreter, InterpreterBuilder, PyResult, Settings, VirtualMachine};
 
 /// Our Python sources (`interpreter/py`), compiled at build time.
@@ -49,6 +51,8 @@ pub fn builder(argv: Vec<String>) -> InterpreterBuilder {
             .path_list
             .extend(std::env::split_paths(&pp).map(|p| p.to_string_lossy().into_owned()));
     }
+    // The codec carries `_procpy`'s handles (connections, queues, ...) through this table.
+    crate::codec::set_handle_table(&native::HANDLES);
     let builder = InterpreterBuilder::new().settings(settings);
     let defs = rustpython_stdlib::stdlib_module_defs(&builder.ctx);
     let ours = native::module_def(&builder.ctx);
@@ -74,12 +78,7 @@ pub fn builder(argv: Vec<String>) -> InterpreterBuilder {
 
 /// Run `mode` in a fresh interpreter and return the process exit status, as `python3` would.
 pub fn run(mode: RunMode, argv: Vec<String>) -> u32 {
-    // Rust's runtime catches SIGSEGV/SIGBUS to report stack overflows, and a SIGSEGV sent
-    // with kill() (no fault to repeat) would then be survived. python3 dies of it; so do we.
-    unsafe {
-        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
-        libc::signal(libc::SIGBUS, libc::SIG_DFL);
-    }
+    die_of_faults();
     // No cyclic collection while the interpreter builds itself: the boot allocates tens of
     // thousands of long-lived objects and collecting them was ~10% of a bare start (perf).
     // Collection is back on before any user code runs.
@@ -101,14 +100,27 @@ pub fn run(mode: RunMode, argv: Vec<String>) -> u32 {
         });
         if interrupted {
             interp.finalize(None);
-            unsafe {
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
-                libc::kill(libc::getpid(), libc::SIGINT);
-            }
-            return 128 + libc::SIGINT as u32;
+            default_action(Signal::SIGINT);
+            let _ = signal::kill(nix::unistd::getpid(), Signal::SIGINT);
+            return 128 + Signal::SIGINT as u32;
         }
     }
     interp.finalize(res.err())
+}
+
+/// SIGSEGV and SIGBUS back to their default action. Rust's runtime catches them to report stack
+/// overflows, and a SIGSEGV sent with kill() (no fault to repeat) would then be survived; python3
+/// dies of it, and so must we (a host embedding us sees the signal).
+pub(crate) fn die_of_faults() {
+    default_action(Signal::SIGSEGV);
+    default_action(Signal::SIGBUS);
+}
+
+/// Put `sig`'s default action back.
+fn default_action(sig: Signal) {
+    // SAFETY: SIG_DFL installs no handler of ours, so no async-signal-safety rule is at stake;
+    // the call fails only for a signal that cannot be caught, which leaves it as it was.
+    let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
 }
 
 fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
@@ -122,13 +134,35 @@ fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
     if crate::switches::get().emulate_gil {
         call_glue(vm, "procpy_gil", "enable")?;
     }
-    // `site` only for user code: children and the fork server get their sys.path from the parent.
-    let import_site = || drop(vm.import("site", 0));
     match mode {
         RunMode::SpawnChild => call_glue(vm, "multiprocessing.spawn", "_child_main"),
         RunMode::ForkServer => call_glue(vm, "multiprocessing.forkserver", "_server_main"),
-        RunMode::Script(path) => {
-            import_site();
+        RunMode::Script(path) => run_main(vm, scope, Main::File(path)),
+        RunMode::Command(code) => run_main(vm, scope, Main::Source(code)),
+        RunMode::Module(name) => run_main(vm, scope, Main::Module(name)),
+    }
+}
+
+/// The user's code to run as `__main__`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Main<'a> {
+    /// A script file (`python3 script.py`).
+    File(&'a str),
+    /// Source code (`python3 -c CODE`).
+    Source(&'a str),
+    /// A module run by name (`python3 -m module`).
+    Module(&'a str),
+}
+
+/// Run `main` in `scope` (the `__main__` module's) as `python3` would: `site` imported, then
+/// the script's directory (the current one for `-c` and `-m`) first on `sys.path`, and a
+/// script's `__file__` absolute. The one runner of user code, for the CLI and for scripts a
+/// host runs through the embedding API alike.
+pub fn run_main(vm: &VirtualMachine, scope: Scope, main: Main<'_>) -> PyResult<()> {
+    // `site` only for user code: children and the fork server get their sys.path from the parent.
+    drop(vm.import("site", 0));
+    match main {
+        Main::File(path) => {
             let dir = std::path::Path::new(path).parent().and_then(|p| p.to_str()).unwrap_or("");
             let dir = if dir.is_empty() { "." } else { dir };
             let abs = std::fs::canonicalize(dir)
@@ -138,16 +172,14 @@ fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
             // CPython 3.9+ gives the main script an absolute `__file__` (and tracebacks show it).
             let file = std::path::absolute(path)
                 .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| path.clone());
+                .unwrap_or_else(|_| path.to_owned());
             vm.run_any_file(scope, &file)
         }
-        RunMode::Command(code) => {
-            import_site();
+        Main::Source(code) => {
             vm.insert_sys_path(vm.new_pyobj(""))?;
             vm.run_string(scope, code, "<string>".to_owned()).map(drop)
         }
-        RunMode::Module(name) => {
-            import_site();
+        Main::Module(name) => {
             let cwd = std::env::current_dir()
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();

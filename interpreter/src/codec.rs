@@ -9,7 +9,6 @@
 //! travel as [`Value::Handle`] with their descriptors beside the bytes, but only while a child is
 //! being started: elsewhere they are refused with CPython's message.
 
-use crate::native;
 use crate::wire::{self, Function, HandleKind, Reduce, Value};
 use malachite_bigint::BigInt;
 use num_traits::ToPrimitive;
@@ -20,6 +19,33 @@ use rustpython_vm::common::wtf8::Wtf8;
 use rustpython_vm::{AsObject, PyObject, PyObjectRef, PyResult, VirtualMachine};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::RawFd;
+use std::sync::OnceLock;
+
+/// The native handle types an encoding can carry (connection ends, queues, ...), supplied by the
+/// module that defines them: the codec names none of them, so a new kind of handle touches only
+/// that module and [`wire::HandleKind`].
+pub(crate) struct HandleTable {
+    /// `obj`'s kind, descriptors and extra values if it is a native handle.
+    pub as_handle: fn(&PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i64>)>,
+    /// Rebuild a handle of a kind from the descriptors that came with it (duplicated, not
+    /// taken) and its extra values; a message that does not fit is an `UnpicklingError`.
+    pub rebuild: fn(&VirtualMachine, HandleKind, &[RawFd], &[i64]) -> PyResult,
+}
+
+/// Installed once per process by [`crate::boot::builder`], before any interpreter runs code.
+/// Process-wide rather than in [`Handles`]: a channel that refuses handles must still recognise
+/// them to refuse them with CPython's message.
+static HANDLE_TABLE: OnceLock<&'static HandleTable> = OnceLock::new();
+
+/// Install the table of native handle types (the first one installed stays).
+pub(crate) fn set_handle_table(table: &'static HandleTable) {
+    let _ = HANDLE_TABLE.set(table);
+}
+
+/// `obj`'s handle description if it is a native handle (none before a table is installed).
+fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i64>)> {
+    HANDLE_TABLE.get().and_then(|t| (t.as_handle)(obj))
+}
 
 /// Which native handles an encoding may carry; their descriptors are collected beside the bytes.
 pub enum Handles<'a> {
@@ -251,7 +277,7 @@ impl Encoder<'_> {
         {
             return self.global(obj, None);
         }
-        if let Some((kind, handle_fds, extra)) = native::as_handle(obj) {
+        if let Some((kind, handle_fds, extra)) = as_handle(obj) {
             return self.handle(obj, kind, handle_fds, extra);
         }
         if obj.fast_isinstance(t.module_type) {
@@ -662,7 +688,10 @@ impl Decoder<'_> {
                         None => return Err(unpickling_error(vm, "malformed message: handle without its descriptor".into())),
                     }
                 }
-                let h = native::rebuild_handle(vm, *kind, &raw, extra)?;
+                let Some(table) = HANDLE_TABLE.get() else {
+                    return Err(unpickling_error(vm, "malformed message: no handle types in this process".into()));
+                };
+                let h = (table.rebuild)(vm, *kind, &raw, extra)?;
                 self.memo.push(Some(h.clone()));
                 h
             }

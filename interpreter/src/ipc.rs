@@ -850,3 +850,291 @@ mod tests {
         c.wait(1, 0, None).unwrap();
     }
 }
+
+/// Byte streams on descriptors for callers that decide what an interrupted syscall means: the
+/// VM's `_procpy` runs Python's signal handlers and detaches from the VM while it blocks
+/// ([`Syscall`]). Messages are framed as `multiprocessing`'s (a length header, then the body),
+/// and a body is read with [`read_body`]'s rule: memory follows the bytes that arrive.
+pub mod stream {
+    use super::{poll, read, read_body, recv_with_fds, remaining, send_with_fds, write, BodyError};
+    use std::io;
+    use std::os::fd::{OwnedFd, RawFd};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    /// How the helpers below run each blocking syscall: again after every EINTR, doing in
+    /// between whatever an interruption calls for, which may end the retries with the caller's
+    /// own error (a Python signal handler that raised).
+    pub trait Syscall {
+        /// What ends the retries.
+        type Interrupt;
+        /// Run `f` until it does not fail with EINTR.
+        fn run<T>(
+            &self,
+            f: impl FnMut() -> io::Result<T>,
+        ) -> Result<io::Result<T>, Self::Interrupt>;
+    }
+
+    /// Retry at once after EINTR, for callers with no signal handlers of their own to run.
+    pub struct Restart;
+
+    impl Syscall for Restart {
+        type Interrupt = std::convert::Infallible;
+        fn run<T>(
+            &self,
+            mut f: impl FnMut() -> io::Result<T>,
+        ) -> Result<io::Result<T>, Self::Interrupt> {
+            loop {
+                match f() {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    r => return Ok(r),
+                }
+            }
+        }
+    }
+
+    /// Why a helper below stopped.
+    #[derive(Debug)]
+    pub enum StreamError<I> {
+        /// The caller ended the retries after an EINTR ([`Syscall::run`]).
+        Interrupted(I),
+        /// A syscall failed.
+        Io(io::Error),
+        /// End of file `got` bytes into what was being read (0: before its first byte; for a
+        /// framed message's body, after the whole header).
+        Eof {
+            /// Bytes that did arrive.
+            got: usize,
+        },
+        /// No memory for a body of `len` bytes (nothing was aborted).
+        NoMemory {
+            /// The declared length.
+            len: usize,
+        },
+    }
+
+    impl<I> From<BodyError<StreamError<I>>> for StreamError<I> {
+        fn from(e: BodyError<StreamError<I>>) -> Self {
+            match e {
+                BodyError::Eof { got } => StreamError::Eof { got },
+                BodyError::NoMemory { len } => StreamError::NoMemory { len },
+                BodyError::Read(e) => e,
+            }
+        }
+    }
+
+    /// One syscall through `s`, its failure a [`StreamError`].
+    fn run<S: Syscall, T>(
+        s: &S,
+        f: impl FnMut() -> io::Result<T>,
+    ) -> Result<T, StreamError<S::Interrupt>> {
+        s.run(f).map_err(StreamError::Interrupted)?.map_err(StreamError::Io)
+    }
+
+    /// Write all of `buf` to `fd`.
+    pub fn write_all<S: Syscall>(
+        s: &S,
+        fd: RawFd,
+        mut buf: &[u8],
+    ) -> Result<(), StreamError<S::Interrupt>> {
+        while !buf.is_empty() {
+            let n = run(s, || write(fd, buf))?;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Fill `buf` by repeated `read`s (each may be short; 0 is end of file). `Ok(false)` if end
+    /// of file came before the first byte; later it is [`StreamError::Eof`].
+    pub fn fill<S: Syscall>(
+        s: &S,
+        buf: &mut [u8],
+        mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> Result<bool, StreamError<S::Interrupt>> {
+        let mut got = 0;
+        while got < buf.len() {
+            let n = run(s, || read(&mut buf[got..]))?;
+            if n == 0 {
+                if got == 0 {
+                    return Ok(false);
+                }
+                return Err(StreamError::Eof { got });
+            }
+            got += n;
+        }
+        Ok(true)
+    }
+
+    /// Send `payload` on stream socket `sock` after an 8-byte big-endian length header that
+    /// carries `fds` (the parent's boot message to a spawned child).
+    pub fn send_framed<S: Syscall>(
+        s: &S,
+        sock: RawFd,
+        payload: &[u8],
+        fds: &[RawFd],
+    ) -> Result<(), StreamError<S::Interrupt>> {
+        let header = (payload.len() as u64).to_be_bytes();
+        let n = run(s, || send_with_fds(sock, &header, fds, 0))?;
+        write_all(s, sock, &header[n..])?;
+        write_all(s, sock, payload)
+    }
+
+    /// Receive what [`send_framed`] sent: `None` on end of file before the header. The length
+    /// comes from the peer: the body is read by [`read_body`].
+    pub fn recv_framed<S: Syscall>(
+        s: &S,
+        sock: RawFd,
+    ) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>, StreamError<S::Interrupt>> {
+        let mut header = [0u8; 8];
+        let (n, fds, _) = run(s, || recv_with_fds(sock, &mut header, 253, 0))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        match fill(s, &mut header[n..], |b| read(sock, b)) {
+            Ok(true) => {}
+            Ok(false) => return Err(StreamError::Eof { got: n }),
+            Err(StreamError::Eof { got }) => return Err(StreamError::Eof { got: n + got }),
+            Err(e) => return Err(e),
+        }
+        let len = usize::try_from(u64::from_be_bytes(header)).unwrap_or(usize::MAX);
+        let payload = read_body(len, |b| run(s, || read(sock, b)))?;
+        Ok(Some((payload, fds)))
+    }
+
+    /// An error that means the peer is gone (or going) rather than refusing us.
+    pub fn peer_gone(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ECONNREFUSED | libc::ECONNRESET | libc::EPIPE | libc::ENOTCONN)
+        )
+    }
+
+    /// Fill `buf` from a peer that may hang up: `Ok(false)` if it did first (end of file, or
+    /// an error of [`peer_gone`]).
+    pub fn recv_full<S: Syscall>(
+        s: &S,
+        fd: RawFd,
+        buf: &mut [u8],
+    ) -> Result<bool, StreamError<S::Interrupt>> {
+        let mut got = 0;
+        while got < buf.len() {
+            match s.run(|| read(fd, &mut buf[got..])).map_err(StreamError::Interrupted)? {
+                Ok(0) => return Ok(false),
+                Ok(n) => got += n,
+                Err(e) if peer_gone(&e) => return Ok(false),
+                Err(e) => return Err(StreamError::Io(e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Send all of `data`, `fds` attached to its first byte; `Ok(false)` if the peer stopped
+    /// reading (hung up).
+    pub fn send_all<S: Syscall>(
+        s: &S,
+        fd: RawFd,
+        mut data: &[u8],
+        mut fds: &[RawFd],
+    ) -> Result<bool, StreamError<S::Interrupt>> {
+        while !data.is_empty() {
+            match s.run(|| send_with_fds(fd, data, fds, 0)).map_err(StreamError::Interrupted)? {
+                Ok(n) => {
+                    data = &data[n..];
+                    fds = &[];
+                }
+                Err(e) if peer_gone(&e) => return Ok(false),
+                Err(e) => return Err(StreamError::Io(e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Wait until `fd` is readable (or hung up). `false` on timeout.
+    pub fn wait_readable<S: Syscall>(
+        s: &S,
+        fd: RawFd,
+        until: Option<Instant>,
+    ) -> Result<bool, StreamError<S::Interrupt>> {
+        Ok(run(s, || poll(&[(fd, libc::POLLIN)], remaining(until)))?[0] != 0)
+    }
+
+    /// How long a reader polls before it sleeps: `PROCPY_SPIN_US` microseconds, default 0
+    /// (off). Waking a sleeping process costs tens of microseconds on these virtual machines,
+    /// and a peer that answers at once (a ping-pong) usually does within ~100 µs; but on a
+    /// loaded machine the poller takes the core its peer needs, and round trips got up to 10x
+    /// slower in the runs recorded in docs/performance.md, so it stays an opt-in.
+    pub fn spin_window() -> Duration {
+        static SPIN: OnceLock<Duration> = OnceLock::new();
+        *SPIN.get_or_init(|| {
+            let us =
+                std::env::var("PROCPY_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0u64);
+            Duration::from_micros(us)
+        })
+    }
+
+    /// Poll `fd` without sleeping for up to [`spin_window`] (never past `until`); `true` once
+    /// readable.
+    pub fn spin_readable(fd: RawFd, until: Option<Instant>) -> bool {
+        let spin = spin_window();
+        if spin.is_zero() {
+            return false;
+        }
+        let start = Instant::now();
+        let stop = until.map_or(start + spin, |u| u.min(start + spin));
+        loop {
+            if matches!(poll(&[(fd, libc::POLLIN)], Some(Duration::ZERO)), Ok(r) if r[0] != 0) {
+                return true;
+            }
+            if Instant::now() >= stop {
+                return false;
+            }
+            // Yield rather than burn: on a busy machine the peer may need this very core to
+            // answer (`sched_yield`).
+            std::thread::yield_now();
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::os::fd::AsRawFd;
+
+        #[test]
+        fn framed_messages_carry_their_descriptors() {
+            let (a, b) = crate::ipc::socketpair(libc::SOCK_STREAM).unwrap();
+            let (r, _w) = crate::ipc::pipe().unwrap();
+            send_framed(&Restart, a.as_raw_fd(), b"hello", &[r.as_raw_fd()]).unwrap();
+            let (body, fds) = recv_framed(&Restart, b.as_raw_fd()).unwrap().unwrap();
+            assert_eq!((&body[..], fds.len()), (&b"hello"[..], 1));
+            drop(a);
+            assert!(recv_framed(&Restart, b.as_raw_fd()).unwrap().is_none());
+        }
+
+        #[test]
+        fn end_of_file_inside_a_message_is_an_error() {
+            let (a, b) = crate::ipc::socketpair(libc::SOCK_STREAM).unwrap();
+            write_all(&Restart, a.as_raw_fd(), &[0, 0, 0]).unwrap();
+            drop(a);
+            match recv_framed(&Restart, b.as_raw_fd()) {
+                Err(StreamError::Eof { got: 3 }) => {}
+                other => panic!("{other:?}"),
+            }
+            let (a, b) = crate::ipc::socketpair(libc::SOCK_STREAM).unwrap();
+            write_all(&Restart, a.as_raw_fd(), &5u64.to_be_bytes()).unwrap();
+            drop(a);
+            match recv_framed(&Restart, b.as_raw_fd()) {
+                Err(StreamError::Eof { got: 0 }) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+
+        #[test]
+        fn a_peer_that_hangs_up_is_not_an_error() {
+            let (a, b) = crate::ipc::socketpair(libc::SOCK_STREAM).unwrap();
+            drop(b);
+            assert!(!send_all(&Restart, a.as_raw_fd(), b"x", &[]).unwrap());
+            assert!(!recv_full(&Restart, a.as_raw_fd(), &mut [0u8; 4]).unwrap());
+            assert!(wait_readable(&Restart, a.as_raw_fd(), Some(Instant::now())).unwrap());
+        }
+    }
+}

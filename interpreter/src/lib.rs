@@ -7,7 +7,7 @@
 //! - [`tracker`] is the resource tracker process (VM-free) and its client side;
 //! - [`trace`] records `procpy --trace` events (VM-free);
 //! - [`switches`] hands `--emulate-gil`, `--progress` and `--trace` to every process (VM-free);
-//! - [`embed`] is the host<->worker protocol of embedding, [`worker`] its worker side;
+//! - [`embed`] is embedding's worker side: the host<->worker protocol and the worker's serve loop;
 //! - `native` is the `_procpy` module that `multiprocessing` is built on.
 #![deny(missing_docs)]
 
@@ -21,7 +21,6 @@ pub mod switches;
 pub mod trace;
 pub mod tracker;
 pub mod wire;
-pub mod worker;
 
 pub use boot::{run, RunMode, FORK_SERVER_FLAG, SPAWN_CHILD_FLAG};
 pub use tracker::TRACKER_FLAG;

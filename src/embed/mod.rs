@@ -22,7 +22,7 @@ pub(crate) mod value;
 pub fn init() {
     let Some(fd) = process::worker_fd_arg() else { return };
     match fd.to_str().and_then(|s| s.parse::<i32>().ok()) {
-        Some(fd) if fd >= 0 => procpy_interpreter::worker::serve(fd),
+        Some(fd) if fd >= 0 => procpy_interpreter::embed::serve(fd),
         _ => {
             eprintln!(
                 "procpy: {}{} is not a descriptor number",

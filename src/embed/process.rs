@@ -19,10 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The first argument of a worker program started as a worker, followed by the number of its
-/// end of the socket to the host. An argument rather than an environment variable: the worker
-/// reads it without changing its environment, and its own children do not inherit it.
-pub(crate) const WORKER_FD_ARG: &str = "--procpy-embed-fd=";
+// The worker's first argument names its end of the socket to the host (the protocol's constant).
+pub(crate) use procpy_interpreter::embed::WORKER_FD_ARG;
 
 /// What follows [`WORKER_FD_ARG`] when it is this process's first argument.
 pub(crate) fn worker_fd_arg() -> Option<OsString> {

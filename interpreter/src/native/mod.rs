@@ -7,13 +7,17 @@
 //! Python half (`py/multiprocessing/`) only shapes them into CPython's API.
 
 use crate::codec;
+use crate::ipc::stream::{self, StreamError, Syscall};
 use crate::ipc::{self, SharedCounters};
 use crate::wire::HandleKind;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::signal::{pthread_sigmask, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use rustpython_vm::builtins::{PyBaseExceptionRef, PyType, PyTypeRef};
 use rustpython_vm::pymodule;
 use rustpython_vm::{PyObject, PyObjectRef, PyPayload, PyResult, VirtualMachine};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,26 +66,18 @@ fn os_error_with(vm: &VirtualMachine, errno: i32, strerror: String) -> PyBaseExc
     }
 }
 
+/// Change this thread's mask for SIGTERM and SIGHUP (`how`: block or unblock).
+fn term_signals_mask(how: SigmaskHow) -> io::Result<()> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGHUP);
+    pthread_sigmask(how, Some(&set), None).map_err(io::Error::from)
+}
+
 /// Read the body of a frame whose header (sent by a peer) declared `len` bytes, with
 /// [`ipc::read_body`]'s rule: the buffer grows as bytes arrive, never from the header alone.
 /// As CPython: end of file before the body's first byte is EOFError, later it is
 /// OSError("got end of file during message"), and no memory for it is MemoryError.
-/// Change this thread's mask for SIGTERM and SIGHUP (`how`: `SIG_BLOCK` or `SIG_UNBLOCK`).
-fn term_signals_mask(how: libc::c_int) -> io::Result<()> {
-    // SAFETY: `set` is initialised by sigemptyset before use; a null old-set pointer is allowed.
-    let r = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
-    };
-    if r != 0 {
-        return Err(io::Error::from_raw_os_error(r));
-    }
-    Ok(())
-}
-
 fn read_frame_body(
     vm: &VirtualMachine,
     len: usize,
@@ -105,15 +101,39 @@ fn eof_error(vm: &VirtualMachine) -> PyBaseExceptionRef {
     vm.new_exception_empty(vm.ctx.exceptions.eof_error.to_owned())
 }
 
-/// Run a syscall, retrying after EINTR once Python signal handlers have run (they may raise,
-/// e.g. KeyboardInterrupt, which then propagates). The thread is detached from the VM while
-/// it blocks (`allow_threads`): RustPython's `os.fork` stops the world and would otherwise wait
-/// forever for a thread blocked here.
-fn retry<T>(vm: &VirtualMachine, mut f: impl FnMut() -> io::Result<T>) -> PyResult<T> {
-    loop {
-        match vm.allow_threads(&mut f) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
-            r => return r.map_err(|e| os_err(vm, e)),
+/// How the VM runs a blocking syscall for [`ipc::stream`]: retried after EINTR once Python
+/// signal handlers have run (they may raise, e.g. KeyboardInterrupt, which then propagates).
+/// The thread is detached from the VM while it blocks (`allow_threads`): RustPython's
+/// `os.fork` stops the world and would otherwise wait forever for a thread blocked here.
+struct Vm<'a>(&'a VirtualMachine);
+
+impl Syscall for Vm<'_> {
+    type Interrupt = PyBaseExceptionRef;
+    fn run<T>(&self, mut f: impl FnMut() -> io::Result<T>) -> PyResult<io::Result<T>> {
+        loop {
+            match self.0.allow_threads(&mut f) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.0.check_signals()?,
+                r => return Ok(r),
+            }
+        }
+    }
+}
+
+/// Run a syscall as [`Vm`] does; its failure an OSError.
+fn retry<T>(vm: &VirtualMachine, f: impl FnMut() -> io::Result<T>) -> PyResult<T> {
+    Vm(vm).run(f)?.map_err(|e| os_err(vm, e))
+}
+
+/// Why an [`ipc::stream`] helper stopped, as CPython's `multiprocessing` raises it: end of file
+/// before the first byte is EOFError, later it is OSError("got end of file during message").
+fn stream_err(vm: &VirtualMachine, e: StreamError<PyBaseExceptionRef>) -> PyBaseExceptionRef {
+    match e {
+        StreamError::Interrupted(e) => e,
+        StreamError::Io(e) => os_err(vm, e),
+        StreamError::Eof { got: 0 } => eof_error(vm),
+        StreamError::Eof { .. } => vm.new_os_error("got end of file during message".to_owned()),
+        StreamError::NoMemory { len } => {
+            vm.new_memory_error(format!("cannot allocate memory for a message of {len} bytes"))
         }
     }
 }
@@ -155,42 +175,9 @@ fn sem_deadline(vm: &VirtualMachine, timeout: Option<f64>) -> PyResult<Option<In
     Ok(d.and_then(|d| Instant::now().checked_add(d)))
 }
 
-/// How long a reader polls before it sleeps: `PROCPY_SPIN_US` microseconds, default 0 (off).
-/// Waking a sleeping process costs tens of microseconds on these virtual machines, and a peer
-/// that answers at once (a ping-pong) usually does within ~100 µs; but on a loaded machine the
-/// poller takes the core its peer needs, and round trips got up to 10x slower in the runs
-/// recorded in docs/performance.md, so it stays an opt-in.
-fn spin_window() -> Duration {
-    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *SPIN.get_or_init(|| {
-        let us = std::env::var("PROCPY_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0u64);
-        Duration::from_micros(us)
-    })
-}
-
-/// Poll `fd` without sleeping for up to [`spin_window`] (never past `until`); `true` once readable.
-fn spin_readable(fd: RawFd, until: Option<Instant>) -> bool {
-    let spin = spin_window();
-    if spin.is_zero() {
-        return false;
-    }
-    let start = Instant::now();
-    let stop = until.map_or(start + spin, |u| u.min(start + spin));
-    loop {
-        if matches!(ipc::poll(&[(fd, libc::POLLIN)], Some(Duration::ZERO)), Ok(r) if r[0] != 0) {
-            return true;
-        }
-        if Instant::now() >= stop {
-            return false;
-        }
-        // Yield rather than burn: on a busy machine the peer may need this very core to answer.
-        unsafe { libc::sched_yield() };
-    }
-}
-
-/// Like [`wait_readable`], but polls briefly before it sleeps ([`spin_window`]).
+/// Like [`wait_readable`], but polls briefly before it sleeps ([`stream::spin_window`]).
 fn wait_readable_spin(vm: &VirtualMachine, fd: RawFd, until: Option<Instant>) -> PyResult<bool> {
-    if vm.allow_threads(|| spin_readable(fd, until)) {
+    if vm.allow_threads(|| stream::spin_readable(fd, until)) {
         return Ok(true);
     }
     wait_readable(vm, fd, until)
@@ -198,21 +185,11 @@ fn wait_readable_spin(vm: &VirtualMachine, fd: RawFd, until: Option<Instant>) ->
 
 /// Wait until `fd` is readable (or hung up). `false` on timeout.
 fn wait_readable(vm: &VirtualMachine, fd: RawFd, until: Option<Instant>) -> PyResult<bool> {
-    loop {
-        match vm.allow_threads(|| ipc::poll(&[(fd, libc::POLLIN)], ipc::remaining(until))) {
-            Ok(r) => return Ok(r[0] != 0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
-            Err(e) => return Err(os_err(vm, e)),
-        }
-    }
+    stream::wait_readable(&Vm(vm), fd, until).map_err(|e| stream_err(vm, e))
 }
 
-fn write_all(vm: &VirtualMachine, fd: RawFd, mut buf: &[u8]) -> PyResult<()> {
-    while !buf.is_empty() {
-        let n = retry(vm, || ipc::write(fd, buf))?;
-        buf = &buf[n..];
-    }
-    Ok(())
+fn write_all(vm: &VirtualMachine, fd: RawFd, buf: &[u8]) -> PyResult<()> {
+    stream::write_all(&Vm(vm), fd, buf).map_err(|e| stream_err(vm, e))
 }
 
 /// Fill `buf` completely. `Ok(false)` if end of file came before the first byte.
@@ -225,20 +202,9 @@ fn read_exact(vm: &VirtualMachine, fd: RawFd, buf: &mut [u8]) -> PyResult<bool> 
 fn fill(
     vm: &VirtualMachine,
     buf: &mut [u8],
-    mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
+    read: impl FnMut(&mut [u8]) -> io::Result<usize>,
 ) -> PyResult<bool> {
-    let mut got = 0;
-    while got < buf.len() {
-        let n = retry(vm, || read(&mut buf[got..]))?;
-        if n == 0 {
-            if got == 0 {
-                return Ok(false);
-            }
-            return Err(vm.new_os_error("got end of file during message".to_owned()));
-        }
-        got += n;
-    }
-    Ok(true)
+    stream::fill(&Vm(vm), buf, read).map_err(|e| stream_err(vm, e))
 }
 
 /// Send `payload` on a stream socket with `fds` attached to its 8-byte length header.
@@ -248,29 +214,15 @@ fn send_with_fds_stream(
     payload: &[u8],
     fds: &[RawFd],
 ) -> PyResult<()> {
-    let header = (payload.len() as u64).to_be_bytes();
-    let n = retry(vm, || ipc::send_with_fds(sock, &header, fds, 0))?;
-    write_all(vm, sock, &header[n..])?;
-    write_all(vm, sock, payload)
+    stream::send_framed(&Vm(vm), sock, payload, fds).map_err(|e| stream_err(vm, e))
 }
 
 /// Receive what [`send_with_fds_stream`] sent. `None` on end of file before the header.
-/// The length comes from the peer: the body is read by [`read_frame_body`].
 fn recv_with_fds_stream(
     vm: &VirtualMachine,
     sock: RawFd,
 ) -> PyResult<Option<(Vec<u8>, Vec<OwnedFd>)>> {
-    let mut header = [0u8; 8];
-    let (n, fds, _) = retry(vm, || ipc::recv_with_fds(sock, &mut header, 253, 0))?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if n < 8 && !read_exact(vm, sock, &mut header[n..])? {
-        return Err(vm.new_os_error("got end of file during message".to_owned()));
-    }
-    let len = usize::try_from(u64::from_be_bytes(header)).unwrap_or(usize::MAX);
-    let payload = read_frame_body(vm, len, |b| retry(vm, || ipc::read(sock, b)))?;
-    Ok(Some((payload, fds)))
+    stream::recv_framed(&Vm(vm), sock).map_err(|e| stream_err(vm, e))
 }
 
 fn int_list(vm: &VirtualMachine, v: &[i32]) -> PyObjectRef {
@@ -319,8 +271,12 @@ fn loads_with(vm: &VirtualMachine, data: &[u8], fds: Vec<OwnedFd>) -> PyResult {
     codec::loads(vm, data, &raw)
 }
 
+/// The codec's view of the handle types below (installed by [`crate::boot::builder`]).
+pub(crate) static HANDLES: codec::HandleTable =
+    codec::HandleTable { as_handle, rebuild: rebuild_handle };
+
 /// What `codec` needs to send a native handle to a child: its kind, descriptors and extras.
-pub(crate) fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i64>)> {
+fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i64>)> {
     if let Some(c) = obj.downcast_ref::<Connection>() {
         let fd = c.fd.load(Ordering::Acquire);
         return Some((
@@ -361,12 +317,7 @@ pub(crate) fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i
 /// The message may come from any peer: the descriptors must be of the kind the handle needs
 /// and memory files must hold what the handle maps (else first use would be SIGBUS); anything
 /// else is an UnpicklingError naming the problem.
-pub(crate) fn rebuild_handle(
-    vm: &VirtualMachine,
-    kind: HandleKind,
-    fds: &[RawFd],
-    extra: &[i64],
-) -> PyResult {
+fn rebuild_handle(vm: &VirtualMachine, kind: HandleKind, fds: &[RawFd], extra: &[i64]) -> PyResult {
     let dup = |fd: RawFd| ipc::dup(fd).map_err(|e| os_err(vm, e));
     let malformed = |what: String| {
         codec::unpickling_error(vm, format!("malformed message: bad {kind:?} handle: {what}"))
@@ -436,54 +387,19 @@ fn gate_lock() -> std::sync::MutexGuard<'static, Option<fsdoor::Gate>> {
 }
 
 /// Like [`retry`], but hands the OS error back for the caller to classify.
-fn io_retry<T>(
-    vm: &VirtualMachine,
-    mut f: impl FnMut() -> io::Result<T>,
-) -> PyResult<io::Result<T>> {
-    loop {
-        match vm.allow_threads(&mut f) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => vm.check_signals()?,
-            r => return Ok(r),
-        }
-    }
-}
-
-/// An error that means the fork server is gone (or going) rather than refusing us.
-fn server_gone(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ECONNREFUSED | libc::ECONNRESET | libc::EPIPE | libc::ENOTCONN)
-    )
+fn io_retry<T>(vm: &VirtualMachine, f: impl FnMut() -> io::Result<T>) -> PyResult<io::Result<T>> {
+    Vm(vm).run(f)
 }
 
 /// Fill `buf` from the fork server; `Ok(false)` if it hung up first.
 fn recv_full(vm: &VirtualMachine, fd: RawFd, buf: &mut [u8]) -> PyResult<bool> {
-    let mut got = 0;
-    while got < buf.len() {
-        match io_retry(vm, || ipc::read(fd, &mut buf[got..]))? {
-            Ok(0) => return Ok(false),
-            Ok(n) => got += n,
-            Err(e) if server_gone(&e) => return Ok(false),
-            Err(e) => return Err(os_err(vm, e)),
-        }
-    }
-    Ok(true)
+    stream::recv_full(&Vm(vm), fd, buf).map_err(|e| stream_err(vm, e))
 }
 
 /// Send all of `data` to the fork server, `fds` attached to its first byte; `Ok(false)` if it
 /// stopped reading (hung up).
-fn send_all(vm: &VirtualMachine, fd: RawFd, mut data: &[u8], mut fds: &[RawFd]) -> PyResult<bool> {
-    while !data.is_empty() {
-        match io_retry(vm, || ipc::send_with_fds(fd, data, fds, 0))? {
-            Ok(n) => {
-                data = &data[n..];
-                fds = &[];
-            }
-            Err(e) if server_gone(&e) => return Ok(false),
-            Err(e) => return Err(os_err(vm, e)),
-        }
-    }
-    Ok(true)
+fn send_all(vm: &VirtualMachine, fd: RawFd, data: &[u8], fds: &[RawFd]) -> PyResult<bool> {
+    stream::send_all(&Vm(vm), fd, data, fds).map_err(|e| stream_err(vm, e))
 }
 
 /// Read the rest of an error record (its kind byte already read) into an OSError.
@@ -742,6 +658,8 @@ pub(crate) mod _procpy {
         }
         // Between fork and exec: keep the boot socket and the tracker pipe across exec
         // (async-signal-safe calls only; this changes the child's descriptor table only).
+        // SAFETY: the hook runs in the forked child before exec: it only calls fcntl (async-signal
+        // safe), allocates nothing and touches no lock.
         unsafe {
             cmd.pre_exec(move || {
                 for fd in [child_fd, tracker_fd] {
@@ -785,14 +703,19 @@ pub(crate) mod _procpy {
                 )
             })?;
         // Grandchildren must not see our boot descriptor.
+        // SAFETY: a spawned child calls this first thing in its boot, before any code of its own
+        // starts a thread that could read the environment meanwhile.
         unsafe { std::env::remove_var("PROCPY_BOOT_FD") };
         if let Some(t) =
             std::env::var(crate::tracker::TRACKER_FD_ENV).ok().and_then(|s| s.parse().ok())
         {
+            // SAFETY: as above.
             unsafe { std::env::remove_var(crate::tracker::TRACKER_FD_ENV) };
             crate::tracker::adopt(t);
         }
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        // SAFETY: `fd` is the boot socket our parent passed us, open for as long as this call.
+        let boot = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = fcntl(boot, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
         let (payload, fds) = recv_with_fds_stream(vm, fd)?.ok_or_else(|| {
             vm.new_eof_error("parent closed the boot channel before sending".to_owned())
         })?;
@@ -842,13 +765,8 @@ pub(crate) mod _procpy {
     ) -> PyResult {
         let hangup = || Ok(vm.ctx.new_str("hangup").into());
         let (addr, len) = address.with_ref(fsdoor::sockaddr).map_err(|e| os_err(vm, e))?;
-        // SAFETY: plain socket(2); the result is checked and owned below.
-        let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(os_err(vm, io::Error::last_os_error()));
-        }
-        // SAFETY: a fresh descriptor from socket(2), owned by nobody else.
-        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+        let sock = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+            .map_err(|e| os_err(vm, e.into()))?;
         let fd = sock.as_raw_fd();
         let connected = io_retry(vm, || {
             // SAFETY: `addr` is a valid sockaddr_un of length `len`.
@@ -863,15 +781,14 @@ pub(crate) mod _procpy {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 return Ok(vm.ctx.new_str("missing").into())
             }
-            Err(e) if server_gone(&e) => return Ok(vm.ctx.new_str("refused").into()),
+            Err(e) if stream::peer_gone(&e) => return Ok(vm.ctx.new_str("refused").into()),
             Err(e) => return Err(os_err(vm, e)),
         }
         // The listener must be the one this very process made: the kernel reports who called
         // listen() on it, which nobody can fake. (A server that cannot be impersonated: the
         // request may carry secrets.)
         let cred = fsdoor::peer_cred(fd).map_err(|e| os_err(vm, e))?;
-        // SAFETY: geteuid cannot fail.
-        if cred.uid != unsafe { libc::geteuid() } || cred.pid as u32 != std::process::id() {
+        if cred.uid != nix::unistd::geteuid().as_raw() || cred.pid as u32 != std::process::id() {
             return Err(vm
                 .new_errno_error(libc::EACCES, format!("fork server: the socket at {:?} is not this process's (peer pid {}, uid {})",
                     address.with_ref(|b| String::from_utf8_lossy(b).into_owned()), cred.pid, cred.uid))
@@ -984,7 +901,7 @@ pub(crate) mod _procpy {
     /// server's handlers pending, instead of running the server's handler or losing it.
     #[pyfunction]
     fn forkserver_block_signals(block: bool, vm: &VirtualMachine) -> PyResult<()> {
-        term_signals_mask(if block { libc::SIG_BLOCK } else { libc::SIG_UNBLOCK })
+        term_signals_mask(if block { SigmaskHow::SIG_BLOCK } else { SigmaskHow::SIG_UNBLOCK })
             .map_err(|e| os_err(vm, e))
     }
 
@@ -993,13 +910,13 @@ pub(crate) mod _procpy {
     /// sent while the child was being forked ends it now, as it would a CPython child.
     #[pyfunction]
     fn forkserver_child_signals(vm: &VirtualMachine) -> PyResult<()> {
-        for sig in [libc::SIGTERM, libc::SIGHUP] {
-            // SAFETY: installing the default disposition for a catchable signal.
-            if unsafe { libc::signal(sig, libc::SIG_DFL) } == libc::SIG_ERR {
-                return Err(os_err(vm, io::Error::last_os_error()));
-            }
+        for sig in [Signal::SIGTERM, Signal::SIGHUP] {
+            // SAFETY: SIG_DFL installs no handler of ours, so no async-signal-safety rule is at
+            // stake.
+            unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) }
+                .map_err(|e| os_err(vm, e.into()))?;
         }
-        term_signals_mask(libc::SIG_UNBLOCK).map_err(|e| os_err(vm, e))
+        term_signals_mask(SigmaskHow::SIG_UNBLOCK).map_err(|e| os_err(vm, e))
     }
 
     /// Fork server: tell a client its child's pid.
@@ -1033,7 +950,7 @@ pub(crate) mod _procpy {
     fn close_fds(fds: Vec<i32>) {
         for fd in fds {
             if fd >= 0 {
-                unsafe { libc::close(fd) };
+                let _ = nix::unistd::close(fd);
             }
         }
     }
@@ -1058,19 +975,15 @@ pub(crate) mod _procpy {
     /// the forking *thread* exits and would not cover fork-server children at all.
     #[pyfunction]
     fn watch_parent(sentinel: i32, vm: &VirtualMachine) -> PyResult<()> {
-        let fd = unsafe { libc::fcntl(sentinel, libc::F_DUPFD_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(os_err(vm, io::Error::last_os_error()));
-        }
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = ipc::dup(sentinel).map_err(|e| os_err(vm, e))?;
         std::thread::Builder::new()
             .name("procpy-parent-watch".into())
             .spawn(move || loop {
                 match ipc::poll(&[(fd.as_raw_fd(), libc::POLLIN)], None) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    _ => unsafe {
-                        libc::kill(libc::getpid(), libc::SIGKILL);
-                    },
+                    _ => {
+                        let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGKILL);
+                    }
                 }
             })
             .map_err(|e| os_err(vm, e))?;

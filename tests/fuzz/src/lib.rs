@@ -9,7 +9,7 @@
 //! [`track`] is a counting global allocator: the targets check that what a decoder or frame
 //! reader holds follows from the bytes that arrived, not from a length a peer declared.
 
-#[path = "../../../interpreter/src/embed.rs"]
+#[path = "../../../interpreter/src/embed/protocol.rs"]
 pub mod embed;
 #[path = "../../../interpreter/src/forkserver.rs"]
 pub mod forkserver;

@@ -1,15 +1,18 @@
-//! The worker side of embedding (see [`crate::embed`]): a process started by a host
-//! application serves calls of Python functions over an inherited socket.
+//! The worker's serve loop: a process started by a host application serves calls of Python
+//! functions over an inherited socket, speaking [`super::protocol`].
 //!
 //! The host re-executes a program whose `main` calls `procpy::init()`; that finds
-//! [`crate::embed::WORKER_FD_ENV`] and lands in [`serve`], which never returns.
+//! [`super::WORKER_FD_ARG`] and lands in [`serve`], which never returns.
 
+use super::protocol::{self as embed, Frame, PyError, Setup};
 use crate::boot;
-use crate::embed::{self, Frame, PyError, Setup};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::resource::{rlim_t, setrlimit, Resource};
 use rustpython_vm::builtins::{PyBaseExceptionRef, PyBytes, PyStr, PyTuple};
 use rustpython_vm::{AsObject, PyObjectRef, PyResult, VirtualMachine};
 use std::io;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
@@ -127,15 +130,20 @@ const HOST_BROKE_PROTOCOL: i32 = 76;
 /// its memory limit.
 fn channel_failed(e: io::Error) -> ! {
     if e.kind() == io::ErrorKind::UnexpectedEof {
-        // SAFETY: `_exit` ends the process; no Rust state is used after it.
-        unsafe { libc::_exit(HOST_GONE) }
+        exit_now(HOST_GONE)
     }
     eprintln!("procpy worker {}: the channel to the host failed: {e}", std::process::id());
     if e.kind() == io::ErrorKind::OutOfMemory {
         std::process::abort();
     }
-    // SAFETY: as above.
-    unsafe { libc::_exit(HOST_BROKE_PROTOCOL) }
+    exit_now(HOST_BROKE_PROTOCOL)
+}
+
+/// End the process at once: no atexit handlers, no flush of stdio buffers (other threads may be
+/// in the middle of a call, or the process is a fork of the worker). nix has no `_exit`.
+fn exit_now(status: i32) -> ! {
+    // SAFETY: `_exit` takes no pointer and does not return; no Rust code runs after it.
+    unsafe { libc::_exit(status) }
 }
 
 fn unexpected(frame: &Frame, when: &str) -> ! {
@@ -147,23 +155,18 @@ fn unexpected(frame: &Frame, when: &str) -> ! {
 
 /// Serve the host on socket `fd` until it closes it; never returns.
 pub fn serve(fd: RawFd) -> ! {
-    // SAFETY: plain libc calls on our own process and on the descriptor the host gave us.
-    unsafe {
-        // As `boot::run`: a SIGSEGV must kill us, so the host sees the signal.
-        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
-        libc::signal(libc::SIGBUS, libc::SIG_DFL);
-        // Our own multiprocessing children must not inherit the host's socket.
-        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-    }
-    // SAFETY: `fd` is the socket the host passed us (`crate::embed::WORKER_FD_ENV`); nothing
-    // else in this process owns it.
+    // As `boot::run`: a SIGSEGV must kill us, so the host sees the signal.
+    boot::die_of_faults();
+    // SAFETY: `fd` is the socket the host passed us (`super::WORKER_FD_ARG`); nothing else in
+    // this process owns it.
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    // Our own multiprocessing children must not inherit the host's socket.
+    let _ = fcntl(&stream, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
     let setup = match embed::read_frame(&mut &stream) {
         Ok(Frame::Setup(s)) => s,
         Ok(other) => unexpected(&other, "before Setup"),
         Err(e) => channel_failed(e),
     };
-    watch_for_hangup(fd);
     let chan = CHANNEL.get_or_init(|| Channel {
         stream,
         pid: std::process::id(),
@@ -171,6 +174,7 @@ pub fn serve(fd: RawFd) -> ! {
         waiting: Mutex::new(HostWaiting::default()),
         settled: Condvar::new(),
     });
+    watch_for_hangup(chan.stream.as_fd());
     let argv = setup
         .script
         .as_ref()
@@ -186,17 +190,16 @@ pub fn serve(fd: RawFd) -> ! {
 /// A thread that ends the worker when the host dies (its end of the socket closes), even in the
 /// middle of a long Python call. Robust where PR_SET_PDEATHSIG is not: that fires when the
 /// host *thread* that started us ends, and host threads come and go.
-fn watch_for_hangup(fd: RawFd) {
+fn watch_for_hangup(fd: BorrowedFd<'static>) {
+    // nix names no POLLRDHUP (the peer shut its end down), and its `revents` cannot show it: any
+    // readiness is the host going, since POLLHUP, POLLERR and POLLNVAL are all the rest poll can
+    // report here.
+    let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
     // Without the thread, a host death is still seen at the next read of the channel.
     let watcher = std::thread::Builder::new().spawn(move || loop {
-        let mut p = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut p, 1, -1) };
-        if r > 0
-            && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
-        {
-            // SAFETY: `_exit` ends the process (other threads may be mid-call: no atexit).
-            unsafe { libc::_exit(HOST_GONE) };
+        if matches!(poll(&mut [PollFd::new(fd, rdhup)], PollTimeout::NONE), Ok(n) if n > 0) {
+            // Other threads may be mid-call: no atexit handlers.
+            exit_now(HOST_GONE);
         }
     });
     if let Err(e) = watcher {
@@ -228,20 +231,10 @@ fn run_in(vm: &VirtualMachine, chan: &Channel, setup: &Setup) -> PyResult<()> {
     // The host serves host calls for as long as it waits for the script.
     chan.open();
     let scope = vm.new_scope_with_main()?;
+    // As the CLI runs it: the same `site`, `sys.path` and `__file__`.
     match (&script.path, &script.source) {
-        (Some(path), _) => {
-            let dir = std::path::Path::new(path)
-                .parent()
-                .and_then(|p| p.to_str())
-                .filter(|d| !d.is_empty())
-                .unwrap_or(".");
-            let abs = std::fs::canonicalize(dir)
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| dir.to_owned());
-            vm.insert_sys_path(vm.new_pyobj(abs))?;
-            vm.run_any_file(scope, path)
-        }
-        (None, Some(code)) => vm.run_string(scope, code, "<string>".to_owned()).map(drop),
+        (Some(path), _) => boot::run_main(vm, scope, boot::Main::File(path)),
+        (None, Some(code)) => boot::run_main(vm, scope, boot::Main::Source(code)),
         (None, None) => Ok(()),
     }
 }
@@ -262,20 +255,14 @@ fn prepare(vm: &VirtualMachine, setup: &Setup) -> PyResult<()> {
     )?;
     // Limits come after the boot, so the interpreter itself always starts; they bind the user's code.
     let set = |res, soft: u64, hard: u64| {
-        let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
-        // SAFETY: a valid rlimit for our own process.
-        if unsafe { libc::setrlimit(res, &lim) } != 0 {
-            return Err(
-                vm.new_os_error(format!("setrlimit failed: {}", std::io::Error::last_os_error()))
-            );
-        }
-        Ok(())
+        setrlimit(res, soft as rlim_t, hard as rlim_t)
+            .map_err(|e| vm.new_os_error(format!("setrlimit failed: {}", std::io::Error::from(e))))
     };
     if let Some(bytes) = setup.memory_limit {
-        set(libc::RLIMIT_AS, bytes, bytes)?;
+        set(Resource::RLIMIT_AS, bytes, bytes)?;
     }
     if let Some(secs) = setup.cpu_limit {
-        set(libc::RLIMIT_CPU, secs, secs + 1)?;
+        set(Resource::RLIMIT_CPU, secs, secs + 1)?;
     }
     Ok(())
 }
@@ -302,8 +289,7 @@ fn serve_calls(vm: &VirtualMachine, chan: &Channel) -> PyResult<()> {
         if std::process::id() != chan.pid {
             // A bare `os.fork()` whose child returned from the call: the reply and the channel
             // are the worker's, so the child ends here without touching them.
-            // SAFETY: `_exit` ends the process.
-            unsafe { libc::_exit(0) }
+            exit_now(0)
         }
         vm.allow_threads(|| chan.close());
         match chan.write(&Frame::Reply { id, outcome }) {

@@ -8,9 +8,10 @@
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
-/// The environment variable that marks a process as an embedding worker: its value is the
-/// number of the inherited socket descriptor.
-pub const WORKER_FD_ENV: &str = "PROCPY_EMBED_FD";
+/// The first argument that marks a process as an embedding worker, followed by the number of
+/// the inherited socket descriptor. An argument, not an environment variable: nothing has to
+/// unset it, and the worker's own children do not inherit it.
+pub const WORKER_FD_ARG: &str = "--procpy-embed-fd=";
 
 /// Largest frame accepted (1 GiB): a corrupt length must not make us allocate the world.
 pub const MAX_FRAME: usize = 1 << 30;
