@@ -22,8 +22,9 @@
 //!   own. The scripts start several processes and wait with timeouts under python3 and procpy;
 //!   with more running at once on a 2-core machine CPython itself misses them.
 //! - `bench_smoke::suite_runs_on_a_tiny_size_and_regenerates_the_docs` takes `alone` too: it
-//!   runs the benchmark suite (timings printed, not asserted), and its workloads time out when
-//!   the machine is busy with other tests.
+//!   runs the benchmark suite, whose workloads (`Pool(2)`, two threads) keep both cores busy on
+//!   purpose, as when it was a binary of its own: beside it, other tests' hang guards and
+//!   "promptly" checks would get tight, and the timings it prints would mean little.
 //! - The tests that run processes as uid 65534 (`nobody`) also hold [`common::serial::nobody`]:
 //!   `RLIMIT_NPROC` counts every process and thread of a uid, so two of them at once would use
 //!   up each other's limit. They are `adversarial::leaks::{queue_items_survive_descriptor_pressure,
