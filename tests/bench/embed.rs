@@ -9,8 +9,8 @@
 //!
 //! This program is its own worker program: `main` starts with `procpy::init()`.
 
-use procpy::wire;
 use procpy_interpreter::embed::{read_frame, write_frame, Frame};
+use procpy_interpreter::wire;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

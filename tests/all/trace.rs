@@ -3,15 +3,12 @@
 //! follow its start in the parent, in order; exits carry the right codes; every flow start has
 //! its end; pool tasks appear on worker processes. No timing thresholds: only order in time.
 
-mod common;
-
-use common::{procpy, run_with_deadline, Outcome};
+use crate::common::serial;
+use crate::common::{self, procpy, run_with_deadline, Outcome, METHODS};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 
 // ---------------------------------------------------------------- a tiny JSON reader
 
@@ -212,6 +209,7 @@ fn parse_json(text: &str) -> Result<Json, String> {
 
 #[test]
 fn the_json_reader_reads_and_refuses() {
+    let _serial = serial::shared();
     let v = parse_json(r#"{"a":[1,-2.5e1,"x\"\u00e9"],"b":{"c":null,"d":true}}"#).unwrap();
     assert_eq!(
         v.get("a"),
@@ -371,6 +369,7 @@ if __name__ == '__main__':
 
 #[test]
 fn a_run_becomes_a_timeline_under_every_start_method() {
+    let _serial = serial::shared();
     for method in METHODS {
         let (o, ev) = traced("timeline", method, SCRIPT);
         assert_eq!(o.status, Some(0), "{method}: {o:?}");
@@ -513,6 +512,7 @@ if __name__ == '__main__':
 
 #[test]
 fn a_killed_child_gets_its_exit_from_the_parent() {
+    let _serial = serial::shared();
     for method in METHODS {
         let (o, ev) = traced("killed", method, KILLED);
         assert_eq!(o.stdout, "-9\n", "{method}: {o:?}");
@@ -546,6 +546,7 @@ if __name__ == '__main__':
 
 #[test]
 fn process_pool_executor_tasks_are_named_after_the_function() {
+    let _serial = serial::shared();
     let (o, ev) = traced("futures", "fork", FUTURES);
     assert_eq!(o.stdout, "8 [0, 1, 8, 27, 64]\n", "{o:?}");
     process_names(&ev);
@@ -567,6 +568,7 @@ fn process_pool_executor_tasks_are_named_after_the_function() {
 
 #[test]
 fn a_relative_trace_path_is_the_starting_directory_s_even_if_the_script_moves() {
+    let _serial = serial::shared();
     let dir = temp_dir("relative");
     std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
     std::fs::write(dir.join("s.py"), "import os\nos.chdir('elsewhere')\nprint('moved')\n").unwrap();
@@ -585,6 +587,7 @@ fn a_relative_trace_path_is_the_starting_directory_s_even_if_the_script_moves() 
 
 #[test]
 fn an_unwritable_trace_file_is_refused_before_the_script_runs() {
+    let _serial = serial::shared();
     let dir = temp_dir("unwritable");
     let script = dir.join("s.py");
     std::fs::write(&script, "print('ran')\n").unwrap();
@@ -604,6 +607,7 @@ fn an_unwritable_trace_file_is_refused_before_the_script_runs() {
 
 #[test]
 fn without_trace_nothing_is_recorded_and_no_variable_leaks() {
+    let _serial = serial::shared();
     let dir = temp_dir("off");
     let script = dir.join("s.py");
     std::fs::write(&script, "import os, _procpy, _procpy_trace\nprint(os.environ.get('PROCPY_TRACE'), _procpy.trace_enabled(), _procpy_trace.enabled())\n").unwrap();
@@ -618,6 +622,7 @@ fn without_trace_nothing_is_recorded_and_no_variable_leaks() {
 /// traces are complete: tracing changes what a run records, never what it does.
 #[test]
 fn traced_scripts_behave_as_under_cpython() {
+    let _serial = serial::shared();
     let scripts = [
         "pool_basics",
         "queue_many_producers_consumers",
@@ -692,6 +697,7 @@ if __name__ == '__main__':
 /// over TCP (whose two ends share no identity) still pair into flows.
 #[test]
 fn thread_pool_tasks_and_tcp_messages_are_traced() {
+    let _serial = serial::shared();
     let (o, ev) = traced("threads_tcp", "fork", THREADS_AND_TCP);
     assert_eq!(o.stdout, "[1, 2, 3, 4]\n42\n", "{o:?}");
     let names = process_names(&ev);

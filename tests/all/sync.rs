@@ -3,22 +3,11 @@
 //! cannot know who holds a semaphore). Plus the guarantees a blocked acquire must keep: Ctrl-C
 //! interrupts it. Every test runs under fork, spawn and forkserver.
 
-mod common;
-
-use common::{procpy, run_with_deadline, Outcome};
+use crate::common::serial;
+use crate::common::{procpy, run_with_deadline, temp_script, Outcome, METHODS};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
-
-fn temp_script(name: &str, code: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("procpy-synctest-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join(format!("{name}.py"));
-    std::fs::write(&script, code).unwrap();
-    script
-}
 
 fn run(script: &PathBuf, method: &str) -> Outcome {
     let mut cmd = Command::new(procpy());
@@ -68,6 +57,7 @@ if __name__ == '__main__':
 
 #[test]
 fn lock_held_by_a_dead_process_is_taken_over() {
+    let _serial = serial::shared();
     let script = temp_script("dead_holder", DEAD_HOLDER);
     for method in METHODS {
         let out = run(&script, method);
@@ -130,6 +120,7 @@ if __name__ == '__main__':
 
 #[test]
 fn ctrl_c_interrupts_a_blocked_acquire() {
+    let _serial = serial::shared();
     let script = temp_script("interrupt", INTERRUPT);
     for method in METHODS {
         let out = run(&script, method);

@@ -2,9 +2,6 @@
 //! that runs out of descriptors, processes or memory, and kills mid-operation. Each test guards
 //! one guarantee of docs/reliability.md; each module owns one attack surface.
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod embed;
 mod forkserver;
 mod frames;

@@ -4,22 +4,11 @@
 //! while any process of the tree lives. Every test runs under fork, spawn and forkserver, and
 //! waits on conditions (with a deadline), never on a fixed sleep.
 
-mod common;
-
-use common::{procpy, run_with_deadline, Outcome};
-use std::path::{Path, PathBuf};
+use crate::common::serial;
+use crate::common::{self, procpy, run_with_deadline, temp_script, Outcome, METHODS};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
-
-fn temp_script(name: &str, code: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("procpy-shmtest-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join(format!("{name}.py"));
-    std::fs::write(&script, code).unwrap();
-    script
-}
 
 fn run(script: &Path, method: &str) -> Outcome {
     let mut cmd = Command::new(procpy());
@@ -67,6 +56,7 @@ if __name__ == '__main__':
 
 #[test]
 fn segment_of_a_sigkilled_child_is_unlinked_when_the_program_ends() {
+    let _serial = serial::shared();
     let script = temp_script("child_killed", CHILD_KILLED);
     for method in METHODS {
         let out = run(&script, method);
@@ -118,6 +108,7 @@ if __name__ == '__main__':
 
 #[test]
 fn parent_sigkilled_while_children_attach_unlinks_once_all_are_gone() {
+    let _serial = serial::shared();
     let script = temp_script("parent_killed", PARENT_KILLED);
     for method in METHODS {
         // run_with_deadline returns once the (killed) parent is reaped and every process that
@@ -169,6 +160,7 @@ if __name__ == '__main__':
 
 #[test]
 fn leaked_segments_are_unlinked_with_a_warning_at_normal_exit() {
+    let _serial = serial::shared();
     let script = temp_script("normal_exit", NORMAL_EXIT);
     for method in METHODS {
         let out = run(&script, method);
@@ -223,6 +215,7 @@ if __name__ == '__main__':
 
 #[test]
 fn a_tidy_program_gets_no_warning() {
+    let _serial = serial::shared();
     let script = temp_script("no_leak", NO_LEAK);
     for method in METHODS {
         let out = run(&script, method);
@@ -256,6 +249,7 @@ if __name__ == '__main__':
 
 #[test]
 fn sigkill_to_the_whole_process_group_still_unlinks() {
+    let _serial = serial::shared();
     // CPython's tracker shares the program's process group and dies with it (a leak); ours
     // runs in its own group.
     use std::os::unix::process::CommandExt;

@@ -6,6 +6,7 @@
 //! /proc/self/fd), so no test-only knob exists in the production code.
 
 use crate::common;
+use crate::common::serial;
 use procpy::{Error, Limit};
 use procpy_interpreter::embed::{self as protocol, Frame, Setup};
 use std::io::{Read, Write};
@@ -141,11 +142,9 @@ fn builder(workers: usize) -> procpy::Builder {
         .host_fn("depth", |x: Nested| Ok::<_, String>(x.0.len()))
 }
 
+/// Whether `pid` still runs (a zombie is dead too).
 fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"),
-        Err(_) => false,
-    }
+    !common::is_gone(pid as i32)
 }
 
 /// Run `f` on its own thread and wait at most [`HANG_GUARD`] for it: `None` means it hung.
@@ -166,6 +165,7 @@ fn frame(len: u32, body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_host_call_from_a_thread_between_calls_never_swallows_the_next_call() {
+    let _serial = serial::shared();
     let e = Arc::new(builder(1).build().unwrap());
     e.call::<_, ()>("plugin:start_pingers", 2).unwrap();
     // Python threads keep calling a host function while the host calls in, between calls
@@ -190,6 +190,7 @@ fn a_host_call_from_a_thread_between_calls_never_swallows_the_next_call() {
 
 #[test]
 fn a_script_calls_host_functions() {
+    let _serial = serial::shared();
     let e = Arc::new(builder(1).build().unwrap());
     let script = procpy::Script::source("from host import twice\nprint(twice(21))\n")
         .capture_output()
@@ -201,6 +202,7 @@ fn a_script_calls_host_functions() {
 
 #[test]
 fn a_worker_stalled_mid_frame_times_out() {
+    let _serial = serial::shared();
     let e = Arc::new(builder(1).build().unwrap());
     let first: u32 = e.call("plugin:pid", ()).unwrap();
     // The header promises 100 bytes; 10 come, then nothing.
@@ -223,6 +225,7 @@ fn a_worker_stalled_mid_frame_times_out() {
 
 #[test]
 fn garbage_frames_from_a_worker_are_errors() {
+    let _serial = serial::shared();
     let e = Arc::new(builder(1).build().unwrap());
     let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
         ("a length past the frame limit", frame(u32::MAX, &[0; 8]), "stall", "too large"),
@@ -256,6 +259,7 @@ fn garbage_frames_from_a_worker_are_errors() {
 
 #[test]
 fn a_process_forked_in_a_call_leaves_the_channel_alone() {
+    let _serial = serial::shared();
     let e = Arc::new(builder(1).build().unwrap());
     let worker: u32 = e.call("plugin:pid", ()).unwrap();
     let e2 = e.clone();
@@ -282,7 +286,7 @@ fn host_in_child(name: &str, address_space: Option<u64>) -> common::Outcome {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
-        &format!("embed::{name}"),
+        &common::test_name(module_path!(), name),
         "--ignored",
         "--nocapture",
         "--test-threads=1",
@@ -340,6 +344,7 @@ fn host_under_an_address_space_limit() {
 
 #[test]
 fn an_oversized_frame_header_does_not_abort_the_host() {
+    let _serial = serial::shared();
     // 512 MiB: the host and its workers run, but a buffer of the claimed 1 GiB cannot exist.
     let out = host_in_child("host_under_an_address_space_limit", Some(512 << 20));
     let r = printed(&out, "RESULT");
@@ -360,6 +365,7 @@ fn host_reading_a_value_that_contains_itself() {
 
 #[test]
 fn a_value_that_contains_itself_is_an_error() {
+    let _serial = serial::shared();
     // A list that contains itself, read into a recursive type: as a call's result and as a
     // host function's argument. Recursing without end would overflow the host's stack.
     let out = host_in_child("host_reading_a_value_that_contains_itself", None);
@@ -371,6 +377,7 @@ fn a_value_that_contains_itself_is_an_error() {
 
 #[test]
 fn a_memory_limit_breach_reports_the_limit() {
+    let _serial = serial::shared();
     let probe = builder(1).build().unwrap();
     let base: u64 = probe.call("plugin:vm_size", ()).unwrap();
     drop(probe);
@@ -401,7 +408,7 @@ fn fake_host(address_space: Option<u64>) -> (UnixStream, std::process::Child) {
     let (host, worker_end) = UnixStream::pair().unwrap();
     let fd = worker_end.as_raw_fd();
     let mut cmd = Command::new(common::procpy());
-    cmd.env("PROCPY_EMBED_FD", fd.to_string())
+    cmd.env(protocol::WORKER_FD_ENV, fd.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -455,6 +462,7 @@ const HOST_BROKE_PROTOCOL: i32 = 76;
 
 #[test]
 fn a_bad_frame_from_the_host_ends_the_worker_with_a_message() {
+    let _serial = serial::shared();
     let mut setup = Vec::new();
     protocol::write_frame(&mut setup, &Frame::Setup(Setup::default())).unwrap();
     // (what, frames sent after a good Setup or instead of it, status, message on stderr)
@@ -500,6 +508,7 @@ fn a_bad_frame_from_the_host_ends_the_worker_with_a_message() {
 
 #[test]
 fn a_length_header_alone_does_not_make_the_worker_allocate() {
+    let _serial = serial::shared();
     // 1 GiB promised under a 512 MiB address space, 10 bytes sent, then the host goes away:
     // the worker sees its host gone, instead of dying of the allocation.
     let (mut host, child) = fake_host(Some(512 << 20));

@@ -1,7 +1,7 @@
 //! Embedding: the pool API (map, imap, submit with blocking waits and futures).
 
-mod common;
-
+use crate::common;
+use crate::common::serial;
 use procpy::{Builder, Engine, Error};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -56,6 +56,7 @@ struct Scored {
 
 #[test]
 fn map_keeps_order_and_uses_every_worker() {
+    let _serial = serial::shared();
     let e = engine(3).build().unwrap();
     let recs: Vec<Rec> =
         (0..2000).map(|i| Rec { id: i, name: "x".repeat((i % 7) as usize), weight: 0.5 }).collect();
@@ -72,6 +73,7 @@ fn map_keeps_order_and_uses_every_worker() {
 
 #[test]
 fn imap_yields_in_order_and_reports_a_failed_chunk() {
+    let _serial = serial::shared();
     let e = engine(2).chunksize(5).build().unwrap();
     let got: Vec<Result<i64, Error>> = e.imap("plugin:fail_on_7", 0..20i64).collect();
     // chunks [0..5) ok, [5..10) failed (one error in its place), [10..20) ok
@@ -89,6 +91,7 @@ fn imap_yields_in_order_and_reports_a_failed_chunk() {
 
 #[test]
 fn a_result_of_the_wrong_type_names_its_global_index() {
+    let _serial = serial::shared();
     let e = engine(2).chunksize(3).build().unwrap();
     let items =
         vec![serde_value(1), serde_value(2), serde_value(3), serde_value(4), Val::S("five".into())];
@@ -108,6 +111,7 @@ fn serde_value(i: i64) -> Val {
 
 #[test]
 fn submit_waits_blocking_and_with_a_timeout() {
+    let _serial = serial::shared();
     let e = engine(2).build().unwrap();
     let flag = std::env::temp_dir().join(format!("procpy-embed-pool-flag-{}", std::process::id()));
     let _ = std::fs::remove_file(&flag);
@@ -148,6 +152,7 @@ fn block_on<F: Future>(f: F) -> F::Output {
 
 #[test]
 fn tasks_are_futures() {
+    let _serial = serial::shared();
     let e = engine(2).build().unwrap();
     let a = e.submit::<_, i64>("operator:mul", (6, 7));
     let b = e.submit::<_, String>("builtins:repr", vec![1]);
@@ -160,6 +165,7 @@ fn tasks_are_futures() {
 
 #[test]
 fn many_threads_submitting_and_mapping_at_once() {
+    let _serial = serial::shared();
     let e = Arc::new(engine(3).build().unwrap());
     let hs: Vec<_> = (0..8i64)
         .map(|t| {
@@ -178,6 +184,7 @@ fn many_threads_submitting_and_mapping_at_once() {
 
 #[test]
 fn concurrent_calls_each_get_their_own_worker() {
+    let _serial = serial::shared();
     // A rendezvous of three calls can only complete when three workers run them at once.
     let e = engine(3).default_timeout(Duration::from_secs(60)).build().unwrap();
     let dir = std::env::temp_dir().join(format!("procpy-embed-pool-rdv-{}", std::process::id()));

@@ -2,14 +2,13 @@
 //! every workload yields a number under both interpreters, and the docs it regenerates keep
 //! the hand-written part of performance.md while replacing the generated section and chart.
 
-mod common;
-
-use common::{procpy, root, run_with_deadline};
+use crate::common::{procpy, root, run_with_deadline, serial};
 use std::process::Command;
 use std::time::Duration;
 
 #[test]
 fn suite_runs_on_a_tiny_size_and_regenerates_the_docs() {
+    let _alone = serial::alone();
     let dir = std::env::temp_dir().join(format!("procpy-bench-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let md = dir.join("performance.md");

@@ -5,8 +5,9 @@
 //! names it, and a process that lives on (no SIGABRT from a huge allocation, no SIGBUS from a
 //! mapping larger than its file, no hang). Timeouts are hang guards only.
 
+use crate::common::serial;
 use crate::common::{procpy, run_with_deadline, Outcome};
-use procpy::wire::{self, HandleKind, Value};
+use procpy_interpreter::wire::{self, HandleKind, Value};
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -26,21 +27,27 @@ fn cvt(r: libc::c_int) -> RawFd {
 /// not inherit each other's descriptors).
 fn socketpair(kind: libc::c_int) -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors socketpair writes.
     cvt(unsafe { libc::socketpair(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) });
+    // SAFETY: two new descriptors nothing else owns.
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 fn pipe() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) });
+    // SAFETY: two new descriptors nothing else owns.
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 /// An anonymous memory file of `size` bytes (sparse: nothing is written).
 fn memfd(size: u64) -> OwnedFd {
+    // SAFETY: a valid C string; the new descriptor is owned by the OwnedFd at once.
     let fd = unsafe {
         OwnedFd::from_raw_fd(cvt(libc::memfd_create(c"frames-test".as_ptr(), libc::MFD_CLOEXEC)))
     };
+    // SAFETY: a plain system call on a descriptor we own.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) });
     fd
 }
@@ -66,9 +73,11 @@ fn sealed_memfd(size: u64) -> OwnedFd {
 /// `sendmsg` of `data` with `fds` attached (SCM_RIGHTS); all of `data` must go in one call.
 fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) {
     let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
+    // SAFETY: msghdr is plain data, for which all zeroes is a valid (empty) value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
     let mut cbuf = vec![0u64; space.div_ceil(8)];
     if !fds.is_empty() {
@@ -87,6 +96,7 @@ fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) {
             );
         }
     }
+    // SAFETY: `msg` points at `iov` (over `data`) and the control buffer, all alive here.
     let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
     assert_eq!(n, data.len() as isize, "sendmsg: {}", std::io::Error::last_os_error());
 }
@@ -214,6 +224,7 @@ fn assert_all_raised(o: &Outcome, allowed: &[&str]) {
 /// tries to allocate it) instead of aborting the process.
 #[test]
 fn pipe_header_of_2_pow_40_raises_memory_error() {
+    let _serial = serial::shared();
     let o = pipe_header_case(1 << 40, None);
     // Under `overcommit_memory = 1` the allocation of 1 TiB is granted to CPython and to us:
     // then the writer's end of file ends the message.
@@ -226,6 +237,7 @@ fn pipe_header_of_2_pow_40_raises_memory_error() {
 /// raise MemoryError.
 #[test]
 fn pipe_header_of_2_pow_31_under_rlimit_as_raises_memory_error() {
+    let _serial = serial::shared();
     for len in [(1u64 << 31) - 1, 1 << 31, 1 << 40] {
         let o = pipe_header_case(len, Some(2 * GIB));
         assert_all_raised(&o, &["MemoryError"]);
@@ -344,6 +356,7 @@ fn memfd_record(len: u64, nfds: u8) -> Vec<u8> {
 /// file) raise in `get`; the record behind each still arrives.
 #[test]
 fn bad_queue_records_raise_and_the_queue_stays_usable() {
+    let _serial = serial::shared();
     let mut keep = Vec::new();
     let o = run_receiver(Some(2 * GIB), |conn| {
         let mut f = QueueFeeder { conn, keep: Vec::new() };
@@ -433,6 +446,7 @@ fn bad_queue_records_raise_and_the_queue_stays_usable() {
 /// well-formed ones still work.
 #[test]
 fn crafted_handles_raise_instead_of_sigbus() {
+    let _serial = serial::shared();
     let mut keep: Vec<OwnedFd> = Vec::new();
     let mut peers: Vec<OwnedFd> = Vec::new();
     let o = run_receiver(None, |conn| {
@@ -511,6 +525,7 @@ fn crafted_handles_raise_instead_of_sigbus() {
 /// OSError: an exception and exit status 1, not SIGABRT.
 #[test]
 fn spawn_boot_with_a_bad_length_fails_with_an_exception() {
+    let _serial = serial::shared();
     for (head, tail, exc) in [
         ((1u64 << 40).to_be_bytes(), &b""[..], "MemoryError"),
         (100u64.to_be_bytes(), &b"abc"[..], "OSError: got end of file during message"),
@@ -543,6 +558,7 @@ fn spawn_boot_with_a_bad_length_fails_with_an_exception() {
 /// it is reported and cleaned up at the end.
 #[test]
 fn resource_tracker_drops_an_endless_line() {
+    let _serial = serial::shared();
     let name = format!("/procpy-frames-{}", std::process::id());
     let mut cmd = Command::new(procpy());
     cmd.arg("--multiprocessing-resource-tracker")
@@ -599,6 +615,7 @@ fn resource_tracker_drops_an_endless_line() {
 /// for ever; RustPython's socket lock made ours block in close).
 #[test]
 fn listener_close_wakes_a_blocked_accept() {
+    let _serial = serial::shared();
     const SCRIPT: &str = r#"
 import os, sys, threading, time
 from multiprocessing.connection import Listener
@@ -644,6 +661,7 @@ print('acceptor', result)
 /// OSError carries errno EMFILE and its text, not "[Errno 0] Success" or no errno at all.
 #[test]
 fn process_start_without_descriptors_reports_emfile() {
+    let _serial = serial::shared();
     const SCRIPT: &str = r#"
 import multiprocessing as mp, os, sys
 def f():
@@ -702,6 +720,7 @@ if __name__ == '__main__':
 /// a '#TRACEBACK' naming MemoryError, and the server serves the next client.
 #[test]
 fn manager_survives_a_2_pow_40_header() {
+    let _serial = serial::shared();
     const SCRIPT: &str = r#"
 import os, struct, sys
 import multiprocessing as mp
@@ -799,6 +818,7 @@ print('alive', b.recv())
 
 #[test]
 fn deep_nesting_from_a_peer_raises_in_a_thread() {
+    let _serial = serial::shared();
     let o = run_with_deadline(procpy_c(DEEP_IN_A_THREAD, &[]), LIMIT);
     assert_lived(&o, "alive after");
     assert_eq!(
@@ -857,6 +877,7 @@ if __name__ == '__main__':
 
 #[test]
 fn shared_memory_files_cannot_be_shrunk_under_their_users() {
+    let _serial = serial::shared();
     let dir = std::env::temp_dir().join(format!("procpy-shrink-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let script = dir.join("shrink.py");
@@ -915,6 +936,7 @@ print('alive')
 
 #[test]
 fn a_message_of_many_small_values_raises_memory_error() {
+    let _serial = serial::shared();
     let mut cmd = procpy_c(MANY_SMALL_VALUES, &[]);
     limit_address_space(&mut cmd, 3 * GIB / 2);
     let o = run_with_deadline(cmd, LIMIT);

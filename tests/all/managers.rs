@@ -11,167 +11,21 @@
 //!
 //! Tests wait for conditions (lines read, pids gone) with deadlines; none sleeps and hopes.
 
-mod common;
-
-use common::{procpy, run_with_deadline, Outcome};
-use std::io::{BufRead, BufReader, Read};
+use crate::common::serial;
+use crate::common::{
+    is_gone, procpy, run_with_deadline, temp_script_flushed, wait_gone, Outcome, Running, METHODS,
+};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
-
-extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-    fn killpg(pgrp: i32, sig: i32) -> i32;
-}
-const SIGINT: i32 = 2;
-const SIGKILL: i32 = 9;
-const ESRCH: i32 = 3;
-
-fn temp_script(name: &str, code: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("procpy-mgrtest-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join(format!("{name}.py"));
-    let prelude =
-        "import builtins as _b, functools as _f\nprint = _f.partial(_b.print, flush=True)\n";
-    std::fs::write(&script, format!("{prelude}{code}")).unwrap();
-    script
-}
 
 fn run(script: &PathBuf, method: &str, args: &[&str]) -> Outcome {
     let mut cmd = Command::new(procpy());
     cmd.arg(script).args(args).env("PROCPY_START_METHOD", method);
     // A guard against hangs only: each run takes a second or two.
     run_with_deadline(cmd, Duration::from_secs(60))
-}
-
-fn is_gone(pid: i32) -> bool {
-    if unsafe { kill(pid, 0) } == -1
-        && std::io::Error::last_os_error().raw_os_error() == Some(ESRCH)
-    {
-        return true;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map_or(false, |(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-    }
-}
-
-fn wait_gone(pid: i32, limit: Duration) -> bool {
-    let start = Instant::now();
-    while !is_gone(pid) {
-        if start.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
-/// A script running in the background whose stdout arrives line by line.
-struct Running {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-    stderr: Receiver<String>,
-    /// Processes to SIGKILL on drop if still there (a failed test leaves nothing behind).
-    reported: Vec<i32>,
-}
-
-impl Running {
-    fn start(script: &PathBuf, method: &str, args: &[&str]) -> Running {
-        Running::start_in_group(script, method, args, false)
-    }
-
-    /// `own_group`: in a process group of its own, as a terminal's foreground job is.
-    fn start_in_group(script: &PathBuf, method: &str, args: &[&str], own_group: bool) -> Running {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(procpy());
-        cmd.arg(script)
-            .args(args)
-            .env("PROCPY_START_METHOD", method)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if own_group {
-            cmd.process_group(0);
-        }
-        let mut child = cmd.spawn().expect("start procpy");
-        let out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (etx, stderr) = channel();
-        std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = err.read_to_end(&mut s);
-            let _ = etx.send(String::from_utf8_lossy(&s).into_owned());
-        });
-        Running { child, lines, seen: Vec::new(), stderr, reported: Vec::new() }
-    }
-
-    /// The value after `tag ` on the next stdout line that starts with it.
-    fn value(&mut self, tag: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(v) = self.seen.iter().find_map(|l| l.strip_prefix(tag)?.strip_prefix(' ')) {
-                return v.trim().to_owned();
-            }
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => self.seen.push(line),
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("no {tag:?} line within {limit:?}; stdout: {:?}", self.seen)
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let err = self.stderr.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
-                    panic!("stdout closed before {tag:?}; stdout: {:?}\nstderr: {err}", self.seen)
-                }
-            }
-        }
-    }
-
-    /// Wait for the script to end (None at the deadline); then the rest of its stdout.
-    fn finish(&mut self, limit: Duration) -> (Option<i32>, Vec<String>) {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(st) = self.child.try_wait().expect("wait") {
-                break st.code();
-            }
-            if start.elapsed() > limit {
-                return (None, self.seen.clone());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
-        }
-        (status, self.seen.clone())
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        for &pid in &self.reported {
-            if !is_gone(pid) {
-                unsafe { kill(pid, SIGKILL) };
-            }
-        }
-    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -253,10 +107,11 @@ if __name__ == '__main__':
 
 #[test]
 fn manager_on_a_tcp_port_reached_by_other_processes() {
-    let server = temp_script("tcp_server", SERVER);
-    let client = temp_script("tcp_client", CLIENT);
+    let _serial = serial::shared();
+    let server = temp_script_flushed("tcp_server", SERVER);
+    let client = temp_script_flushed("tcp_client", CLIENT);
     for method in METHODS {
-        let mut srv = Running::start(&server, method, &[]);
+        let mut srv = Running::start(&server, method, &[], false);
         let port = srv.value("port", Duration::from_secs(30));
         let client_run = |args: &[&str]| {
             let mut all = vec![port.as_str()];
@@ -373,7 +228,8 @@ if __name__ == '__main__':
 
 #[test]
 fn listener_and_client_over_unix_and_tcp() {
-    let script = temp_script("listener", LISTENER);
+    let _serial = serial::shared();
+    let script = temp_script_flushed("listener", LISTENER);
     let out = run(&script, "forkserver", &[]);
     assert_eq!(out.status, Some(0), "{out:?}");
     let ok = "[('accepted', ['hello', 1, {'x': (2, 3)}]), ('client got', ('echo', ['hello', 1, {'x': (2, 3)}]))";
@@ -411,9 +267,10 @@ if __name__ == '__main__':
 
 #[test]
 fn manager_server_dies_with_a_sigkilled_parent() {
-    let script = temp_script("orphan", ORPHAN);
+    let _serial = serial::shared();
+    let script = temp_script_flushed("orphan", ORPHAN);
     for method in METHODS {
-        let mut parent = Running::start(&script, method, &[]);
+        let mut parent = Running::start(&script, method, &[], false);
         let pid: i32 = parent.value("server", Duration::from_secs(30)).parse().unwrap();
         parent.reported.push(pid);
         assert_eq!(parent.value("ready", Duration::from_secs(30)), "True");
@@ -421,7 +278,7 @@ fn manager_server_dies_with_a_sigkilled_parent() {
         parent.child.kill().unwrap();
         parent.child.wait().unwrap();
         assert!(
-            wait_gone(pid, Duration::from_secs(10)),
+            wait_gone(&[pid], Duration::from_secs(10)).is_empty(),
             "{method}: manager server {pid} outlived its parent"
         );
     }
@@ -444,9 +301,10 @@ if __name__ == '__main__':
 
 #[test]
 fn ctrl_c_interrupts_a_blocked_proxy_call_and_spares_the_server() {
-    let script = temp_script("ctrl_c", CTRL_C);
+    let _serial = serial::shared();
+    let script = temp_script_flushed("ctrl_c", CTRL_C);
     for method in METHODS {
-        let mut run = Running::start_in_group(&script, method, &[], true);
+        let mut run = Running::start(&script, method, &[], true);
         let pid: i32 = run.value("server", Duration::from_secs(30)).parse().unwrap();
         run.reported.push(pid);
         run.value("waiting", Duration::from_secs(30));
@@ -464,7 +322,7 @@ fn ctrl_c_interrupts_a_blocked_proxy_call_and_spares_the_server() {
         }
         // The whole group gets it, as from a terminal: the server ignores it (as CPython's);
         // the parent's blocked call raises KeyboardInterrupt, then its exit shuts the server down.
-        assert_eq!(unsafe { killpg(run.child.id() as i32, SIGINT) }, 0);
+        assert_eq!(killpg(Pid::from_raw(run.child.id() as i32), Signal::SIGINT), Ok(()));
         let (status, lines) = run.finish(Duration::from_secs(30));
         assert_eq!(
             status,
@@ -474,7 +332,7 @@ fn ctrl_c_interrupts_a_blocked_proxy_call_and_spares_the_server() {
         );
         assert_eq!(&lines[2..], ["interrupted", "server alive True"], "{method}");
         assert!(
-            wait_gone(pid, Duration::from_secs(10)),
+            wait_gone(&[pid], Duration::from_secs(10)).is_empty(),
             "{method}: the server outlived the parent's exit"
         );
     }
@@ -501,7 +359,8 @@ if __name__ == '__main__':
 
 #[test]
 fn a_child_iterates_a_dict_proxy() {
-    let script = temp_script("returned_proxy", RETURNED_PROXY_IN_CHILD);
+    let _serial = serial::shared();
+    let script = temp_script_flushed("returned_proxy", RETURNED_PROXY_IN_CHILD);
     for method in METHODS {
         let out = run(&script, method, &[]);
         assert_eq!(out.status, Some(0), "{method}: {out:?}");

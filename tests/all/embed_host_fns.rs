@@ -1,7 +1,7 @@
 //! Embedding: host functions (Rust closures importable as `from host import NAME`).
 
-mod common;
-
+use crate::common;
+use crate::common::serial;
 use procpy::Error;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -72,6 +72,7 @@ fn engine(calls: Arc<AtomicUsize>) -> procpy::Engine {
 
 #[test]
 fn python_calls_typed_host_functions() {
+    let _serial = serial::shared();
     let calls = Arc::new(AtomicUsize::new(0));
     let e = engine(calls.clone());
     assert_eq!(e.call::<_, i64>("plugin:total", vec!["a", "b", "c", "a"]).unwrap(), 322);
@@ -85,12 +86,14 @@ fn python_calls_typed_host_functions() {
 
 #[test]
 fn a_single_argument_keeps_its_shared_references() {
+    let _serial = serial::shared();
     let e = engine(Arc::new(AtomicUsize::new(0)));
     assert_eq!(e.call::<_, Vec<usize>>("plugin:shared", ()).unwrap(), [2, 2, 1]);
 }
 
 #[test]
 fn host_errors_are_python_exceptions() {
+    let _serial = serial::shared();
     let e = engine(Arc::new(AtomicUsize::new(0)));
     assert_eq!(
         e.call::<_, String>("plugin:caught", ()).unwrap(),
@@ -121,6 +124,7 @@ fn host_errors_are_python_exceptions() {
 
 #[test]
 fn host_functions_serve_many_threads_and_pool_jobs() {
+    let _serial = serial::shared();
     let calls = Arc::new(AtomicUsize::new(0));
     let e = engine(calls.clone());
     std::thread::scope(|s| {

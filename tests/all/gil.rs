@@ -2,9 +2,8 @@
 //! processes are unaffected. Checked by the order of events (who held the lock when), never by
 //! wall-clock thresholds; and `procpy --demo gil` runs end to end.
 
-mod common;
-
-use common::{procpy, run_with_deadline, Outcome};
+use crate::common::serial;
+use crate::common::{procpy, run_with_deadline, Outcome};
 use std::process::Command;
 use std::time::Duration;
 
@@ -42,6 +41,7 @@ print('hand-overs >= 4', hand_overs >= 4)
 
 #[test]
 fn threads_take_turns_under_the_emulated_gil() {
+    let _serial = serial::shared();
     let out = run_code(&["--emulate-gil"], TWO_SPINNERS);
     assert_eq!(out.status, Some(0), "{}", out.stderr);
     assert_eq!(
@@ -54,6 +54,7 @@ fn threads_take_turns_under_the_emulated_gil() {
 
 #[test]
 fn without_the_switch_there_is_no_gil_and_no_log() {
+    let _serial = serial::shared();
     let out = run_code(&[], TWO_SPINNERS);
     assert_eq!(out.status, Some(0), "{}", out.stderr);
     assert!(out.stdout.starts_with("enabled False\nboth threads ran False\n"), "{}", out.stdout);
@@ -61,6 +62,7 @@ fn without_the_switch_there_is_no_gil_and_no_log() {
 
 #[test]
 fn sleeping_and_waiting_threads_do_not_stall_the_others() {
+    let _serial = serial::shared();
     // A thread blocked outside Python code (sleep, Event.wait, join) must not keep the lock:
     // the waiter takes it over after one interval. A deadlock here would hit the deadline.
     let code = r#"
@@ -89,6 +91,7 @@ print(sorted(done), procpy_gil.switches() > 0)
 
 #[test]
 fn every_child_process_emulates_its_own_gil() {
+    let _serial = serial::shared();
     for method in ["fork", "spawn", "forkserver"] {
         let code = format!(
             r#"
@@ -120,6 +123,7 @@ if __name__ == '__main__':
 
 #[test]
 fn demo_gil_prints_its_table_and_draws_the_timeline() {
+    let _serial = serial::shared();
     let dir = std::env::temp_dir().join(format!("procpy-gil-demo-{}", std::process::id()));
     let mut cmd = Command::new(procpy());
     cmd.args(["--demo", "gil", "--workers", "2", "--size", "20000", "--out"]).arg(&dir);

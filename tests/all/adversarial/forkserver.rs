@@ -4,7 +4,9 @@
 //! the test (the hostile client to finish) read a line from stdin; nothing sleeps and hopes.
 //! Deadlines are hang guards only.
 
-use crate::common::procpy;
+use crate::common::{procpy, serial, wait_gone};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -178,28 +180,8 @@ fn run_owner(script: &Path, env: &[(&str, &str)]) -> (Option<i32>, Vec<String>, 
 }
 
 fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// Has `pid` exited (gone, or a zombie)?
-fn is_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => {
-            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
-        }
-    }
-}
-
-fn wait_gone(pid: i32, limit: Duration) -> bool {
-    let until = Instant::now() + limit;
-    while !is_gone(pid) {
-        if Instant::now() > until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
 }
 
 // ------------------------------------------------------------------------------------------
@@ -323,6 +305,8 @@ fn marker_created(marker: &Path) -> bool {
 /// before sending or reading a byte (SO_PEERCRED). The owner's starts keep working.
 #[test]
 fn another_user_cannot_make_the_server_run_code() {
+    let _serial = serial::shared();
+    let _nobody = serial::nobody();
     if !is_root() {
         eprintln!("note: not root, so no other uid to run a hostile client as; skipped");
         return;
@@ -382,6 +366,7 @@ fn another_user_cannot_make_the_server_run_code() {
 /// with wrong bytes): no code runs, the connection is dropped, the owner's starts still work.
 #[test]
 fn same_user_client_without_the_key_runs_no_code() {
+    let _serial = serial::shared();
     let dir = test_dir("samekeyless");
     let marker = dir.join("marker");
     let body = dir.join("body");
@@ -414,6 +399,7 @@ fn same_user_client_without_the_key_runs_no_code() {
 /// server waited on it forever).
 #[test]
 fn a_silent_client_does_not_delay_starts() {
+    let _serial = serial::shared();
     let dir = test_dir("silent");
     let s = script(
         &dir,
@@ -455,6 +441,7 @@ if __name__ == '__main__':
 /// what it can, drops the rest and keeps serving; the same server starts children afterwards.
 #[test]
 fn garbage_and_oversized_requests_leave_the_server_serving() {
+    let _serial = serial::shared();
     let dir = test_dir("garbage");
     let s = script(
         &dir,
@@ -573,6 +560,7 @@ if __name__ == '__main__':
 /// server), and the dead server's directory is gone.
 #[test]
 fn a_killed_server_is_replaced() {
+    let _serial = serial::shared();
     let dir = test_dir("killed");
     let s = script(
         &dir,
@@ -614,6 +602,7 @@ if __name__ == '__main__':
 /// the fork server; once the children end, starting works again, on the same server.
 #[test]
 fn descriptor_exhaustion_is_reported_and_survived() {
+    let _serial = serial::shared();
     let dir = test_dir("emfile");
     let s = script(
         &dir,
@@ -675,6 +664,7 @@ if __name__ == '__main__':
 /// new server, whose directory goes at exit too): nothing is left in $TMPDIR.
 #[test]
 fn the_socket_lives_in_a_private_directory_removed_at_exit() {
+    let _serial = serial::shared();
     let dir = test_dir("private");
     let tmp = dir.join("tmp");
     std::fs::create_dir(&tmp).unwrap();
@@ -718,17 +708,21 @@ if __name__ == '__main__':
         assert_eq!(private.parent(), Some(tmp.as_path()), "not under $TMPDIR: {path:?}");
         let meta = std::fs::metadata(&private).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o700, "{private:?}");
+        // SAFETY: geteuid has no preconditions.
         assert_eq!(meta.uid(), unsafe { libc::geteuid() });
         match how {
             "owner killed" => {
                 owner.child.kill().unwrap();
                 owner.child.wait().unwrap();
-                assert!(wait_gone(server, HANG_GUARD), "the server outlived its owner");
+                assert!(
+                    wait_gone(&[server], HANG_GUARD).is_empty(),
+                    "the server outlived its owner"
+                );
             }
             "server terminated" => {
-                assert_eq!(unsafe { libc::kill(server, libc::SIGTERM) }, 0);
+                assert_eq!(kill(Pid::from_raw(server), Signal::SIGTERM), Ok(()));
                 assert!(
-                    wait_gone(server, HANG_GUARD),
+                    wait_gone(&[server], HANG_GUARD).is_empty(),
                     "the server ignored SIGTERM: waiting in {:?}, its directory {}",
                     std::fs::read_to_string(format!("/proc/{server}/wchan")),
                     if private.exists() {
@@ -749,7 +743,10 @@ if __name__ == '__main__':
                 assert_eq!(status, Some(0), "{stdout:?} {stderr}");
                 // Removed by the owner itself at exit: gone at once.
                 assert!(!private.exists(), "{private:?} left after a normal exit");
-                assert!(wait_gone(server, HANG_GUARD), "the server outlived its owner");
+                assert!(
+                    wait_gone(&[server], HANG_GUARD).is_empty(),
+                    "the server outlived its owner"
+                );
             }
         }
         assert!(!private.exists(), "{private:?} left ({how})");
@@ -795,6 +792,7 @@ fn set_fd_limit(pid: i32, soft: u64) -> libc::rlimit {
 /// with the limit back, the same server starts children again.
 #[test]
 fn each_descriptor_shortage_in_the_server_is_reported() {
+    let _serial = serial::shared();
     let dir = test_dir("shortage");
     let s = script(
         &dir,

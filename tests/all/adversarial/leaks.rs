@@ -1,6 +1,7 @@
 //! Descriptors, threads, zombies and /dev/shm stay flat over long runs; nothing is lost under
 //! descriptor pressure.
 
+use crate::common::serial;
 use crate::common::{procpy, root, run_with_deadline, Outcome};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -186,16 +187,19 @@ fn soak(method: &str, cycles: u32, nofile: u64) {
 // per child survives (128), and stays well under a minute on a dev build.
 #[test]
 fn leak_soak_fork() {
+    let _serial = serial::shared();
     soak("fork", 400, 128);
 }
 
 #[test]
 fn leak_soak_forkserver() {
+    let _serial = serial::shared();
     soak("forkserver", 250, 128);
 }
 
 #[test]
 fn leak_soak_spawn() {
+    let _serial = serial::shared();
     soak("spawn", 80, 128);
 }
 
@@ -274,11 +278,13 @@ fn start_without_descriptors(method: &str) {
 
 #[test]
 fn start_without_descriptors_fork() {
+    let _serial = serial::shared();
     start_without_descriptors("fork");
 }
 
 #[test]
 fn start_without_descriptors_spawn() {
+    let _serial = serial::shared();
     start_without_descriptors("spawn");
 }
 
@@ -351,6 +357,8 @@ print('once descriptors are free:', [index(sq.get()) for _ in range(3)], sq.empt
 /// those in flight (ETOOMANYREFS). The feeder used to drop them silently (600 put, 129 came).
 #[test]
 fn queue_items_survive_descriptor_pressure() {
+    let _serial = serial::shared();
+    let _nobody = serial::nobody();
     let limits = Limits { nofile: Some(128), unprivileged: true, ..Limits::default() };
     let Some(out) = run_code(QUEUE_UNDER_PRESSURE, limits) else {
         eprintln!("skipped: no copy of procpy that uid {NOBODY} can run");
@@ -402,6 +410,8 @@ for q in (mp.Queue(), mp.JoinableQueue()):
 /// users, so as root the script runs as uid 65534.
 #[test]
 fn queue_put_without_threads_raises() {
+    let _serial = serial::shared();
+    let _nobody = serial::nobody();
     let limits = Limits { nproc: Some(1), unprivileged: true, ..Limits::default() };
     let Some(out) = run_code(PUT_WITHOUT_THREADS, limits) else {
         eprintln!("skipped: no copy of procpy that uid {NOBODY} can run");
@@ -485,6 +495,8 @@ if __name__ == '__main__':
 /// 65534, since root ignores the limit.
 #[test]
 fn start_without_processes_raises_and_recovers() {
+    let _serial = serial::shared();
+    let _nobody = serial::nobody();
     let limits = Limits { unprivileged: true, ..Limits::default() };
     let Some(out) = run_script_file("start_without_processes.py", START_WITHOUT_PROCESSES, limits)
     else {
@@ -573,6 +585,8 @@ if __name__ == '__main__':
 /// also time out of the handshake (`Server.handshake_timeout`). As root, runs as uid 65534.
 #[test]
 fn a_manager_out_of_threads_serves_again() {
+    let _serial = serial::shared();
+    let _nobody = serial::nobody();
     if !is_root() {
         eprintln!("skipped: RLIMIT_NPROC counts every process of this uid; the test needs its own (root, to run as {NOBODY})");
         return;

@@ -1,11 +1,25 @@
-//! Shared helpers for the integration tests: run a command with a deadline and capture output.
+//! Shared helpers for the integration tests: run a command with a deadline and capture output,
+//! write throwaway scripts, wait for processes to go, and the locks that keep the few tests
+//! that must not run beside others apart ([`serial`]).
 
 #![allow(dead_code)]
 
+mod running;
+pub mod serial;
+
+pub use running::Running;
+
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// The start methods every per-method test runs under.
+pub const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 
 /// The procpy binary built for these tests.
 pub fn procpy() -> PathBuf {
@@ -99,4 +113,62 @@ pub fn shm_gone(name: &str, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     true
+}
+
+/// Makes every `print` of a script flush, so a script killed at a deadline still shows how far
+/// it got.
+pub const FLUSH_PRELUDE: &str =
+    "import builtins as _b, functools as _f\nprint = _f.partial(_b.print, flush=True)\n";
+
+/// Write `code` to a fresh script file `<name>.py` in a directory of its own and return its
+/// path. Every call gets a new directory (one test binary: two areas may pick the same name).
+pub fn temp_script(name: &str, code: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("procpy-test-{name}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join(format!("{name}.py"));
+    std::fs::write(&script, code).unwrap();
+    script
+}
+
+/// [`temp_script`] with [`FLUSH_PRELUDE`] in front of `code`.
+pub fn temp_script_flushed(name: &str, code: &str) -> PathBuf {
+    temp_script(name, &format!("{FLUSH_PRELUDE}{code}"))
+}
+
+/// Has `pid` exited? Gone (ESRCH, no /proc entry) or a zombie waiting to be reaped by init or
+/// a subreaper both count.
+pub fn is_gone(pid: i32) -> bool {
+    if kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH) {
+        return true;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+        }
+    }
+}
+
+/// Poll until every pid is gone or `limit` passes (a condition with a deadline, not a sleep and
+/// a hope); returns the ones still there.
+pub fn wait_gone(pids: &[i32], limit: Duration) -> Vec<i32> {
+    let start = Instant::now();
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|&p| !is_gone(p)).collect();
+        if left.is_empty() || start.elapsed() > limit {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The name libtest knows the test `name` by, given the `module_path!()` of its module (the
+/// crate's name dropped): what `--exact` needs to run it in a child process.
+pub fn test_name(module_path: &str, name: &str) -> String {
+    match module_path.split_once("::") {
+        Some((_crate, path)) => format!("{path}::{name}"),
+        None => name.to_owned(),
+    }
 }

@@ -1,20 +1,10 @@
 //! Behaviour where procpy deliberately differs from (improves on) CPython, with expected output
 //! of its own rather than CPython's.
 
-mod common;
-
-use common::{procpy, run_with_deadline};
+use crate::common::serial;
+use crate::common::{self, procpy, run_with_deadline, temp_script};
 use std::process::Command;
 use std::time::Duration;
-
-/// Write `code` to a fresh script file and return its path.
-fn temp_script(name: &str, code: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("procpy-test-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join(format!("{name}.py"));
-    std::fs::write(&script, code).unwrap();
-    script
-}
 
 /// Run a script file with `method` as the default start method.
 fn run_file(script: &std::path::Path, method: &str) -> common::Outcome {
@@ -34,6 +24,7 @@ fn run_code(code: &str, method: &str) -> common::Outcome {
 /// names the type and where it sits inside the argument, and the queue stays usable.
 #[test]
 fn queue_put_of_unencodable_raises_in_sender_with_path() {
+    let _serial = serial::shared();
     let code = r#"
 import multiprocessing as mp, threading
 q = mp.Queue()
@@ -60,6 +51,7 @@ print(q.get(timeout=10), q.qsize())
 /// including a lambda that calls a recursive lambda through its globals.
 #[test]
 fn local_functions_and_lambdas_travel_by_value() {
+    let _serial = serial::shared();
     let code = r#"
 import multiprocessing as mp
 
@@ -117,6 +109,7 @@ if __name__ == '__main__':
 /// does, with the path appended, and the pipe stays usable.
 #[test]
 fn pipe_send_of_local_class_names_the_problem() {
+    let _serial = serial::shared();
     let code = r#"
 import multiprocessing as mp
 def outer():
@@ -141,6 +134,7 @@ a.send('ok'); print(b.recv())
 /// because its feeder thread has not written it yet.
 #[test]
 fn get_nowait_sees_items_this_process_just_put() {
+    let _serial = serial::shared();
     let code = r#"
 import multiprocessing as mp
 q = mp.Queue()
@@ -155,6 +149,7 @@ print('ok')
 /// Queue items larger than one socket record travel through a memory file, intact.
 #[test]
 fn large_queue_items_arrive_intact_across_processes() {
+    let _serial = serial::shared();
     let code = r#"
 import multiprocessing as mp, sys
 def echo(qi, qo):
@@ -178,6 +173,7 @@ if __name__ == '__main__':
 /// exception, 2 for a missing script.
 #[test]
 fn cli_exit_statuses_follow_python3() {
+    let _serial = serial::shared();
     assert_eq!(run_code("import sys; sys.exit(7)", "fork").status, Some(7));
     let out = run_code("raise ValueError('boom')", "fork");
     assert_eq!(out.status, Some(1));
@@ -198,6 +194,7 @@ fn cli_exit_statuses_follow_python3() {
 /// message that explains the `if __name__ == '__main__':` guard, instead of forking forever.
 #[test]
 fn missing_main_guard_is_explained() {
+    let _serial = serial::shared();
     let script = temp_script(
         "unguarded",
         "import multiprocessing as mp\ndef f(): pass\nmp.set_start_method('spawn', force=True)\np = mp.Process(target=f); p.start(); p.join(); print('exit', p.exitcode)\n",
@@ -213,6 +210,7 @@ fn missing_main_guard_is_explained() {
 /// with "handle is closed" in that case.
 #[test]
 fn connections_travel_through_queues_and_pipes() {
+    let _serial = serial::shared();
     let code = r#"
 import multiprocessing as mp, sys
 def worker(q):

@@ -1,12 +1,11 @@
 //! Helper processes killed mid-operation. The fork server's deaths are in `forkserver.rs`, a
-//! worker's in tests/pool_beyond_cpython.rs; here the resource tracker, which a program never
+//! worker's in tests/all/pool.rs; here the resource tracker, which a program never
 //! sees until it is gone.
 
-use crate::common::{procpy, run_with_deadline, shm_gone};
+use crate::common::serial;
+use crate::common::{procpy, run_with_deadline, shm_gone, METHODS};
 use std::process::Command;
 use std::time::Duration;
-
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 
 /// Kill the tracker with a segment registered and a child already started (so the fork
 /// server, under forkserver, holds the dead tracker's pipe), then keep working: create
@@ -69,6 +68,7 @@ if __name__ == '__main__':
 
 #[test]
 fn a_killed_resource_tracker_is_replaced_and_segments_are_still_unlinked() {
+    let _serial = serial::shared();
     // A file, not `-c`: spawn's children import the main script to find `leave_one`.
     let dir = std::env::temp_dir().join(format!("procpy-kills-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -1,7 +1,7 @@
 //! Embedding: calls of Python functions from Rust, Python exceptions, scripts, 8 threads at once.
 
-mod common;
-
+use crate::common;
+use crate::common::serial;
 use procpy::{Builder, Engine, Error, ExitStatus, Script};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,7 @@ struct Point {
 
 #[test]
 fn a_call_returns_a_typed_value() {
+    let _serial = serial::shared();
     let e = engine(1).source("plugin", PLUGIN).build().unwrap();
     let p: Point = e.call("plugin:point", Point { x: 1, y: -2, label: "a".into() }).unwrap();
     assert_eq!(p, Point { x: 2, y: -4, label: "A".into() });
@@ -58,6 +59,7 @@ fn a_call_returns_a_typed_value() {
 
 #[test]
 fn a_python_exception_carries_type_message_and_traceback() {
+    let _serial = serial::shared();
     let e = engine(1).source("plugin", PLUGIN).build().unwrap();
     let err = e.call::<_, ()>("plugin:outer", ()).unwrap_err();
     match &err {
@@ -84,6 +86,7 @@ fn a_python_exception_carries_type_message_and_traceback() {
 
 #[test]
 fn bad_targets_are_clear_errors() {
+    let _serial = serial::shared();
     let e = engine(1).build().unwrap();
     let err = e.call::<_, ()>("no_colon", ()).unwrap_err();
     assert!(matches!(&err, Error::Invalid(m) if m.contains("package.module:function")), "{err}");
@@ -95,6 +98,7 @@ fn bad_targets_are_clear_errors() {
 
 #[test]
 fn eight_threads_share_the_workers() {
+    let _serial = serial::shared();
     let e = engine(3).source("plugin", PLUGIN).build().unwrap();
     let pids = std::sync::Mutex::new(std::collections::HashSet::new());
     std::thread::scope(|s| {
@@ -121,6 +125,7 @@ fn _engine_is_send_and_sync() {
 
 #[test]
 fn a_script_runs_as_main_with_argv_and_exit_status() {
+    let _serial = serial::shared();
     let e = engine(1).source("helper", "def f():\n    return 'from helper'\n").build().unwrap();
     let code = "import sys, helper\nprint(__name__, sys.argv[1:], helper.f())\nsys.exit(4)\n";
     let out = e.run_script(Script::source(code).arg("a").arg("b").capture_output()).unwrap();
@@ -133,6 +138,7 @@ fn a_script_runs_as_main_with_argv_and_exit_status() {
 
 #[test]
 fn the_worker_program_must_call_init() {
+    let _serial = serial::shared();
     // /bin/true never answers Setup: a spawn error that says what to do.
     let err = Builder::new().worker_program("/bin/true").workers(1).build().err().unwrap();
     assert!(matches!(&err, Error::Spawn(_)), "{err}");

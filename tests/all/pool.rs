@@ -9,38 +9,17 @@
 //! Tests that kill processes wait for conditions (lines read, pids gone) with deadlines; none
 //! sleeps and hopes.
 
-mod common;
-
-use common::procpy;
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use crate::common::serial;
+use crate::common::{self, is_gone, temp_script_flushed, wait_gone, Running, METHODS};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
-
-// std links the C library; these two calls are all the tests need from it.
-extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-    fn killpg(pgrp: i32, sig: i32) -> i32;
-}
-const SIGINT: i32 = 2;
-const SIGKILL: i32 = 9;
-const ESRCH: i32 = 3;
-
-/// Write `code` to a fresh script file and return its path. Every print flushes, so a script
-/// killed at a deadline still shows how far it got.
-fn temp_script(name: &str, code: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("procpy-pooltest-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join(format!("{name}.py"));
-    let prelude =
-        "import builtins as _b, functools as _f\nprint = _f.partial(_b.print, flush=True)\n";
-    std::fs::write(&script, format!("{prelude}{code}")).unwrap();
-    script
-}
+const SIGINT: i32 = Signal::SIGINT as i32;
+const SIGKILL: i32 = Signal::SIGKILL as i32;
 
 /// Run a script file with `method` as the default start method; unlike
 /// `common::run_with_deadline`, a script killed at the deadline keeps the output it printed.
@@ -51,7 +30,7 @@ fn run_file(script: &Path, method: &str, args: &[&str]) -> common::Outcome {
     let mut timed_out = false;
     loop {
         match run.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => run.stdout_seen.push(line),
+            Ok(line) => run.seen.push(line),
             Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {
                 timed_out = true;
@@ -61,7 +40,7 @@ fn run_file(script: &Path, method: &str, args: &[&str]) -> common::Outcome {
         }
     }
     let status = run.wait_exit(Duration::from_secs(10));
-    let mut stdout: String = run.stdout_seen.iter().map(|l| format!("{l}\n")).collect();
+    let mut stdout: String = run.seen.iter().map(|l| format!("{l}\n")).collect();
     if timed_out {
         stdout.push_str("<killed after deadline>\n");
     }
@@ -80,143 +59,6 @@ fn worker_prefix(method: &str) -> &'static str {
         "spawn" => "SpawnPoolWorker",
         "forkserver" => "ForkServerPoolWorker",
         _ => unreachable!(),
-    }
-}
-
-/// Has `pid` exited? Gone (ESRCH, no /proc entry) or a zombie waiting to be reaped by init or
-/// a subreaper both count.
-fn is_gone(pid: i32) -> bool {
-    if unsafe { kill(pid, 0) } == -1
-        && std::io::Error::last_os_error().raw_os_error() == Some(ESRCH)
-    {
-        return true;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map_or(false, |(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-    }
-}
-
-/// Poll until every pid is gone or `limit` passes; returns the ones still there.
-fn wait_gone(pids: &[i32], limit: Duration) -> Vec<i32> {
-    let start = Instant::now();
-    loop {
-        let left: Vec<i32> = pids.iter().copied().filter(|&p| !is_gone(p)).collect();
-        if left.is_empty() || start.elapsed() > limit {
-            return left;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A running script whose stdout arrives line by line and whose stderr is collected in the
-/// background, so neither pipe can fill up and block it.
-struct Running {
-    child: Child,
-    lines: Receiver<String>,
-    stdout_seen: Vec<String>,
-    stderr: Receiver<String>,
-    /// Descendants the script reported; SIGKILLed on drop if still there (a failed test must
-    /// not leave processes behind).
-    reported: Vec<i32>,
-}
-
-impl Running {
-    fn start(script: &Path, method: &str, args: &[&str], own_group: bool) -> Running {
-        let mut cmd = Command::new(procpy());
-        cmd.arg(script)
-            .args(args)
-            .env("PROCPY_START_METHOD", method)
-            .current_dir(script.parent().unwrap())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if own_group {
-            cmd.process_group(0);
-        }
-        let mut child = cmd.spawn().expect("start procpy");
-        let out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (etx, stderr) = channel();
-        std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = err.read_to_end(&mut s);
-            let _ = etx.send(String::from_utf8_lossy(&s).into_owned());
-        });
-        Running { child, lines, stdout_seen: Vec::new(), stderr, reported: Vec::new() }
-    }
-
-    /// Read stdout lines until `done(lines so far)` holds; panics at the deadline.
-    fn read_until(&mut self, limit: Duration, done: impl Fn(&[String]) -> bool) {
-        let deadline = Instant::now() + limit;
-        while !done(&self.stdout_seen) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.stdout_seen.push(line),
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "no expected output within {limit:?}; stdout so far: {:?}",
-                        self.stdout_seen
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let err = self.stderr.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
-                    panic!("stdout closed early; stdout: {:?}\nstderr: {err}", self.stdout_seen)
-                }
-            }
-        }
-    }
-
-    /// The pids on stdout lines `<tag> <pid>`.
-    fn pids(&self, tag: &str) -> Vec<i32> {
-        self.stdout_seen
-            .iter()
-            .filter_map(|l| l.strip_prefix(tag)?.strip_prefix(' ')?.trim().parse().ok())
-            .collect()
-    }
-
-    /// Wait for the script itself to end; None if it is still running at the deadline.
-    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().expect("wait") {
-                return Some(st);
-            }
-            if start.elapsed() > limit {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// stderr, once every holder of the pipe has closed it (or "" after `limit`).
-    fn stderr(&self, limit: Duration) -> String {
-        self.stderr.recv_timeout(limit).unwrap_or_else(|_| String::from("<stderr still open>"))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        for &pid in &self.reported {
-            if !is_gone(pid) {
-                unsafe { kill(pid, SIGKILL) };
-            }
-        }
     }
 }
 
@@ -297,7 +139,8 @@ fn death_expected(how: &str) -> String {
 /// and the pool keeps working. CPython's get() waits for the timeout (bpo-22393).
 #[test]
 fn worker_death_mid_task_raises_worker_lost_and_pool_recovers() {
-    let script = temp_script("worker_death", WORKER_DEATH);
+    let _serial = serial::shared();
+    let script = temp_script_flushed("worker_death", WORKER_DEATH);
     for m in METHODS {
         let out = run_file(&script, m, &["kill", "exit"]);
         let expected = format!(
@@ -316,7 +159,8 @@ fn worker_death_mid_task_raises_worker_lost_and_pool_recovers() {
 /// the worker carry on: procpy restores the default disposition.
 #[test]
 fn worker_killed_by_sigsegv_raises_worker_lost() {
-    let script = temp_script("worker_segv", WORKER_DEATH);
+    let _serial = serial::shared();
+    let script = temp_script_flushed("worker_segv", WORKER_DEATH);
     for m in METHODS {
         let out = run_file(&script, m, &["segv"]);
         let expected =
@@ -333,7 +177,8 @@ fn worker_killed_by_sigsegv_raises_worker_lost() {
 /// running, as in CPython. Under forkserver the server goes too.
 #[test]
 fn parent_sigkill_leaves_no_daemon_or_worker_behind() {
-    let script = temp_script(
+    let _serial = serial::shared();
+    let script = temp_script_flushed(
         "parent_killed",
         r#"
 import multiprocessing as mp, sys, time
@@ -369,12 +214,7 @@ if __name__ == '__main__':
         doomed.extend(run.pids("server"));
         let survivor = run.pids("nondaemon");
         run.reported = doomed.iter().chain(&survivor).copied().collect();
-        assert_eq!(
-            doomed.len(),
-            if m == "forkserver" { 5 } else { 4 },
-            "{m}: {:?}",
-            run.stdout_seen
-        );
+        assert_eq!(doomed.len(), if m == "forkserver" { 5 } else { 4 }, "{m}: {:?}", run.seen);
         assert_eq!(survivor.len(), 1);
         assert!(doomed.iter().chain(&survivor).all(|&p| !is_gone(p)), "{m}: a child ended early");
 
@@ -388,7 +228,7 @@ if __name__ == '__main__':
             "{m}: still running 10 s after the parent's SIGKILL: {left:?} of {doomed:?}"
         );
         assert!(!is_gone(survivor[0]), "{m}: the non-daemonic process was killed too");
-        unsafe { kill(survivor[0], SIGKILL) };
+        let _ = kill(Pid::from_raw(survivor[0]), Signal::SIGKILL);
         assert!(wait_gone(&survivor, Duration::from_secs(10)).is_empty());
     }
 }
@@ -400,7 +240,8 @@ if __name__ == '__main__':
 /// target (they travel by value; CPython's pickle raises "Can't pickle local object").
 #[test]
 fn lambdas_and_closures_through_the_pool() {
-    let script = temp_script(
+    let _serial = serial::shared();
+    let script = temp_script_flushed(
         "pool_lambdas",
         r#"
 import multiprocessing as mp
@@ -445,7 +286,8 @@ if __name__ == '__main__':
 /// thread, blocked in a poll, must be detached from the VM while it waits or the fork hangs.
 #[test]
 fn process_start_under_fork_while_a_pool_is_alive() {
-    let script = temp_script(
+    let _serial = serial::shared();
+    let script = temp_script_flushed(
         "fork_with_pool",
         r#"
 import multiprocessing as mp
@@ -497,7 +339,8 @@ if __name__ == '__main__':
 /// is gone afterwards. With and without `with Pool(...)`.
 #[test]
 fn ctrl_c_stops_the_parent_and_every_worker() {
-    let script = temp_script("ctrl_c", CTRL_C);
+    let _serial = serial::shared();
+    let script = temp_script_flushed("ctrl_c", CTRL_C);
     for m in METHODS {
         for variant in ["with", "plain"] {
             let mut run = Running::start(&script, m, &[variant], true);
@@ -509,7 +352,7 @@ fn ctrl_c_stops_the_parent_and_every_worker() {
             workers.extend(run.pids("server"));
             run.reported = workers.clone();
             let pgid = run.child.id() as i32;
-            assert_eq!(unsafe { killpg(pgid, SIGINT) }, 0);
+            assert_eq!(killpg(Pid::from_raw(pgid), Signal::SIGINT), Ok(()));
             let st = run.wait_exit(Duration::from_secs(10));
             let left = wait_gone(&workers, Duration::from_secs(10));
             let stderr = run.stderr(Duration::from_secs(5));
@@ -527,9 +370,9 @@ fn ctrl_c_stops_the_parent_and_every_worker() {
                 "{m} {variant}: still running after Ctrl-C: {left:?} of {workers:?}"
             );
             while let Ok(line) = run.lines.try_recv() {
-                run.stdout_seen.push(line);
+                run.seen.push(line);
             }
-            assert!(!run.stdout_seen.iter().any(|l| l.starts_with("finished")), "{m} {variant}");
+            assert!(!run.seen.iter().any(|l| l.starts_with("finished")), "{m} {variant}");
         }
     }
 }
@@ -541,7 +384,8 @@ fn ctrl_c_stops_the_parent_and_every_worker() {
 /// PoolTerminatedError at once; CPython's get() hangs (or waits for its timeout).
 #[test]
 fn terminate_fails_pending_results() {
-    let script = temp_script(
+    let _serial = serial::shared();
+    let script = temp_script_flushed(
         "terminate_pending",
         r#"
 import multiprocessing as mp, multiprocessing.pool as mpp, time
@@ -608,7 +452,8 @@ if __name__ == '__main__':
 /// later tasks (CPython's result-handler thread dies and the pool hangs).
 #[test]
 fn raising_result_callback_does_not_stop_the_pool() {
-    let script = temp_script("raising_callback", RAISING_CALLBACK);
+    let _serial = serial::shared();
+    let script = temp_script_flushed("raising_callback", RAISING_CALLBACK);
     for m in METHODS {
         let out = run_file(&script, m, &["close"]);
         assert_eq!(
@@ -642,7 +487,8 @@ fn raising_result_callback_does_not_stop_the_pool() {
 /// `with Pool(...)`) does not abort it again, run its callback a second time or raise.
 #[test]
 fn terminate_after_a_raising_callback_is_clean() {
-    let script = temp_script("raising_callback_terminate", RAISING_CALLBACK);
+    let _serial = serial::shared();
+    let script = temp_script_flushed("raising_callback_terminate", RAISING_CALLBACK);
     for m in METHODS {
         let out = run_file(&script, m, &["terminate"]);
         assert_eq!(
@@ -665,7 +511,8 @@ fn terminate_after_a_raising_callback_is_clean() {
 /// little; a failure is real.
 #[test]
 fn direct_gets_from_two_threads_never_hang() {
-    let script = temp_script(
+    let _serial = serial::shared();
+    let script = temp_script_flushed(
         "direct_get",
         r#"
 import multiprocessing as mp, threading

@@ -1,11 +1,14 @@
 //! `procpy --progress`: a progress line for long Pool.map/imap runs, on stderr, only when
 //! stderr is a terminal (a pseudo-terminal here), and never in the program's stdout.
 
-mod common;
-
-use common::{procpy, root};
+use crate::common::{procpy, root, serial, temp_script};
+use std::ffi::{CStr, OsStr};
+use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::fd::FromRawFd;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const SCRIPT: &str = r#"
@@ -31,37 +34,57 @@ if __name__ == '__main__':
         print(sum(p.imap(task, range(10))))
 "#;
 
+/// The job, in a file of its own for each run (tests run at once: none may see another's file
+/// half written).
 fn script() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("procpy-progress-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("progress_job.py");
-    std::fs::write(&path, SCRIPT).unwrap();
-    path
+    temp_script("progress_job", SCRIPT)
+}
+
+/// A new pseudo-terminal: (master, slave), both close-on-exec. `openpty(3)` makes them
+/// inheritable: a child another test starts meanwhile would keep the slave open, and the read
+/// of the master here would wait for that child's end.
+fn pty() -> (File, File) {
+    let open = |path: &Path| {
+        OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(path)
+    };
+    // std opens with O_CLOEXEC.
+    let master = open(Path::new("/dev/ptmx")).expect("open /dev/ptmx");
+    let slave = open(&slave_path(&master)).expect("open the pseudo-terminal's slave");
+    (master, slave)
+}
+
+/// Unlock the slave of the pseudo-terminal `master` and return its path (grantpt, unlockpt,
+/// ptsname_r: calls nix offers only with a feature this crate does not enable).
+fn slave_path(master: &File) -> PathBuf {
+    let fd = master.as_raw_fd();
+    let check = |what: &str, r: libc::c_int| {
+        assert_eq!(r, 0, "{what}: {}", std::io::Error::last_os_error());
+    };
+    // SAFETY: grantpt and unlockpt only act on the terminal behind `fd`, which `master` owns.
+    check("grantpt", unsafe { libc::grantpt(fd) });
+    // SAFETY: as above.
+    check("unlockpt", unsafe { libc::unlockpt(fd) });
+    let mut buf = [0u8; 64];
+    // SAFETY: ptsname_r writes at most `buf.len()` bytes, the terminating NUL included, into
+    // `buf`, which lives across the call.
+    let r = unsafe { libc::ptsname_r(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(r, 0, "ptsname_r: {}", std::io::Error::from_raw_os_error(r));
+    let name = CStr::from_bytes_until_nul(&buf).expect("a NUL-terminated name");
+    PathBuf::from(OsStr::from_bytes(name.to_bytes()))
 }
 
 /// Run with stderr on a pseudo-terminal; returns (stdout, what the terminal showed).
 fn run_on_terminal(args: &[&str]) -> (String, String) {
-    let (mut master, mut slave) = (0, 0);
-    let r = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(r, 0, "openpty failed");
+    let (mut term, slave) = pty();
     let mut child = Command::new(procpy())
         .args(args)
         .arg(script())
         .current_dir(root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(unsafe { Stdio::from_raw_fd(slave) })
+        .stderr(Stdio::from(slave))
         .spawn()
         .unwrap();
-    let mut term = unsafe { std::fs::File::from_raw_fd(master) };
     let reader = std::thread::spawn(move || {
         let mut shown = Vec::new();
         // EIO once every writer has closed the terminal: that ends the read.
@@ -76,6 +99,7 @@ fn run_on_terminal(args: &[&str]) -> (String, String) {
 
 #[test]
 fn progress_line_shows_done_total_and_rate_on_a_terminal() {
+    let _serial = serial::shared();
     let (out, shown) = run_on_terminal(&["--progress"]);
     assert_eq!(out, "780\n90\n");
     assert!(shown.contains("40/40 tasks"), "terminal showed: {shown:?}");
@@ -84,6 +108,7 @@ fn progress_line_shows_done_total_and_rate_on_a_terminal() {
 
 #[test]
 fn no_progress_line_without_the_switch() {
+    let _serial = serial::shared();
     let (out, shown) = run_on_terminal(&[]);
     assert_eq!(out, "780\n90\n");
     assert!(!shown.contains("tasks"), "terminal showed: {shown:?}");
@@ -91,6 +116,7 @@ fn no_progress_line_without_the_switch() {
 
 #[test]
 fn no_progress_line_when_stderr_is_not_a_terminal() {
+    let _serial = serial::shared();
     let out = Command::new(procpy()).arg("--progress").arg(script()).output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "780\n90\n");

@@ -1,8 +1,8 @@
 //! Embedding: limits. A timeout kills and replaces the worker; a worker that dies fails only its
 //! call; rlimits for memory and CPU; no orphans when the engine drops or the host dies.
 
-mod common;
-
+use crate::common;
+use crate::common::serial;
 use procpy::{Builder, Engine, Error, ExitStatus, Limit};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -34,28 +34,14 @@ def allocate(n):
     return len(bytearray(n))
 "#;
 
+/// Whether `pid` still runs (a zombie is dead too).
 fn alive(pid: u32) -> bool {
-    // A zombie is dead too (its state is 'Z').
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"),
-        Err(_) => false,
-    }
-}
-
-/// Wait (bounded) for a process to be gone: a condition with a deadline, not a sleep-and-hope.
-fn wait_gone(pid: u32, limit: Duration) -> bool {
-    let start = Instant::now();
-    while alive(pid) {
-        if start.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
+    !common::is_gone(pid as i32)
 }
 
 #[test]
 fn a_timeout_kills_the_worker_and_a_replacement_serves() {
+    let _serial = serial::shared();
     let e = builder(1).build().unwrap();
     let first: u32 = e.call("plugin:pid", ()).unwrap();
     let t0 = Instant::now();
@@ -76,6 +62,7 @@ fn a_timeout_kills_the_worker_and_a_replacement_serves() {
 
 #[test]
 fn a_dying_worker_fails_only_its_call() {
+    let _serial = serial::shared();
     let e = builder(2).build().unwrap();
     let cases = [
         ("plugin:exit_with", 3, ExitStatus::Code(3)),
@@ -99,6 +86,7 @@ fn a_dying_worker_fails_only_its_call() {
 
 #[test]
 fn a_memory_limit_stops_a_large_allocation() {
+    let _serial = serial::shared();
     let probe = builder(1).build().unwrap();
     let base: u64 = probe.call("plugin:vm_size", ()).unwrap();
     drop(probe);
@@ -116,6 +104,7 @@ fn a_memory_limit_stops_a_large_allocation() {
 
 #[test]
 fn a_cpu_limit_ends_a_spinning_worker() {
+    let _serial = serial::shared();
     let e = builder(1).cpu_limit(1).build().unwrap();
     let err = e.call::<_, ()>("plugin:spin", ()).unwrap_err();
     assert!(matches!(err, Error::LimitExceeded { limit: Limit::Cpu, .. }), "{err:?}");
@@ -124,6 +113,7 @@ fn a_cpu_limit_ends_a_spinning_worker() {
 
 #[test]
 fn dropping_the_engine_kills_and_reaps_every_worker() {
+    let _serial = serial::shared();
     let e: Engine = builder(3).build().unwrap();
     // one of them busy in a long call from a pool thread
     let _busy = e.submit::<_, ()>("plugin:sleep", 60);
@@ -156,10 +146,11 @@ fn host_process_for_the_death_test() {
 
 #[test]
 fn workers_die_with_their_host() {
+    let _serial = serial::shared();
     let mut host = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "host_process_for_the_death_test",
+            &common::test_name(module_path!(), "host_process_for_the_death_test"),
             "--ignored",
             "--nocapture",
             "--test-threads=1",
@@ -183,6 +174,9 @@ fn workers_die_with_their_host() {
     host.kill().unwrap();
     host.wait().unwrap();
     for pid in pids {
-        assert!(wait_gone(pid, Duration::from_secs(30)), "worker {pid} became an orphan");
+        assert!(
+            common::wait_gone(&[pid as i32], Duration::from_secs(30)).is_empty(),
+            "worker {pid} became an orphan"
+        );
     }
 }

@@ -1,9 +1,9 @@
 //! Embedding: Rust values in, natural Python values out, and back; mismatches name their path.
 
-mod common;
-
-use procpy::wire::Value;
+use crate::common;
+use crate::common::serial;
 use procpy::{from_value, to_value, Bytes, Engine, Error};
+use procpy_interpreter::wire::Value;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
@@ -102,6 +102,7 @@ mod serde_json_like {
 
 #[test]
 fn rust_values_arrive_as_natural_python_values() {
+    let _serial = serial::shared();
     let e = engine();
     assert_eq!(kind(&e, 5u8), "int:5");
     assert_eq!(kind(&e, -3i64), "int:-3");
@@ -128,6 +129,7 @@ fn rust_values_arrive_as_natural_python_values() {
 
 #[test]
 fn values_round_trip_through_python() {
+    let _serial = serial::shared();
     let e = engine();
     let r = Record {
         id: u64::MAX,
@@ -149,6 +151,7 @@ fn values_round_trip_through_python() {
 
 #[test]
 fn shared_references_and_sets_read_back() {
+    let _serial = serial::shared();
     let e = engine();
     let (a, b, m): (Vec<i64>, Vec<i64>, BTreeMap<String, Vec<i64>>) =
         e.call("probe:shared", ()).unwrap();
@@ -166,6 +169,7 @@ struct Row {
 
 #[test]
 fn a_mismatch_names_the_field_and_what_was_found() {
+    let _serial = serial::shared();
     let e = engine();
     let err = e.call::<_, Vec<Row>>("probe:records", 3).unwrap_err();
     match &err {
@@ -186,6 +190,7 @@ fn a_mismatch_names_the_field_and_what_was_found() {
 
 #[test]
 fn conversions_without_a_worker() {
+    let _serial = serial::shared();
     let v = to_value(&vec![Some(1u8), None]).unwrap();
     assert_eq!(v, Value::List(vec![Value::Int(1), Value::None]));
     assert_eq!(

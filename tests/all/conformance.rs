@@ -2,21 +2,17 @@
 //! examples/) runs under CPython 3.11 (`python3`) and under procpy, once per start method, and
 //! must print the same stdout and exit with the same status.
 
-mod common;
-
-use common::{procpy, root, run_script};
+use crate::common::{procpy, root, run_script, serial, METHODS};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const METHODS: [&str; 3] = ["fork", "spawn", "forkserver"];
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// One comparison at a time: the scripts start several processes each and wait with
-/// timeouts; running many at once on a 2-core machine makes CPython itself miss them.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn compare(script: &Path) {
-    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // One comparison at a time, and nothing else beside it: the scripts start several
+    // processes each and wait with timeouts; running many at once on a 2-core machine makes
+    // CPython itself miss them.
+    let _alone = serial::alone();
     let python = PathBuf::from("python3");
     let mut failures = Vec::new();
     for method in METHODS {
@@ -54,12 +50,13 @@ macro_rules! conformance {
         /// Every script on disk must be listed above, so none is silently skipped.
         #[test]
         fn every_script_is_listed() {
+            let _serial = serial::shared();
             let listed: Vec<&str> = vec![$(concat!(stringify!($name), ".py")),*];
             for entry in std::fs::read_dir(root().join("tests/scripts")).unwrap() {
                 let name = entry.unwrap().file_name().to_string_lossy().into_owned();
                 // `_name.py` files are helpers the scripts import, not scripts.
                 if name.ends_with(".py") && !name.starts_with('_') {
-                    assert!(listed.contains(&name.as_str()), "tests/scripts/{name} is not listed in tests/conformance.rs");
+                    assert!(listed.contains(&name.as_str()), "tests/scripts/{name} is not listed in tests/all/conformance.rs");
                 }
             }
         }
