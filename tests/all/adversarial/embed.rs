@@ -408,7 +408,7 @@ fn fake_host(address_space: Option<u64>) -> (UnixStream, std::process::Child) {
     let (host, worker_end) = UnixStream::pair().unwrap();
     let fd = worker_end.as_raw_fd();
     let mut cmd = Command::new(common::procpy());
-    cmd.env(protocol::WORKER_FD_ENV, fd.to_string())
+    cmd.arg(format!("{}{fd}", protocol::WORKER_FD_ARG))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
