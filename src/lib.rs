@@ -9,6 +9,8 @@
 //!
 #![doc = include_str!("embed/tutorial.md")]
 #![deny(missing_docs)]
+// The tutorial shows `fn main` on purpose: `procpy::init()` must be its first line.
+#![allow(clippy::needless_doctest_main)]
 
 mod embed;
 

@@ -21,12 +21,15 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
 
+/// What a native handle is made of on the wire: its kind, its descriptors, its extra values.
+pub(crate) type HandleParts = (HandleKind, Vec<RawFd>, Vec<i64>);
+
 /// The native handle types an encoding can carry (connection ends, queues, ...), supplied by the
 /// module that defines them: the codec names none of them, so a new kind of handle touches only
 /// that module and [`wire::HandleKind`].
 pub(crate) struct HandleTable {
     /// `obj`'s kind, descriptors and extra values if it is a native handle.
-    pub as_handle: fn(&PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i64>)>,
+    pub as_handle: fn(&PyObject) -> Option<HandleParts>,
     /// Rebuild a handle of a kind from the descriptors that came with it (duplicated, not
     /// taken) and its extra values; a message that does not fit is an `UnpicklingError`.
     pub rebuild: fn(&VirtualMachine, HandleKind, &[RawFd], &[i64]) -> PyResult,

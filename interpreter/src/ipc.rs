@@ -979,12 +979,15 @@ pub mod stream {
         write_all(s, sock, payload)
     }
 
+    /// A framed message: its body and the descriptors that came with it.
+    pub type Framed = (Vec<u8>, Vec<OwnedFd>);
+
     /// Receive what [`send_framed`] sent: `None` on end of file before the header. The length
     /// comes from the peer: the body is read by [`read_body`].
     pub fn recv_framed<S: Syscall>(
         s: &S,
         sock: RawFd,
-    ) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>, StreamError<S::Interrupt>> {
+    ) -> Result<Option<Framed>, StreamError<S::Interrupt>> {
         let mut header = [0u8; 8];
         let (n, fds, _) = run(s, || recv_with_fds(sock, &mut header, 253, 0))?;
         if n == 0 {

@@ -244,7 +244,7 @@ pub fn thread_name(name: &str) {
     NAMED.with(|n| n.set(p));
     let mut s = String::from("E\t{\"ph\":\"M\",\"name\":\"thread_name\"");
     let _ = write!(s, ",\"pid\":{p},\"tid\":{t},\"args\":{{\"name\":");
-    json_str(&mut s, &name);
+    json_str(&mut s, name);
     s.push_str("}}\n");
     write_line(&s);
 }

@@ -65,7 +65,7 @@ fn value() -> impl Strategy<Value = String> {
 }
 
 fn run(vm: &VirtualMachine, scope: &Scope, src: &str) -> Result<(), String> {
-    vm.run_code_string(scope.clone(), src, "<test>".to_owned()).map(drop).map_err(|e| {
+    vm.run_string(scope.clone(), src, "<test>".to_owned()).map(drop).map_err(|e| {
         let mut s = String::new();
         let _ = vm.write_exception(&mut s, &e);
         s

@@ -244,7 +244,8 @@ mod _procpy_gil {
     /// The hand-over interval in seconds (what `sys.setswitchinterval` sets).
     #[pyfunction]
     fn set_interval(seconds: f64, vm: &VirtualMachine) -> PyResult<()> {
-        if !(seconds > 0.0) {
+        // NaN too is refused, as CPython does.
+        if seconds.is_nan() || seconds <= 0.0 {
             return Err(vm.new_value_error("switch interval must be strictly positive"));
         }
         INTERVAL_US.store((seconds * 1e6).clamp(1.0, 60e6) as u32, Ordering::Relaxed);

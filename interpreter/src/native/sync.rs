@@ -389,6 +389,7 @@ impl SemLock {
 
     /// CPython's wrappers keep the native object here; ours are the native object.
     #[pygetset]
+    #[allow(clippy::self_named_constructors)] // a Python attribute, named as in CPython
     fn _semlock(zelf: PyRef<Self>) -> PyRef<Self> {
         zelf
     }

@@ -776,12 +776,9 @@ fn set_fd_limit(pid: i32, soft: u64) -> libc::rlimit {
     // SAFETY: prlimit with a null new-limit pointer only reads `pid`'s limits into `old`.
     assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) }, 0);
     let new = libc::rlimit { rlim_cur: soft, rlim_max: old.rlim_max };
-    // SAFETY: `new` is a valid rlimit.
-    assert_eq!(
-        unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) },
-        0,
-        "prlimit"
-    );
+    // SAFETY: `new` is a valid rlimit; a null old-limit pointer asks for nothing back.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit");
     old
 }
 
