@@ -4,15 +4,14 @@
 //! the test (the hostile client to finish) read a line from stdin; nothing sleeps and hopes.
 //! Deadlines are hang guards only.
 
-use crate::common::{procpy, serial, wait_gone};
+use crate::common::{procpy, serial, wait_gone, Running};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Generous: every script here finishes in seconds; this only guards against hangs.
@@ -69,12 +68,19 @@ fn script(dir: &Path, name: &str, code: &str) -> PathBuf {
 }
 
 /// A procpy script running under forkserver: stdout line by line, stdin kept open.
-struct Owner {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-    stderr: Receiver<String>,
+struct Owner(Running);
+
+impl std::ops::Deref for Owner {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Owner {
+    fn deref_mut(&mut self) -> &mut Running {
+        &mut self.0
+    }
 }
 
 impl Owner {
@@ -88,27 +94,8 @@ impl Owner {
     }
 
     fn spawn(mut cmd: Command) -> Owner {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start procpy");
-        let stdin = child.stdin.take();
-        let out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let (etx, stderr) = channel();
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            let _ = etx.send(s);
-        });
-        Owner { child, stdin, lines, seen: Vec::new(), stderr }
+        cmd.stdin(Stdio::piped());
+        Owner(Running::spawn(cmd))
     }
 
     /// Read lines until one starts with `prefix`; returns the rest of that line.
@@ -164,13 +151,6 @@ impl Owner {
 
     fn stderr_now(&self) -> String {
         self.stderr.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
-    }
-}
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -6,7 +6,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 /// background, so neither pipe can fill up and block it.
 pub struct Running {
     pub child: Child,
+    /// The script's stdin when the command asked for a pipe ([`Running::spawn`]).
+    pub stdin: Option<ChildStdin>,
     pub lines: Receiver<String>,
     /// The stdout lines read so far.
     pub seen: Vec<String>,
@@ -33,13 +35,19 @@ impl Running {
             .args(args)
             .env("PROCPY_START_METHOD", method)
             .current_dir(script.parent().unwrap())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stdin(Stdio::null());
         if own_group {
             cmd.process_group(0);
         }
+        Running::spawn(cmd)
+    }
+
+    /// Start `cmd` with its stdout read line by line and its stderr collected; its stdin is
+    /// whatever `cmd` set (kept in [`Running::stdin`] when it is a pipe).
+    pub fn spawn(mut cmd: Command) -> Running {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start procpy");
+        let stdin = child.stdin.take();
         let out = child.stdout.take().unwrap();
         let mut err = child.stderr.take().unwrap();
         let (tx, lines) = channel();
@@ -57,7 +65,7 @@ impl Running {
             let _ = err.read_to_end(&mut s);
             let _ = etx.send(String::from_utf8_lossy(&s).into_owned());
         });
-        Running { child, lines, seen: Vec::new(), stderr, reported: Vec::new() }
+        Running { child, stdin, lines, seen: Vec::new(), stderr, reported: Vec::new() }
     }
 
     /// The value after `tag ` on the first stdout line that starts with it.
