@@ -3,7 +3,7 @@ Connection.send and SimpleQueue.put pickle synchronously, so they raise in
 the sender and nothing is written; the channel keeps working.
 multiprocessing.Queue.put differs on purpose: CPython pickles in its feeder
 thread (put() does not raise; the error goes to stderr and the item is
-dropped), procpy encodes in put() and raises there (tests/codec_errors.rs
+dropped), procpy encodes in put() and raises there (tests/all/beyond_cpython.rs
 checks that). Either way the next good item still arrives, which is what this
 script compares. Only type(e).__name__ is
 printed: messages may differ between implementations."""
