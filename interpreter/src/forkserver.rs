@@ -381,7 +381,7 @@ fn safe_base(base: &Path) -> bool {
 
 /// A listening socket at a fresh path `<tmp>/procpy-XXXXXXXXXX/fs.sock`, the directory of
 /// mode 0700; `<tmp>` is `$TMPDIR`, else /tmp (also when `$TMPDIR` is unset, relative, not a
-/// [`safe_base`] or too long for a socket address). Returns the listener and the socket's path.
+/// `safe_base` or too long for a socket address). Returns the listener and the socket's path.
 pub fn listen_private() -> io::Result<(OwnedFd, PathBuf)> {
     let mut bases = Vec::new();
     if let Some(tmpdir) = std::env::var_os("TMPDIR").map(PathBuf::from) {

@@ -853,8 +853,9 @@ mod tests {
 
 /// Byte streams on descriptors for callers that decide what an interrupted syscall means: the
 /// VM's `_procpy` runs Python's signal handlers and detaches from the VM while it blocks
-/// ([`Syscall`]). Messages are framed as `multiprocessing`'s (a length header, then the body),
-/// and a body is read with [`read_body`]'s rule: memory follows the bytes that arrive.
+/// ([`Syscall`](crate::ipc::stream::Syscall)). Messages are framed as `multiprocessing`'s (a
+/// length header, then the body), and a body is read with [`read_body`]'s rule: memory follows
+/// the bytes that arrive.
 pub mod stream {
     use super::{poll, read, read_body, recv_with_fds, remaining, send_with_fds, write, BodyError};
     use std::io;
