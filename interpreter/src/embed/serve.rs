@@ -153,8 +153,36 @@ fn unexpected(frame: &Frame, when: &str) -> ! {
     ))
 }
 
-/// Serve the host on socket `fd` until it closes it; never returns.
+/// Whether `fd` is what a host hands its worker: one end of a Unix stream socketpair made by
+/// this process's parent, running as the same user. Worker mode is chosen by an argument that
+/// anyone can type (`prog --procpy-embed-fd=0 < frames` would otherwise run their calls), so
+/// anything else is refused before a byte is read.
+fn from_our_host(fd: RawFd) -> Result<(), String> {
+    if !crate::ipc::is_unix_socket(fd) || !crate::ipc::is_socket_of_type(fd, libc::SOCK_STREAM) {
+        return Err(format!("descriptor {fd} is not a Unix stream socket"));
+    }
+    let peer = crate::forkserver::peer_cred(fd).map_err(|e| format!("descriptor {fd}: {e}"))?;
+    let (parent, user) = (nix::unistd::getppid().as_raw(), nix::unistd::geteuid().as_raw());
+    if peer.pid != parent || peer.uid != user {
+        return Err(format!(
+            "the socket on descriptor {fd} comes from pid {} (uid {}), not from this process's \
+             parent {parent} (uid {user})",
+            peer.pid, peer.uid
+        ));
+    }
+    Ok(())
+}
+
+/// Serve the host on socket `fd` until it closes it; never returns. A descriptor that is not
+/// a socket from this process's parent is refused: a message, and exit status 2.
 pub fn serve(fd: RawFd) -> ! {
+    if let Err(why) = from_our_host(fd) {
+        eprintln!(
+            "procpy: --procpy-embed-fd: {why}; worker mode is only for a process that an \
+             embedding host (procpy::Engine) starts"
+        );
+        std::process::exit(2);
+    }
     // As `boot::run`: a SIGSEGV must kill us, so the host sees the signal.
     boot::die_of_faults();
     // SAFETY: `fd` is the socket the host passed us (`super::WORKER_FD_ARG`); nothing else in

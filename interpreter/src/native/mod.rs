@@ -17,7 +17,7 @@ use rustpython_vm::builtins::{PyBaseExceptionRef, PyType, PyTypeRef};
 use rustpython_vm::pymodule;
 use rustpython_vm::{PyObject, PyObjectRef, PyPayload, PyResult, VirtualMachine};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -713,9 +713,10 @@ pub(crate) mod _procpy {
             unsafe { std::env::remove_var(crate::tracker::TRACKER_FD_ENV) };
             crate::tracker::adopt(t);
         }
-        // SAFETY: `fd` is the boot socket our parent passed us, open for as long as this call.
-        let boot = unsafe { BorrowedFd::borrow_raw(fd) };
-        let _ = fcntl(boot, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+        // A number that is not a descriptor (-1 included) fails below as EBADF, not a panic.
+        if let Ok(boot) = crate::ipc::borrow_fd(fd) {
+            let _ = fcntl(boot, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+        }
         let (payload, fds) = recv_with_fds_stream(vm, fd)?.ok_or_else(|| {
             vm.new_eof_error("parent closed the boot channel before sending".to_owned())
         })?;

@@ -517,3 +517,51 @@ fn a_length_header_alone_does_not_make_the_worker_allocate() {
     let (status, stderr) = worker_end(child);
     assert_eq!(status, Some(HOST_GONE), "{stderr}");
 }
+
+/// Worker mode is chosen by an argument anyone can type: a descriptor that is not a socket
+/// from the worker's own parent (a pipe of frames, a socket someone else made) must run
+/// nothing. Before the check, `procpy --procpy-embed-fd=0 < frames` served those frames.
+#[test]
+fn worker_mode_refuses_a_descriptor_not_from_its_host() {
+    let _serial = serial::shared();
+    // A pipe on stdin carrying a well-formed Setup frame.
+    let mut setup = Vec::new();
+    protocol::write_frame(&mut setup, &Frame::Setup(Setup::default())).unwrap();
+    let mut cmd = Command::new(common::procpy());
+    cmd.arg(format!("{}0", protocol::WORKER_FD_ARG))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let _ = child.stdin.take().unwrap().write_all(&setup);
+    let (status, stderr) = worker_end(child);
+    assert_eq!(status, Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("descriptor 0 is not a Unix stream socket"), "{stderr}");
+
+    // A stream socket made by this test, inherited by a grandchild (through sh): the right
+    // kind of descriptor, from the wrong process.
+    let (host, worker_end_sock) = UnixStream::pair().unwrap();
+    let fd = worker_end_sock.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("\"$0\" {}{fd}; exit $?", protocol::WORKER_FD_ARG))
+        .arg(common::procpy())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: only fcntl (async-signal-safe) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(worker_end_sock);
+    let (status, stderr) = worker_end(child);
+    drop(host);
+    assert_eq!(status, Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("not from this process's parent"), "{stderr}");
+}
