@@ -224,7 +224,7 @@ fn watch_for_hangup(fd: BorrowedFd<'static>) {
     // report here.
     let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
     // Without the thread, a host death is still seen at the next read of the channel.
-    let watcher = std::thread::Builder::new().spawn(move || loop {
+    let watcher = crate::ipc::spawn_helper("procpy-host-watch", move || loop {
         if matches!(poll(&mut [PollFd::new(fd, rdhup)], PollTimeout::NONE), Ok(n) if n > 0) {
             // Other threads may be mid-call: no atexit handlers.
             exit_now(HOST_GONE);

@@ -977,17 +977,15 @@ pub(crate) mod _procpy {
     #[pyfunction]
     fn watch_parent(sentinel: i32, vm: &VirtualMachine) -> PyResult<()> {
         let fd = ipc::dup(sentinel).map_err(|e| os_err(vm, e))?;
-        std::thread::Builder::new()
-            .name("procpy-parent-watch".into())
-            .spawn(move || loop {
-                match ipc::poll(&[(fd.as_raw_fd(), libc::POLLIN)], None) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    _ => {
-                        let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGKILL);
-                    }
+        ipc::spawn_helper("procpy-parent-watch", move || loop {
+            match ipc::poll(&[(fd.as_raw_fd(), libc::POLLIN)], None) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                _ => {
+                    let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGKILL);
                 }
-            })
-            .map_err(|e| os_err(vm, e))?;
+            }
+        })
+        .map_err(|e| os_err(vm, e))?;
         Ok(())
     }
 }

@@ -47,30 +47,29 @@ impl Feeder {
         let (tx, rx): (Sender<Record>, Receiver<Record>) = crossbeam_channel::unbounded();
         let pending = Arc::new(AtomicUsize::new(0));
         let p2 = pending.clone();
-        let thread =
-            std::thread::Builder::new().name("procpy-queue-feeder".into()).spawn(move || {
-                for (payload, fds) in rx {
-                    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-                    // A shortage waits here, as CPython's feeder waits on a full pipe: the item
-                    // is counted already, and a put that did not raise must arrive.
-                    let mut nap = Duration::from_millis(1);
-                    let sent = loop {
-                        match send_record(&shared, &payload, &raw) {
-                            Err(e) if is_shortage(&e) => {
-                                std::thread::sleep(nap);
-                                nap = (nap * 2).min(Duration::from_millis(100));
-                            }
-                            r => break r,
+        let thread = crate::ipc::spawn_helper("procpy-queue-feeder", move || {
+            for (payload, fds) in rx {
+                let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                // A shortage waits here, as CPython's feeder waits on a full pipe: the item
+                // is counted already, and a put that did not raise must arrive.
+                let mut nap = Duration::from_millis(1);
+                let sent = loop {
+                    match send_record(&shared, &payload, &raw) {
+                        Err(e) if is_shortage(&e) => {
+                            std::thread::sleep(nap);
+                            nap = (nap * 2).min(Duration::from_millis(100));
                         }
-                    };
-                    if let Err(e) = sent {
-                        // Not a shortage (none is known to happen): say so, and uncount it.
-                        eprintln!("procpy: a queue item could not be sent and was dropped: {e}");
-                        uncount(&shared, kind);
+                        r => break r,
                     }
-                    p2.fetch_sub(1, Ordering::AcqRel);
+                };
+                if let Err(e) = sent {
+                    // Not a shortage (none is known to happen): say so, and uncount it.
+                    eprintln!("procpy: a queue item could not be sent and was dropped: {e}");
+                    uncount(&shared, kind);
                 }
-            })?;
+                p2.fetch_sub(1, Ordering::AcqRel);
+            }
+        })?;
         let f = Arc::new(Feeder {
             pid: ipc::pid(),
             tx: Mutex::new(Some(tx)),

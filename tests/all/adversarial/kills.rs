@@ -3,7 +3,7 @@
 //! sees until it is gone.
 
 use crate::common::serial;
-use crate::common::{procpy, run_with_deadline, shm_gone, METHODS};
+use crate::common::{procpy, run_with_deadline, shm_gone, temp_script, METHODS};
 use std::process::Command;
 use std::time::Duration;
 
@@ -100,4 +100,54 @@ fn a_killed_resource_tracker_is_replaced_and_segments_are_still_unlinked() {
         assert!(left.is_empty(), "{method}: segments left in /dev/shm: {left:?}\n{out:?}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// procpy's own threads in a child (queue feeder, parent watch) block every signal, so a
+/// process-directed SIGTERM or SIGINT always reaches a Python thread. Taken by a helper, it
+/// only interrupted the helper's poll and `terminate()` of a child with a SIGTERM handler
+/// blocked in `recv()` hung (tests/scripts/process_exitcode_signals.py, about once in 300
+/// runs under load). The main thread's mask is printed too: the check can tell the two apart.
+#[test]
+fn helper_threads_leave_signals_to_python_threads() {
+    let _serial = serial::shared();
+    let code = r#"
+import multiprocessing as mp, os, sys
+
+def blocked(tid):
+    with open(f'/proc/self/task/{tid}/status') as f:
+        mask = int(next(l for l in f if l.startswith('SigBlk:')).split()[1], 16)
+    return all(mask >> (s - 1) & 1 for s in (2, 15))   # SIGINT, SIGTERM
+
+def report():
+    q = mp.Queue()
+    q.put('x')              # starts the feeder thread
+    q.get(timeout=30)
+    seen = {}
+    for tid in os.listdir('/proc/self/task'):
+        with open(f'/proc/self/task/{tid}/comm') as f:
+            name = f.read().strip()
+        if name.startswith('procpy-'):
+            seen[name] = blocked(tid)
+        elif int(tid) == os.getpid():
+            seen['main'] = blocked(tid)
+    print(sorted(seen.items()), flush=True)
+
+if __name__ == '__main__':
+    mp.set_start_method(sys.argv[1])
+    p = mp.Process(target=report, daemon=True)   # daemonic: it watches its parent
+    p.start()
+    p.join()
+"#;
+    let script = temp_script("helper_threads_signals.py", code);
+    for method in METHODS {
+        let mut cmd = Command::new(procpy());
+        cmd.arg(&script).arg(method);
+        let out = run_with_deadline(cmd, Duration::from_secs(60));
+        assert_eq!(
+            out.stdout.trim(),
+            "[('main', False), ('procpy-parent-w', True), ('procpy-queue-fe', True)]",
+            "{method}: stderr {}",
+            out.stderr
+        );
+    }
 }
