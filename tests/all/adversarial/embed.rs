@@ -402,6 +402,19 @@ fn a_memory_limit_breach_reports_the_limit() {
     }
 }
 
+/// Let the child started by `cmd` inherit `fd` (everything of ours is close-on-exec).
+fn inherit(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    // SAFETY: only fcntl (async-signal-safe) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A worker started by a fake host (this test) on a socketpair, optionally under RLIMIT_AS:
 /// the host's end, and the child.
 fn fake_host(address_space: Option<u64>) -> (UnixStream, std::process::Child) {
@@ -412,13 +425,11 @@ fn fake_host(address_space: Option<u64>) -> (UnixStream, std::process::Child) {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: only fcntl and setrlimit (async-signal-safe) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(bytes) = address_space {
+    inherit(&mut cmd, fd);
+    if let Some(bytes) = address_space {
+        // SAFETY: only setrlimit (async-signal-safe) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
                 let lim = libc::rlimit {
                     rlim_cur: bytes as libc::rlim_t,
                     rlim_max: bytes as libc::rlim_t,
@@ -426,9 +437,9 @@ fn fake_host(address_space: Option<u64>) -> (UnixStream, std::process::Child) {
                 if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            }
-            Ok(())
-        });
+                Ok(())
+            });
+        }
     }
     let child = cmd.spawn().unwrap();
     drop(worker_end);
@@ -549,15 +560,7 @@ fn worker_mode_refuses_a_descriptor_not_from_its_host() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: only fcntl (async-signal-safe) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    inherit(&mut cmd, fd);
     let child = cmd.spawn().unwrap();
     drop(worker_end_sock);
     let (status, stderr) = worker_end(child);
