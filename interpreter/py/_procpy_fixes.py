@@ -1,0 +1,90 @@
+# Corrections to RustPython 0.5.0 behaviour that differs from CPython 3.11 where real
+# libraries trip on it, applied at every interpreter boot (`apply`, called from boot.rs).
+# Each fix names the RustPython behaviour it corrects; each has a differential test in
+# tests/scripts/ (named in the fix's comment). Keep this light: it runs at every start.
+
+import sys
+
+
+def apply():
+    _fix_length_hint()
+    _fix_multiprocessing_module()
+    _fix_frozen_source()
+
+
+def _fix_length_hint():
+    # RustPython's operator.length_hint converts `default` to a Rust usize, so a negative
+    # default (tqdm's `length_hint(it, -1)`) raises OverflowError; CPython takes any int.
+    # Test: tests/scripts/fixes_length_hint.py.
+    import _operator
+    import operator
+
+    native = _operator.length_hint
+
+    def length_hint(obj, default=0):
+        """Return an estimate of the number of items in obj (see CPython's operator docs)."""
+        if not isinstance(default, int):
+            raise TypeError(
+                f"'{type(default).__name__}' object cannot be interpreted as an integer"
+            )
+        if 0 <= default <= sys.maxsize:
+            return native(obj, default)
+        # As CPython's PyObject_LengthHint.
+        if hasattr(type(obj), "__len__"):
+            try:
+                return len(obj)
+            except TypeError:
+                pass
+        hint = getattr(type(obj), "__length_hint__", None)
+        if hint is None:
+            return default
+        try:
+            val = hint(obj)
+        except TypeError:
+            return default
+        if val is NotImplemented:
+            return default
+        if not isinstance(val, int):
+            raise TypeError(f"__length_hint__ must be an integer, not {type(val).__name__}")
+        if val < 0:
+            raise ValueError("__length_hint__() should return >= 0")
+        return val
+
+    length_hint.__module__ = "_operator"
+    _operator.length_hint = length_hint
+    operator.length_hint = length_hint
+
+
+def _fix_multiprocessing_module():
+    # RustPython's own `_multiprocessing` has a SemLock over POSIX named semaphores that takes
+    # its five arguments positionally only (joblib passes name= and unlink= by keyword), and
+    # its locks are not procpy's (the codec cannot send them). Libraries that reach for
+    # `_multiprocessing` (joblib, loky) get procpy's SemLock, which takes CPython's
+    # `SemLock(kind, value, maxvalue, name, unlink)`. Test: tests/scripts/fixes_semlock.py.
+    import _procpy
+
+    mod = type(sys)("_multiprocessing")
+    mod.SemLock = _procpy.SemLock
+    mod.sem_unlink = _procpy.sem_unlink
+    mod.flags = {"HAVE_SEM_OPEN": 1, "HAVE_SEM_TIMEDWAIT": 1}
+    sys.modules["_multiprocessing"] = mod
+
+
+def _fix_frozen_source():
+    # RustPython's FrozenImporter.get_source returns None, so tracebacks through procpy's
+    # frozen modules (multiprocessing.pool, ...) show no source line; their text is kept in
+    # the binary (`_procpy.frozen_source`), and linecache asks the module's loader for it.
+    # Test: tests/all/libraries.rs, remote_traceback_shows_frozen_source_lines.
+    import _frozen_importlib
+    import _procpy
+
+    importer = _frozen_importlib.FrozenImporter
+    frozen_get_source = importer.get_source
+
+    def get_source(cls, fullname):
+        source = _procpy.frozen_source(fullname)
+        if source is not None:
+            return source
+        return frozen_get_source(fullname)
+
+    importer.get_source = classmethod(get_source)
