@@ -14,12 +14,12 @@ def apply():
 
 def _fix_length_hint():
     # RustPython's operator.length_hint converts `default` to a Rust usize, so a negative
-    # default (tqdm's `length_hint(it, -1)`) raises OverflowError; CPython takes any int.
+    # default (tqdm's `length_hint(it, -1)`) raises OverflowError; CPython takes any ssize_t.
+    # Its other messages differ too (a str hint: "'str' object cannot be interpreted as an
+    # integer"), so the whole function is replaced, as CPython's PyObject_LengthHint.
     # Test: tests/scripts/fixes_length_hint.py.
     import _operator
     import operator
-
-    native = _operator.length_hint
 
     def length_hint(obj, default=0):
         """Return an estimate of the number of items in obj (see CPython's operator docs)."""
@@ -27,9 +27,9 @@ def _fix_length_hint():
             raise TypeError(
                 f"'{type(default).__name__}' object cannot be interpreted as an integer"
             )
-        if 0 <= default <= sys.maxsize:
-            return native(obj, default)
-        # As CPython's PyObject_LengthHint.
+        if not -sys.maxsize - 1 <= default <= sys.maxsize:
+            raise OverflowError("Python int too large to convert to C ssize_t")
+        default = int(default)  # a plain int, as CPython returns (True -> 1)
         if hasattr(type(obj), "__len__"):
             try:
                 return len(obj)
@@ -48,7 +48,7 @@ def _fix_length_hint():
             raise TypeError(f"__length_hint__ must be an integer, not {type(val).__name__}")
         if val < 0:
             raise ValueError("__length_hint__() should return >= 0")
-        return val
+        return int(val)
 
     length_hint.__module__ = "_operator"
     _operator.length_hint = length_hint

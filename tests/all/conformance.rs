@@ -74,6 +74,8 @@ conformance!(
     daemon_processes,
     dummy_connection,
     dummy_threads_api,
+    fixes_length_hint,
+    fixes_semlock,
     frames_truncated_garbage,
     forkserver_restart_private,
     futures_process_pool,

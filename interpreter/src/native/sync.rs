@@ -14,7 +14,7 @@ use nix::fcntl::OFlag;
 use nix::sys::mman;
 use nix::sys::stat::Mode;
 use rustpython_vm::builtins::{PyType, PyTypeRef};
-use rustpython_vm::function::{ArgIntoFloat, FuncArgs};
+use rustpython_vm::function::{ArgIntoFloat, FuncArgs, OptionalArg};
 use rustpython_vm::types::Constructor;
 use rustpython_vm::{
     pyclass, FromArgs, Py, PyObjectRef, PyPayload, PyRef, PyResult, VirtualMachine,
@@ -273,8 +273,9 @@ pub struct SemLockArgs {
     value: i64,
     #[pyarg(any)]
     maxvalue: i64,
-    #[pyarg(any, default)]
-    name: Option<String>,
+    /// A str when given (None is a TypeError, as in CPython).
+    #[pyarg(any, optional)]
+    name: OptionalArg<String>,
     #[pyarg(any, default = true)]
     unlink: bool,
 }
@@ -332,11 +333,12 @@ impl Constructor for SemLock {
             // What sem_open says of a value it cannot hold.
             return Err(os_err(vm, io::Error::from_raw_os_error(libc::EINVAL)));
         }
-        let name = args.name;
-        // A name unlinked at once is never opened by anyone: an anonymous memory file does.
+        // A name unlinked at once is never opened by anyone: an anonymous memory file does,
+        // and the lock has no name, as in CPython.
+        let name = args.name.into_option().filter(|_| !args.unlink);
         let shared = match &name {
-            Some(n) if !args.unlink => named_state(vm, n, true)?,
-            _ => SharedCounters::create(SLOTS).map_err(|e| os_err(vm, e))?,
+            Some(n) => named_state(vm, n, true)?,
+            None => SharedCounters::create(SLOTS).map_err(|e| os_err(vm, e))?,
         };
         shared.get(VALUE).store(args.value as u32, SeqCst);
         Ok(SemLock::from_shared(Arc::new(shared), args.kind, args.maxvalue as i32).named(name))
