@@ -14,7 +14,8 @@ use std::time::Duration;
 
 /// The wheels the scripts need, pinned (joblib 1.6.0 depends on cloudpickle, installed with
 /// `--no-deps` so that nothing else moves). docs/conformance.md ("Libraries") lists them.
-const PINS: [&str; 3] = ["joblib==1.6.0", "cloudpickle==3.1.3", "tqdm==4.70.1"];
+const PINS: [&str; 5] =
+    ["joblib==1.6.0", "cloudpickle==3.1.3", "tqdm==4.70.1", "parmap==1.7.0", "pebble==5.2.3"];
 
 const LIMIT: Duration = Duration::from_secs(120);
 const PIP_LIMIT: Duration = Duration::from_secs(600);
@@ -115,6 +116,18 @@ fn joblib_multiprocessing_backend() {
 #[test]
 fn tqdm_process_map_and_thread_map() {
     compare("tqdm_concurrent.py");
+}
+
+/// parmap's map/starmap/map_async over a Pool, its own or one passed in.
+#[test]
+fn parmap_map_and_starmap() {
+    compare("parmap_map.py");
+}
+
+/// pebble's ProcessPool (timeouts, max_tasks), ThreadPool and `concurrent.thread`.
+#[test]
+fn pebble_process_pool() {
+    compare("pebble_pools.py");
 }
 
 /// Every script in tests/libraries has a test above, so none is silently skipped.
