@@ -18,8 +18,10 @@ def _fix_length_hint():
     # Its other messages differ too (a str hint: "'str' object cannot be interpreted as an
     # integer"), so the whole function is replaced, as CPython's PyObject_LengthHint.
     # Test: tests/scripts/fixes_length_hint.py.
+    # `operator` copies `_operator`'s names when it is first imported, so patching `_operator`
+    # here is enough (and spares every start the import of `operator`); patch a copy already
+    # made too.
     import _operator
-    import operator
 
     def length_hint(obj, default=0):
         """Return an estimate of the number of items in obj (see CPython's operator docs)."""
@@ -52,7 +54,8 @@ def _fix_length_hint():
 
     length_hint.__module__ = "_operator"
     _operator.length_hint = length_hint
-    operator.length_hint = length_hint
+    if "operator" in sys.modules:
+        sys.modules["operator"].length_hint = length_hint
 
 
 def _fix_multiprocessing_module():
