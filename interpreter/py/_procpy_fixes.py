@@ -7,6 +7,7 @@ import sys
 
 
 def apply():
+    _fix_thread_end()
     _fix_length_hint()
     _fix_multiprocessing_module()
     _fix_frozen_source()
@@ -91,3 +92,51 @@ def _fix_frozen_source():
         return frozen_get_source(fullname)
 
     importer.get_source = classmethod(get_source)
+
+
+def _fix_thread_end():
+    # RustPython's thread runner drops the function it ran (for threading, the bound
+    # `Thread._bootstrap`, so the Thread object) and its arguments only after the thread's
+    # frame slot is gone. When that was the last reference, Python code run by the
+    # deallocation (the WeakSet callback of `threading._dangling`, a `__del__`) has no frame
+    # slot: a debug build panics ("push_thread_frame called without initialized thread slot")
+    # and a release build runs the frame untracked. So the runner is handed a closure that
+    # lets go of the function and arguments itself, while the thread still runs Python.
+    # `threading` takes `_thread.start_joinable_thread` when first imported, after this.
+    # Test: tests/all/libraries.rs, threads_freed_on_their_own_thread_do_not_panic.
+    import _thread
+
+    joinable = _thread.start_joinable_thread
+    new_thread = _thread.start_new_thread
+
+    def letting_go(function, args=(), kwargs=None):
+        box = [(function, args, kwargs or {})]
+
+        def run():
+            call = box.pop()
+            try:
+                return call[0](*call[1], **call[2])
+            finally:
+                del call  # frees the Thread here when nothing else holds it
+
+        # What "Exception ignored in thread started by" names.
+        run.__qualname__ = getattr(function, "__qualname__", run.__qualname__)
+        run.__module__ = getattr(function, "__module__", run.__module__)
+        return run
+
+    def start_joinable_thread(function, handle=None, daemon=True):
+        return joinable(letting_go(function), handle=handle, daemon=daemon)
+
+    def start_new_thread(function, args, kwargs=None):
+        # Wrong arguments go to the native call, which says what is wrong, as before.
+        if not callable(function) or not isinstance(args, tuple) or not (
+                kwargs is None or isinstance(kwargs, dict)):
+            return new_thread(function, args, *(() if kwargs is None else (kwargs,)))
+        return new_thread(letting_go(function, args, kwargs), ())
+
+    start_joinable_thread.__doc__ = joinable.__doc__
+    start_new_thread.__doc__ = new_thread.__doc__
+    _thread.start_joinable_thread = start_joinable_thread
+    _thread.start_new_thread = start_new_thread
+    if hasattr(_thread, "start_new"):
+        _thread.start_new = start_new_thread

@@ -76,6 +76,7 @@ conformance!(
     dummy_threads_api,
     fixes_length_hint,
     fixes_semlock,
+    fixes_thread_end,
     frames_truncated_garbage,
     forkserver_restart_private,
     futures_process_pool,

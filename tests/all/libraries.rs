@@ -90,12 +90,15 @@ fn compare(name: &str) {
             want.stderr
         );
         let got = run(&procpy(), &script, method);
-        if got.timed_out || got.stdout != want.stdout || got.status != want.status {
+        // A Rust panic in any thread (a debug assertion of RustPython included) fails too.
+        let panicked = got.stderr.contains("panicked at");
+        if panicked || got.timed_out || got.stdout != want.stdout || got.status != want.status {
             failures.push(format!(
-                "--- {name} under {method}: status procpy={:?} cpython={:?}{}\n--- CPython \
+                "--- {name} under {method}: status procpy={:?} cpython={:?}{}{}\n--- CPython \
                  stdout:\n{}--- procpy stdout:\n{}--- procpy stderr:\n{}",
                 got.status,
                 want.status,
+                if panicked { " (procpy panicked)" } else { "" },
                 if got.timed_out { " (procpy killed after the deadline)" } else { "" },
                 want.stdout,
                 got.stdout,
@@ -193,5 +196,22 @@ fn remote_traceback_shows_frozen_source_lines() {
             out.stderr
         );
         assert!(frames > remote_frames, "{method}: no pool frame in the parent's:\n{}", out.stderr);
+    }
+}
+
+/// Threads nobody references once started are freed on their own thread when they end, which
+/// runs Python code (`__del__`, the WeakSet callback of `threading._dangling`): it must print
+/// what CPython prints, and no panic (RustPython 0.5.0's debug assertion that a frame has a
+/// thread slot; `_procpy_fixes._fix_thread_end`).
+#[test]
+fn threads_freed_on_their_own_thread_do_not_panic() {
+    let _g = serial::shared();
+    let script = root().join("tests/scripts/fixes_thread_end.py");
+    let want = crate::common::run_script(Path::new("python3"), &script, &["fork"], LIMIT);
+    assert_eq!(want.status, Some(0), "CPython: {}", want.stderr);
+    for _ in 0..3 {
+        let got = crate::common::run_script(&procpy(), &script, &["fork"], LIMIT);
+        assert!(!got.stderr.contains("panicked at"), "procpy panicked:\n{}", got.stderr);
+        assert_eq!((got.status, &got.stdout), (want.status, &want.stdout), "{}", got.stderr);
     }
 }
