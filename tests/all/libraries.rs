@@ -12,10 +12,17 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The wheels the scripts need, pinned (joblib 1.6.0 depends on cloudpickle, installed with
-/// `--no-deps` so that nothing else moves). docs/conformance.md ("Libraries") lists them.
-const PINS: [&str; 5] =
-    ["joblib==1.6.0", "cloudpickle==3.1.3", "tqdm==4.70.1", "parmap==1.7.0", "pebble==5.2.3"];
+/// The wheels the scripts need, pinned, their dependencies too (joblib 1.6.0 needs
+/// cloudpickle, mpire pygments and tqdm), installed with `--no-deps` so that nothing moves. docs/conformance.md ("Libraries") lists them.
+const PINS: [&str; 7] = [
+    "joblib==1.6.0",
+    "cloudpickle==3.1.3",
+    "tqdm==4.70.1",
+    "parmap==1.7.0",
+    "pebble==5.2.3",
+    "mpire==2.10.2",
+    "pygments==2.21.0",
+];
 
 const LIMIT: Duration = Duration::from_secs(120);
 const PIP_LIMIT: Duration = Duration::from_secs(600);
@@ -131,6 +138,12 @@ fn parmap_map_and_starmap() {
 #[test]
 fn pebble_process_pool() {
     compare("pebble_pools.py");
+}
+
+/// mpire's WorkerPool: map, imap_unordered, apply_async, worker state, shared objects.
+#[test]
+fn mpire_worker_pool() {
+    compare("mpire_worker_pool.py");
 }
 
 /// Every script in tests/libraries has a test above, so none is silently skipped.
