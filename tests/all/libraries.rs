@@ -13,7 +13,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The wheels the scripts need, pinned, their dependencies too (joblib 1.6.0 needs
-/// cloudpickle, mpire pygments and tqdm), installed with `--no-deps` so that nothing moves. docs/conformance.md ("Libraries") lists them.
+/// cloudpickle, mpire pygments and tqdm), installed with `--no-deps` so that nothing moves.
+/// docs/conformance.md ("Libraries") lists them.
 const PINS: [&str; 7] = [
     "joblib==1.6.0",
     "cloudpickle==3.1.3",
