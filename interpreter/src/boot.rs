@@ -125,6 +125,7 @@ fn default_action(sig: Signal) {
 
 fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
     let scope = vm.new_scope_with_main()?;
+    call_glue(vm, "_procpy_fixes", "apply")?;
     // Children and the fork server keep collection off through procpy's own set-up; it comes
     // back when `spawn.prepare` starts running the user's main module.
     if !matches!(mode, RunMode::SpawnChild | RunMode::ForkServer) {

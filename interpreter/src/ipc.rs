@@ -677,6 +677,12 @@ impl SharedCounters {
         Ok(SharedCounters { map: SharedMap::map(fd, n * 4, true, "counters'")?, n })
     }
 
+    /// Map counters in a segment opened by name (a named SemLock): such a file cannot be
+    /// sealed, so only its size is checked.
+    pub fn map_named(fd: OwnedFd, n: usize) -> io::Result<Self> {
+        Ok(SharedCounters { map: SharedMap::map(fd, n * 4, false, "counters'")?, n })
+    }
+
     /// The descriptor to hand to children.
     pub fn fd(&self) -> RawFd {
         self.map.fd().as_raw_fd()

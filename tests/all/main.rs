@@ -48,6 +48,7 @@ mod embed_limits;
 mod embed_pool;
 mod embed_values;
 mod gil;
+mod libraries;
 mod managers;
 mod pool;
 mod progress;

@@ -3,8 +3,13 @@
 __all__ = ['Queue', 'SimpleQueue', 'JoinableQueue']
 
 import _procpy
+from queue import Empty, Full  # noqa: F401 (CPython's module has them; loky imports Full)
 
 from . import util  # registers the exit flush of queue feeders
+
+
+# CPython's feeder-thread stop marker; loky imports it by name.
+_sentinel = object()
 
 
 class Queue(_procpy.QueueBase):

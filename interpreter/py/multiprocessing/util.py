@@ -316,4 +316,26 @@ def is_exiting():
     return _exiting
 
 
+#
+# Starting helper programs (loky's resource tracker uses these, as CPython's does).
+#
+
+def _args_from_interpreter_flags():
+    import subprocess
+    return subprocess._args_from_interpreter_flags()
+
+
+def spawnv_passfds(path, args, passfds):
+    '''Start `path` with `args`, passing only `passfds` (and 0-2); returns its pid, which the
+    caller reaps.'''
+    import subprocess
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    proc = subprocess.Popen(list(args), executable=path, close_fds=True,
+                            pass_fds=sorted(map(int, passfds)))
+    # The caller waits for the pid itself: keep subprocess from reaping it behind its back.
+    proc._child_created = False
+    return proc.pid
+
+
 atexit.register(_exit_function)

@@ -31,6 +31,7 @@ pub(crate) mod progress;
 mod queue;
 mod shared_buffer;
 mod shm;
+mod sources;
 mod sync;
 mod trace_py;
 
@@ -492,6 +493,18 @@ pub(crate) mod _procpy {
     fn semlock_type(_vm: &VirtualMachine) -> PyTypeRef {
         use rustpython_vm::class::PyClassImpl;
         SemLock::make_static_type()
+    }
+
+    /// `_multiprocessing.sem_unlink(name)`: remove a named SemLock's name (see sync.rs).
+    #[pyfunction]
+    fn sem_unlink(name: String, vm: &VirtualMachine) -> PyResult<()> {
+        sync::sem_unlink(vm, &name)
+    }
+
+    /// The source text of procpy's frozen module `name`, or None (see sources.rs).
+    #[pyfunction]
+    fn frozen_source(name: String) -> Option<&'static str> {
+        sources::frozen_source(&name)
     }
 
     #[pyattr(name = "SharedBuffer")]

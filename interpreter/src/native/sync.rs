@@ -10,12 +10,16 @@
 
 use super::os_err;
 use crate::ipc::{self, SharedCounters};
+use nix::fcntl::OFlag;
+use nix::sys::mman;
+use nix::sys::stat::Mode;
 use rustpython_vm::builtins::{PyType, PyTypeRef};
-use rustpython_vm::function::{ArgIntoFloat, FuncArgs};
+use rustpython_vm::function::{ArgIntoFloat, FuncArgs, OptionalArg};
 use rustpython_vm::types::Constructor;
 use rustpython_vm::{
     pyclass, FromArgs, Py, PyObjectRef, PyPayload, PyRef, PyResult, VirtualMachine,
 };
+use std::ffi::CString;
 use std::io;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering::SeqCst};
 use std::sync::Arc;
@@ -70,6 +74,8 @@ pub struct SemLock {
     count: AtomicI64,
     last_tid: AtomicU32,
     local_pid: AtomicU32,
+    /// The name given at creation (CPython's `SemLock.name`); None for procpy's own locks.
+    name: Option<String>,
 }
 
 impl std::fmt::Debug for SemLock {
@@ -87,7 +93,13 @@ impl SemLock {
             count: AtomicI64::new(0),
             last_tid: AtomicU32::new(0),
             local_pid: AtomicU32::new(ipc::pid()),
+            name: None,
         }
+    }
+
+    fn named(mut self, name: Option<String>) -> Self {
+        self.name = name;
+        self
     }
 
     /// This process's count (a fork child starts from zero, as after CPython's `_after_fork`).
@@ -250,6 +262,9 @@ impl SemLock {
     }
 }
 
+/// procpy's own wrappers pass `(kind, value, maxvalue)`; code written for CPython's
+/// `_multiprocessing.SemLock` (joblib, loky) passes `(kind, value, maxvalue, name, unlink)`,
+/// positionally or by keyword.
 #[derive(FromArgs)]
 pub struct SemLockArgs {
     #[pyarg(any)]
@@ -258,6 +273,49 @@ pub struct SemLockArgs {
     value: i64,
     #[pyarg(any)]
     maxvalue: i64,
+    /// A str when given (None is a TypeError, as in CPython).
+    #[pyarg(any, optional)]
+    name: OptionalArg<String>,
+    #[pyarg(any, default = true)]
+    unlink: bool,
+}
+
+/// The shared-memory name behind a named SemLock. Prefixed so that it never opens a CPython
+/// semaphore of the same name (`/dev/shm/sem.NAME`, a different layout).
+fn segment_name(vm: &VirtualMachine, name: &str) -> PyResult<CString> {
+    CString::new(format!("/procpy-sem.{}", name.trim_start_matches('/')))
+        .map_err(|_| vm.new_value_error("embedded null character"))
+}
+
+/// The state of the named SemLock `name`: created exclusively (FileExistsError if the name is
+/// taken, as sem_open with O_EXCL) or opened.
+fn named_state(vm: &VirtualMachine, name: &str, create: bool) -> PyResult<SharedCounters> {
+    let c = segment_name(vm, name)?;
+    let flags =
+        OFlag::O_RDWR | if create { OFlag::O_CREAT | OFlag::O_EXCL } else { OFlag::empty() };
+    let err = |e: io::Error| super::shm::os_error_with_filename(vm, e, name);
+    let fd = mman::shm_open(c.as_c_str(), flags, Mode::from_bits_truncate(0o600))
+        .map_err(|e| err(e.into()))?;
+    let mapped = (|| {
+        if create {
+            nix::unistd::ftruncate(&fd, (SLOTS * 4) as libc::off_t)?;
+        }
+        SharedCounters::map_named(fd, SLOTS)
+    })();
+    mapped.map_err(|e| {
+        // A segment we created but could not size or map must not stay behind.
+        if create {
+            let _ = mman::shm_unlink(c.as_c_str());
+        }
+        err(e)
+    })
+}
+
+/// `_multiprocessing.sem_unlink(name)`: remove a named SemLock's name; holders keep it.
+pub(crate) fn sem_unlink(vm: &VirtualMachine, name: &str) -> PyResult<()> {
+    let c = segment_name(vm, name)?;
+    mman::shm_unlink(c.as_c_str())
+        .map_err(|e| super::shm::os_error_with_filename(vm, e.into(), name))
 }
 
 impl Constructor for SemLock {
@@ -275,9 +333,15 @@ impl Constructor for SemLock {
             // What sem_open says of a value it cannot hold.
             return Err(os_err(vm, io::Error::from_raw_os_error(libc::EINVAL)));
         }
-        let shared = SharedCounters::create(SLOTS).map_err(|e| os_err(vm, e))?;
+        // A name unlinked at once is never opened by anyone: an anonymous memory file does,
+        // and the lock has no name, as in CPython.
+        let name = args.name.into_option().filter(|_| !args.unlink);
+        let shared = match &name {
+            Some(n) => named_state(vm, n, true)?,
+            None => SharedCounters::create(SLOTS).map_err(|e| os_err(vm, e))?,
+        };
         shared.get(VALUE).store(args.value as u32, SeqCst);
-        Ok(SemLock::from_shared(Arc::new(shared), args.kind, args.maxvalue as i32))
+        Ok(SemLock::from_shared(Arc::new(shared), args.kind, args.maxvalue as i32).named(name))
     }
 }
 
@@ -353,7 +417,7 @@ impl SemLock {
     /// A plain `SemLock` sharing this one's state: what travels to a child for a subclass.
     #[pymethod]
     fn _raw(&self) -> SemLock {
-        SemLock::from_shared(self.shared.clone(), self.kind, self.maxvalue)
+        SemLock::from_shared(self.shared.clone(), self.kind, self.maxvalue).named(self.name.clone())
     }
 
     /// `cls` sharing `raw`'s state: how a subclass is rebuilt in the child.
@@ -381,10 +445,39 @@ impl SemLock {
         self.maxvalue
     }
 
-    /// Unnamed: the state is a memory file passed by descriptor, never a name in /dev/shm.
+    /// None for procpy's own locks: their state is a memory file passed by descriptor.
     #[pygetset]
     fn name(&self) -> Option<String> {
-        None
+        self.name.clone()
+    }
+
+    /// CPython's `SemLock._rebuild(handle, kind, maxvalue, name)`, as loky's unpickling calls
+    /// it: by name when there is one, else from `handle`, a descriptor this process inherited.
+    #[pyclassmethod]
+    fn _rebuild(
+        cls: PyTypeRef,
+        handle: i32,
+        kind: i32,
+        maxvalue: i32,
+        name: Option<String>,
+        vm: &VirtualMachine,
+    ) -> PyResult<PyObjectRef> {
+        let shared = match &name {
+            Some(n) => named_state(vm, n, false)?,
+            None => {
+                use std::os::fd::BorrowedFd;
+                if handle < 0 {
+                    return Err(os_err(vm, io::Error::from_raw_os_error(libc::EBADF)));
+                }
+                // SAFETY: borrowed only for the dup below; an fd number that is not open makes
+                // dup fail with EBADF, which becomes an OSError.
+                let fd = unsafe { BorrowedFd::borrow_raw(handle) };
+                let fd = fd.try_clone_to_owned().map_err(|e| os_err(vm, e))?;
+                SharedCounters::map(fd, SLOTS).map_err(|e| os_err(vm, e))?
+            }
+        };
+        let lock = SemLock::from_shared(Arc::new(shared), kind, maxvalue).named(name);
+        Ok(lock.into_ref_with_type(vm, cls)?.into())
     }
 
     /// CPython's wrappers keep the native object here; ours are the native object.
