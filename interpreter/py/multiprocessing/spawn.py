@@ -199,12 +199,29 @@ def _run_child(prep, obj_bytes, fds):
     '''Become the process object: prepare, decode it, bootstrap. Returns the exit code.'''
     process.current_process()._inheriting = True
     try:
-        prepare(prep)
+        try:
+            prepare(prep)
+        except BaseException as e:
+            _report_startup_error(e, obj_bytes, fds)
+            raise
         process_obj = _procpy.loads_with_fds(obj_bytes, fds)
     finally:
         _procpy.close_fds(fds)
         del process.current_process()._inheriting
     return process_obj._bootstrap(parent_sentinel=_parent_sentinel(prep['parent_pid']))
+
+
+def _report_startup_error(exc, obj_bytes, fds):
+    '''The main module could not be prepared (it raised, or is gone): a target that can say so
+    to its parent (a pool worker, see pool.py) does, so the parent fails its work with this
+    exception instead of starting workers that die the same way.'''
+    try:
+        process_obj = _procpy.loads_with_fds(obj_bytes, fds)
+        report = getattr(process_obj._target, '_startup_error_reporter', None)
+        if report is not None:
+            report(exc, *process_obj._args, **process_obj._kwargs)
+    except Exception:
+        pass    # the traceback the child prints is all there is
 
 
 def _child_main():
