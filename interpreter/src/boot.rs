@@ -154,6 +154,12 @@ fn run_in(vm: &VirtualMachine, mode: &RunMode, interactive: Interactive) -> PyRe
     for name in ["ps1", "ps2"] {
         let _ = vm.sys_module.as_object().del_attr(name, vm);
     }
+    // Python 3.13+ colours tracebacks on a terminal; python3.11, the one procpy matches, does not.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        if let Ok(colorize) = vm.import("_colorize", 0) {
+            let _ = colorize.set_attr("COLORIZE", vm.ctx.new_bool(false), vm);
+        }
+    }
     // `procpy --emulate-gil`: every process of the run (see `crate::switches`).
     if crate::switches::get().emulate_gil {
         call_glue(vm, "procpy_gil", "enable")?;

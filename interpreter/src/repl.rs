@@ -4,15 +4,13 @@
 //! (rustyline; the history is kept in `~/.procpy_history`), `...` continuation until a block
 //! is closed by an empty line, expression results through `sys.displayhook`, exceptions
 //! printed with the prompt coming back, Ctrl-C dropping the line, Ctrl-D / `exit()` leaving.
-//! Whether more input is needed is decided by the compiler, as RustPython's own shell does:
-//! an end of file inside brackets or a triple-quoted string continues the line, an
-//! `_IncompleteInputError` (an unfinished suite) continues the block.
+//! Whether more input is needed: open brackets, a triple-quoted string or a trailing backslash
+//! continue the line (it runs once whole); an unfinished suite (the compiler's
+//! `_IncompleteInputError`, as in RustPython's own shell) or a decorator continues the block,
+//! which runs at the first empty line.
 
 use rustpython_vm::builtins::PyBaseExceptionRef;
-use rustpython_vm::compiler::parser::{
-    InterpolatedStringErrorType, LexicalErrorType, ParseErrorType,
-};
-use rustpython_vm::compiler::{self, CompileError, ParseError};
+use rustpython_vm::compiler;
 use rustpython_vm::scope::Scope;
 use rustpython_vm::{AsObject, PyResult, VirtualMachine};
 use rustyline::error::ReadlineError;
@@ -53,8 +51,11 @@ fn feed(
         }
         Ok(_) => Step::Wait,
         Err(err) => {
-            if unfinished_line(&err, source) {
+            if unfinished_line(source) {
                 return Step::MoreLine;
+            }
+            if !empty_line && pending_decorator(source) {
+                return Step::MoreBlock;
             }
             let exc = vm.new_syntax_error_maybe_incomplete(&err, Some(source), !empty_line);
             if !empty_line && exc.fast_isinstance(vm.ctx.exceptions.incomplete_input_error) {
@@ -66,31 +67,58 @@ fn feed(
     }
 }
 
-/// Does the source end inside brackets or a triple-quoted string?
-fn unfinished_line(err: &CompileError, source: &str) -> bool {
-    let CompileError::Parse(ParseError {
-        error: ParseErrorType::Lexical(lex), raw_location, ..
-    }) = err
-    else {
-        return false;
-    };
-    match lex {
-        LexicalErrorType::Eof
-        | LexicalErrorType::FStringError(
-            InterpolatedStringErrorType::UnterminatedTripleQuotedString,
-        ) => true,
-        LexicalErrorType::UnclosedStringError => {
-            // Unclosed `'''`/`"""` (a single quote left open is an error at once).
-            let at = usize::from(raw_location.start());
-            let quote = source.as_bytes().get(at).copied();
-            matches!(quote, Some(b'\'' | b'"'))
-                && source
-                    .as_bytes()
-                    .get(at..at + 3)
-                    .is_some_and(|q| q.iter().all(|&c| Some(c) == quote))
-        }
-        _ => false,
+/// Does the source end inside brackets, a triple-quoted string or after a backslash? (The
+/// parser's errors for these vary with what follows the opening; counting is plain.)
+fn unfinished_line(source: &str) -> bool {
+    if source.trim_end_matches('\n').ends_with('\\') {
+        return true;
     }
+    let b = source.as_bytes();
+    let (mut i, mut depth) = (0, 0i32);
+    while i < b.len() {
+        match b[i] {
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            q @ (b'\'' | b'"') => {
+                let triple = b.get(i..i + 3) == Some(&[q, q, q][..]);
+                let close: &[u8] = if triple { &[q, q, q] } else { &[q] };
+                i += close.len();
+                loop {
+                    if i >= b.len() {
+                        return triple;
+                    }
+                    if b[i] == b'\\' {
+                        i += 2;
+                    } else if !triple && b[i] == b'\n' {
+                        break;
+                    } else if b[i..].starts_with(close) {
+                        i += close.len();
+                        break;
+                    } else {
+                        i += 1;
+                    }
+                }
+                continue;
+            }
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    depth > 0
+}
+
+/// A decorator line waits for what it decorates.
+fn pending_decorator(source: &str) -> bool {
+    source
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .is_some_and(|l| l.trim_start().starts_with('@'))
 }
 
 fn flush_stdio(vm: &VirtualMachine) {

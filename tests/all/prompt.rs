@@ -48,7 +48,7 @@ impl Session {
                 // EIO once every writer has closed the terminal: the child is gone.
                 let n = reader.read(&mut buf).unwrap_or(0);
                 let (lock, cv) = &*sink;
-                let mut g = lock.lock().unwrap();
+                let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
                 if n == 0 {
                     g.1 = true;
                     cv.notify_all();
@@ -86,11 +86,12 @@ impl Session {
                 return;
             }
             let now = Instant::now();
-            assert!(
-                now < end && !g.1,
-                "never showed {parts:?}; the terminal showed:\n{}",
-                String::from_utf8_lossy(&g.0)
-            );
+            if now >= end || g.1 {
+                let shown = String::from_utf8_lossy(&g.0).into_owned();
+                // Not while holding the lock: the reader thread still needs it.
+                drop(g);
+                panic!("never showed {parts:?}; the terminal showed:\n{shown}");
+            }
             g = cv.wait_timeout(g, end - now).unwrap().0;
         }
     }
