@@ -1052,7 +1052,9 @@ class _ProcessCore(object):
         except Exception as e:
             outcome = (False, e)
         if type(outcome) is tuple and len(outcome) == 2 and outcome[0] == _STARTUP_FAILED:
-            self._on_startup_failure(w, outcome[1])
+            # ProcessPoolExecutor keeps CPython's answer: its exit breaks the pool.
+            if self._on_lost is None:
+                self._on_startup_failure(w, outcome[1])
             return
         with self._lock:
             task, w.task = w.task, None
