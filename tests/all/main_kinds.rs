@@ -1,5 +1,5 @@
 //! Every kind of main python3 runs — a directory or zip archive with a `__main__.py`, `-m pkg`
-//! (its `__main__`), a `.pyc` — as the main of a multiprocessing program under every start
+//! (its `__main__`), `-m module`, a `.pyc` — as the main of a multiprocessing program under every start
 //! method, children's re-import of the main included, compared with python3's stdout; and a
 //! pool whose workers cannot prepare the main fails at once instead of respawning them.
 
@@ -12,17 +12,21 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 /// The worker function lives in a module of its own: CPython's children of a directory or zip
 /// main do not re-run `__main__.py`, so they could not find one defined there.
-const WORK: &str = "def sq(x):\n    return x * x\n";
+const WORK: &str = "import sys\n\ndef sq(x):\n    return x * x\n\n\
+                    def probe():\n    main = sys.modules['__main__']\n    \
+                    print('main re-run in the child:', hasattr(main, 'MARK'), flush=True)\n";
 
-/// Prints once per process that runs the main's body; children re-running it would show.
+/// `MARK` exists in a child's `__main__` only if the child re-ran the main's body; a joined
+/// Process reports it (pool workers print nothing: their timing is theirs).
 const MAIN: &str = r#"import multiprocessing as mp, sys
 import work
-print('body', __name__, flush=True)
+MARK = 1
 if __name__ == '__main__':
+    print('main', __name__, flush=True)
     mp.set_start_method(sys.argv[-1])
     with mp.Pool(2) as p:
         print(p.map(work.sq, range(5)), flush=True)
-    q = mp.Process(target=work.sq, args=(3,))
+    q = mp.Process(target=work.probe)
     q.start()
     q.join()
     print('exitcode', q.exitcode, flush=True)
@@ -43,7 +47,8 @@ fn same_as_python3(dir: &Path, py_args: &[&str], procpy_args: &[&str]) {
     assert_eq!(got, want, "procpy {procpy_args:?} (python3 {py_args:?}); stderr: {err}");
 }
 
-/// A fresh directory holding `app/` (a directory main), `app.zip` and package `pkg`.
+/// A fresh directory holding `app/` (a directory main), `app.zip`, package `pkg` and module
+/// `modmain`.
 fn layout(name: &str) -> std::path::PathBuf {
     let dir = temp_script(name, WORK).parent().unwrap().to_owned();
     std::fs::write(dir.join("work.py"), WORK).unwrap();
@@ -53,6 +58,8 @@ fn layout(name: &str) -> std::path::PathBuf {
         std::fs::write(dir.join(sub).join("__main__.py"), MAIN).unwrap();
     }
     std::fs::write(dir.join("pkg/__init__.py"), "").unwrap();
+    // `-m modmain`: a plain module as the main, which children re-run by name.
+    std::fs::write(dir.join("modmain.py"), MAIN).unwrap();
     // -m pkg imports `work` from the current directory (the package's own is pkg.work).
     let zip = "import zipfile\nwith zipfile.ZipFile('app.zip', 'w') as z:\n    \
                z.write('app/__main__.py', '__main__.py')\n    z.write('app/work.py', 'work.py')\n";
@@ -69,20 +76,16 @@ fn a_directory_a_zip_and_a_package_main_run_under_every_method() {
         same_as_python3(&dir, &["app", m], &["app", m]);
         same_as_python3(&dir, &["app.zip", m], &["app.zip", m]);
         same_as_python3(&dir, &["-m", "pkg", m], &["-m", "pkg", m]);
+        same_as_python3(&dir, &["-m", "modmain", m], &["-m", "modmain", m]);
     }
 }
 
 #[test]
 fn a_pyc_main_runs_under_every_method_and_a_cpython_pyc_is_refused_clearly() {
     let _g = serial::shared();
-    let script = temp_script(
-        "pycmain",
-        &MAIN
-            .replace("import work\n", "")
-            .replace("work.sq", "sq")
-            .replace("print('body'", "def sq(x):\n    return x * x\nprint('body'"),
-    );
+    let script = temp_script("pycmain", MAIN);
     let dir = script.parent().unwrap().to_owned();
+    std::fs::write(dir.join("work.py"), WORK).unwrap();
     // Each interpreter runs bytecode of its own making.
     let compile = "import py_compile, sys; py_compile.compile('pycmain.py', cfile=sys.argv[1])";
     run(&procpy(), &dir, &["-c", compile, "ours.pyc"]);
