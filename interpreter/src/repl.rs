@@ -211,8 +211,8 @@ pub fn run_prompt(vm: &VirtualMachine, scope: Scope, opts: PromptOptions) -> PyR
         // A pasted block arrives line by line, as typed.
         .bracketed_paste(false)
         .build();
-    let mut ed: Editor<(), DefaultHistory> = Editor::with_config(config)
-        .map_err(|e| vm.new_os_error(format!("cannot start the line editor: {e}")))?;
+    let ed = keep_sigint(|| Editor::<(), DefaultHistory>::with_config(config));
+    let mut ed = ed.map_err(|e| vm.new_os_error(format!("cannot start the line editor: {e}")))?;
     // Tab indents (there is no completion).
     ed.bind_sequence(
         KeyEvent(KeyCode::Tab, Modifiers::NONE),
@@ -229,6 +229,28 @@ pub fn run_prompt(vm: &VirtualMachine, scope: Scope, opts: PromptOptions) -> PyR
         let _ = ed.save_history(h);
     }
     result
+}
+
+/// Run `f` (which makes the line editor) and put back the SIGINT action it replaced. rustyline
+/// takes SIGINT for as long as the editor lives, so Ctrl-C would no longer interrupt running
+/// code with `KeyboardInterrupt`; while it reads a line the terminal is raw and Ctrl-C is a
+/// key, not a signal, so it does not need the signal.
+fn keep_sigint<T>(f: impl FnOnce() -> T) -> T {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: only reads the current action (nix has no read-only call): SIG_IGN is installed
+    // for an instant and the previous action goes straight back.
+    let ours = unsafe { sigaction(Signal::SIGINT, &ignore) };
+    if let Ok(ours) = &ours {
+        // SAFETY: puts back exactly the action that was installed (the interpreter's handler).
+        let _ = unsafe { sigaction(Signal::SIGINT, ours) };
+    }
+    let made = f();
+    if let Ok(ours) = &ours {
+        // SAFETY: as above: the interpreter's own handler, replaced by the editor's.
+        let _ = unsafe { sigaction(Signal::SIGINT, ours) };
+    }
+    made
 }
 
 fn prompt_loop(

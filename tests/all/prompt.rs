@@ -6,6 +6,7 @@ use crate::common::pty::pty;
 use crate::common::{procpy, run_with_deadline, serial, temp_script};
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -38,6 +39,18 @@ impl Session {
             .stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave.try_clone().unwrap()))
             .stderr(Stdio::from(slave));
+        // The terminal becomes procpy's controlling terminal (a session of its own), so Ctrl-C
+        // typed while code runs is SIGINT, as at a real prompt.
+        // SAFETY: between fork and exec only async-signal-safe calls (setsid, ioctl) run.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()?;
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd.spawn().expect("start procpy");
         let shown: Shown = Arc::new((Mutex::new((Vec::new(), false)), Condvar::new()));
         let mut reader = term.try_clone().unwrap();
@@ -169,6 +182,12 @@ fn prompt_evaluates_continues_and_recovers() {
     s.term.write_all(b"'dropped'\x03").unwrap();
     s.expect(&["KeyboardInterrupt", ">>> "]);
     s.run("print('still' + 'here')", "stillhere");
+    // Ctrl-C while code runs: KeyboardInterrupt, and the prompt is back.
+    s.send("print('spin' + 'ning', flush=True); exec('while True: pass')");
+    s.expect(&["\n", "spinning"]);
+    s.term.write_all(b"\x03").unwrap();
+    s.expect(&["KeyboardInterrupt", ">>> "]);
+    s.run("print('back' + 'again')", "backagain");
     // sys.ps1 is honoured (its str()); the prompt has never been there before.
     s.send("import sys; sys.ps1 = 'P' + 'Q> '");
     s.expect(&["\n", "PQ> "]);
