@@ -33,6 +33,10 @@ pub struct Features {
     pub emulate_gil: bool,
     /// `--progress`: a progress line for long `Pool.map`/`imap` runs when stderr is a terminal.
     pub progress: bool,
+    /// `-i`: the interactive prompt after the script, `-c` or `-m` has run.
+    pub inspect: bool,
+    /// `-q`: no banner at the interactive prompt.
+    pub quiet: bool,
 }
 
 /// A parsed command line: procpy's switches and what to run.
@@ -53,8 +57,10 @@ Runs Python 3 code on RustPython, with a native multi-process `multiprocessing`.
 Options:
   -c cmd   program passed in as string (terminates option list)
   -m mod   run library module as a script (terminates option list)
+  -i       inspect interactively after running the script (the prompt; also with no script)
+  -q       no banner at the interactive prompt
   -u       unbuffered stdout and stderr (accepted; procpy flushes at exit and before fork)
-  -B, -E, -s, -S, -I, -O, -q   accepted for python3 compatibility and ignored
+  -B, -E, -s, -S, -I, -O   accepted for python3 compatibility and ignored
   -h       print this help message and exit (also --help)
   -V       print the version and exit (also --version)
 procpy's own options (before the script):
@@ -63,10 +69,12 @@ procpy's own options (before the script):
                   (sys.setswitchinterval sets the hand-over interval)
   --progress      show tasks done/total, rate and ETA of long Pool.map/imap runs on a terminal
   --demo NAME [arg ...]   run a teaching demo: gil (try `procpy --demo gil --help`)
-file       program read from script file
--          program read from stdin
+file       program read from script file, a directory or zip archive with a __main__.py,
+           or a .pyc compiled by procpy
+-          program read from stdin (default; the interactive prompt when stdin is a terminal)
 arg ...    arguments passed to program in sys.argv[1:]
-Environment: PYTHONPATH (extra module search path), PROCPY_START_METHOD (default start method:
+Environment: PYTHONPATH (extra module search path), PYTHONSTARTUP (a file run before the first
+prompt), PROCPY_START_METHOD (default start method:
 forkserver, spawn or fork).";
 
 /// Parse `args` (without the program name).
@@ -141,7 +149,7 @@ fn parse_into(args: &[String], features: &mut Features) -> Invocation {
             "-" => {
                 let mut argv = vec!["-".to_owned()];
                 argv.extend_from_slice(&args[i + 1..]);
-                return Invocation::Run { mode: RunMode::Command(read_stdin()), argv };
+                return Invocation::Run { mode: stdin_mode(features), argv };
             }
             "--" => {
                 i += 1;
@@ -180,8 +188,10 @@ fn parse_into(args: &[String], features: &mut Features) -> Invocation {
             "-W" | "-X" => i += 2,
             _ if a.starts_with('-')
                 && a.len() > 1
-                && a[1..].chars().all(|c| "BEsSIOqudb".contains(c)) =>
+                && a[1..].chars().all(|c| "BEsSIOqudbi".contains(c)) =>
             {
+                features.inspect |= a.contains('i');
+                features.quiet |= a.contains('q');
                 i += 1
             }
             _ if a.starts_with('-') && a.len() > 1 => {
@@ -194,10 +204,17 @@ fn parse_into(args: &[String], features: &mut Features) -> Invocation {
         Some(script) => {
             Invocation::Run { mode: RunMode::Script(script.clone()), argv: args[i..].to_vec() }
         }
-        None => {
-            let argv = vec![String::new()];
-            Invocation::Run { mode: RunMode::Command(read_stdin()), argv }
-        }
+        None => Invocation::Run { mode: stdin_mode(features), argv: vec![String::new()] },
+    }
+}
+
+/// No script: the prompt on a terminal (or with `-i`), else all of stdin run as the script.
+fn stdin_mode(features: &Features) -> RunMode {
+    use std::io::IsTerminal;
+    if features.inspect || std::io::stdin().is_terminal() {
+        RunMode::Prompt
+    } else {
+        RunMode::Command(read_stdin())
     }
 }
 
@@ -237,7 +254,12 @@ mod tests {
         ]));
         assert_eq!(
             p.features,
-            Features { trace: Some("t.json".into()), emulate_gil: true, progress: true }
+            Features {
+                trace: Some("t.json".into()),
+                emulate_gil: true,
+                progress: true,
+                ..Features::default()
+            }
         );
         assert_eq!(
             p.invocation,
@@ -303,6 +325,20 @@ mod tests {
         assert_eq!(parse(&v(&[TRACKER_FLAG])), Invocation::ResourceTracker);
         // Only as the first argument: after a script it belongs to the script.
         assert!(matches!(parse(&v(&["s.py", TRACKER_FLAG])), Invocation::Run { .. }));
+    }
+
+    #[test]
+    fn dash_i_and_dash_q_are_kept() {
+        let p = super::parse(&v(&["-q", "-i", "s.py", "-i"]));
+        assert!(p.features.inspect && p.features.quiet);
+        assert_eq!(
+            p.invocation,
+            Invocation::Run { mode: RunMode::Script("s.py".into()), argv: v(&["s.py", "-i"]) }
+        );
+        // Combined, and with no script: the prompt whatever stdin is.
+        let p = super::parse(&v(&["-qi"]));
+        assert!(p.features.inspect && p.features.quiet);
+        assert_eq!(p.invocation, Invocation::Run { mode: RunMode::Prompt, argv: v(&[""]) });
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod cli;
 
 use cli::{Features, Invocation};
 use procpy_interpreter::switches::{self, Switches};
-use procpy_interpreter::{trace, RunMode};
+use procpy_interpreter::{trace, Interactive, RunMode};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -76,7 +76,8 @@ fn run(mode: RunMode, argv: Vec<String>, features: &Features) -> u32 {
         RunMode::ForkServer => trace::Role::ForkServer,
         _ => trace::Role::Main,
     });
-    let status = procpy_interpreter::run(mode, argv);
+    let interactive = Interactive { inspect: features.inspect, quiet: features.quiet };
+    let status = procpy_interpreter::run_interactive(mode, argv, interactive);
     trace::exit(status as i64, None);
     if let Some((out, spool, path)) = spool {
         if let Err(e) = trace::finish(&spool, &path) {

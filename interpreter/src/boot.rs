@@ -2,10 +2,13 @@
 //! own `multiprocessing`, which ours replaces), our frozen `multiprocessing` and `_procpy`.
 
 use crate::native;
+use crate::repl::PromptOptions;
 use nix::sys::signal::{self, SigHandler, Signal};
 use rustpython_vm::compiler::core::frozen::FrozenLib;
 use rustpython_vm::scope::Scope;
-use rustpython_vm::{Interpreter, InterpreterBuilder, PyResult, Settings, VirtualMachine};
+use rustpython_vm::{
+    AsObject, Interpreter, InterpreterBuilder, PyResult, Settings, VirtualMachine,
+};
 
 /// Our Python sources (`interpreter/py`), compiled at build time.
 static OUR_PYLIB: &FrozenLib =
@@ -20,6 +23,8 @@ pub enum RunMode {
     Command(String),
     /// `procpy -m module args...`
     Module(String),
+    /// `procpy` with no script and a terminal on stdin: the interactive prompt.
+    Prompt,
     /// A child started by the spawn method (boot data arrives on `PROCPY_BOOT_FD`).
     SpawnChild,
     /// The fork server (boot data arrives on `PROCPY_BOOT_FD`).
@@ -76,8 +81,22 @@ pub fn builder(argv: Vec<String>) -> InterpreterBuilder {
         })
 }
 
+/// The command line's say on the interactive prompt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Interactive {
+    /// `-i`: the prompt after the script (or `-c`, `-m`) has run, whatever it raised.
+    pub inspect: bool,
+    /// `-q`: no banner.
+    pub quiet: bool,
+}
+
 /// Run `mode` in a fresh interpreter and return the process exit status, as `python3` would.
 pub fn run(mode: RunMode, argv: Vec<String>) -> u32 {
+    run_interactive(mode, argv, Interactive::default())
+}
+
+/// [`run`], with the prompt as `interactive` asks.
+pub fn run_interactive(mode: RunMode, argv: Vec<String>, interactive: Interactive) -> u32 {
     die_of_faults();
     // No cyclic collection while the interpreter builds itself: the boot allocates tens of
     // thousands of long-lived objects and collecting them was ~10% of a bare start (perf).
@@ -85,7 +104,7 @@ pub fn run(mode: RunMode, argv: Vec<String>) -> u32 {
     let gc = rustpython_vm::gc_state::gc_state();
     gc.disable();
     let interp: Interpreter = builder(argv).build();
-    let res = interp.enter(|vm| run_in(vm, &mode));
+    let res = interp.enter(|vm| run_in(vm, &mode, interactive));
     // An uncaught KeyboardInterrupt: like CPython, print it, finalize (threads joined, atexit
     // handlers run: pools and children are cleaned up), and only then die of SIGINT.
     // RustPython's own handling kills the process before atexit runs.
@@ -123,7 +142,7 @@ fn default_action(sig: Signal) {
     let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
 }
 
-fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
+fn run_in(vm: &VirtualMachine, mode: &RunMode, interactive: Interactive) -> PyResult<()> {
     let scope = vm.new_scope_with_main()?;
     call_glue(vm, "_procpy_fixes", "apply")?;
     // Children and the fork server keep collection off through procpy's own set-up; it comes
@@ -131,17 +150,44 @@ fn run_in(vm: &VirtualMachine, mode: &RunMode) -> PyResult<()> {
     if !matches!(mode, RunMode::SpawnChild | RunMode::ForkServer) {
         rustpython_vm::gc_state::gc_state().enable();
     }
+    // RustPython defines `sys.ps1`/`sys.ps2` (as '>>>>> '/'..... ') in every process; python3
+    // only once it goes interactive, and code tests `hasattr(sys, 'ps1')` for that.
+    for name in ["ps1", "ps2"] {
+        let _ = vm.sys_module.as_object().del_attr(name, vm);
+    }
+    // Python 3.13+ colours tracebacks on a terminal; python3.11, the one procpy matches, does not.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        if let Ok(colorize) = vm.import("_colorize", 0) {
+            let _ = colorize.set_attr("COLORIZE", vm.ctx.new_bool(false), vm);
+        }
+    }
     // `procpy --emulate-gil`: every process of the run (see `crate::switches`).
     if crate::switches::get().emulate_gil {
         call_glue(vm, "procpy_gil", "enable")?;
     }
-    match mode {
-        RunMode::SpawnChild => call_glue(vm, "multiprocessing.spawn", "_child_main"),
-        RunMode::ForkServer => call_glue(vm, "multiprocessing.forkserver", "_server_main"),
-        RunMode::Script(path) => run_main(vm, scope, Main::File(path)),
-        RunMode::Command(code) => run_main(vm, scope, Main::Source(code)),
-        RunMode::Module(name) => run_main(vm, scope, Main::Module(name)),
+    let main = match mode {
+        RunMode::SpawnChild => return call_glue(vm, "multiprocessing.spawn", "_child_main"),
+        RunMode::ForkServer => return call_glue(vm, "multiprocessing.forkserver", "_server_main"),
+        RunMode::Prompt => {
+            // As `python3` with no script: `site`, the current directory as '' on sys.path.
+            drop(vm.import("site", 0));
+            vm.insert_sys_path(vm.new_pyobj(""))?;
+            let opts = PromptOptions { banner: !interactive.quiet, startup: true };
+            return crate::repl::run_prompt(vm, scope, opts);
+        }
+        RunMode::Script(path) => Main::File(path),
+        RunMode::Command(code) => Main::Source(code),
+        RunMode::Module(name) => Main::Module(name),
+    };
+    let res = run_main(vm, scope.clone(), main);
+    if !interactive.inspect {
+        return res;
     }
+    // `-i`: whatever the script raised (SystemExit too) is printed and the prompt follows.
+    if let Err(exc) = res {
+        vm.print_exception(exc);
+    }
+    crate::repl::run_prompt(vm, scope, PromptOptions { banner: false, startup: false })
 }
 
 /// The user's code to run as `__main__`.
@@ -163,6 +209,15 @@ pub fn run_main(vm: &VirtualMachine, scope: Scope, main: Main<'_>) -> PyResult<(
     // `site` only for user code: children and the fork server get their sys.path from the parent.
     drop(vm.import("site", 0));
     match main {
+        Main::File(path) if is_path_entry(path) => {
+            // `python3 DIR` / `python3 APP.zip`: the entry itself first on sys.path, then its
+            // `__main__` run as `__main__` (so `__spec__.name == '__main__'`, as in CPython).
+            let entry = std::path::absolute(path)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| path.to_owned());
+            vm.insert_sys_path(vm.new_pyobj(entry))?;
+            call_glue_args(vm, "_procpy_main", "run_path_entry", vec![])
+        }
         Main::File(path) => {
             let dir = std::path::Path::new(path).parent().and_then(|p| p.to_str()).unwrap_or("");
             let dir = if dir.is_empty() { "." } else { dir };
@@ -174,6 +229,11 @@ pub fn run_main(vm: &VirtualMachine, scope: Scope, main: Main<'_>) -> PyResult<(
             let file = std::path::absolute(path)
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| path.to_owned());
+            if file.ends_with(".pyc") {
+                // Compiled bytecode, checked for procpy's own magic number (a clear error for
+                // CPython's .pyc files).
+                return run_pyc(vm, scope, &file);
+            }
             vm.run_any_file(scope, &file)
         }
         Main::Source(code) => {
@@ -190,9 +250,46 @@ pub fn run_main(vm: &VirtualMachine, scope: Scope, main: Main<'_>) -> PyResult<(
     }
 }
 
+/// A directory or a zip archive: what python3 runs through its `__main__` module.
+fn is_path_entry(path: &str) -> bool {
+    use std::io::Read;
+    let p = std::path::Path::new(path);
+    if p.is_dir() {
+        return true;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(p).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
+        && (&magic == b"PK\x03\x04" || &magic == b"PK\x05\x06")
+}
+
+/// Run a .pyc file as `__main__`, with `__file__` set while it runs (as `run_any_file` does).
+fn run_pyc(vm: &VirtualMachine, scope: Scope, file: &str) -> PyResult<()> {
+    let globals = scope.globals.clone();
+    globals.set_item("__file__", vm.new_pyobj(file), vm)?;
+    globals.set_item("__cached__", vm.ctx.none(), vm)?;
+    let res = call_glue_args(
+        vm,
+        "_procpy_main",
+        "run_pyc",
+        vec![vm.new_pyobj(file), globals.clone().into()],
+    );
+    let _ = globals.del_item("__file__", vm);
+    let _ = globals.del_item("__cached__", vm);
+    res
+}
+
 fn call_glue(vm: &VirtualMachine, module: &str, func: &str) -> PyResult<()> {
+    call_glue_args(vm, module, func, vec![])
+}
+
+fn call_glue_args(
+    vm: &VirtualMachine,
+    module: &str,
+    func: &str,
+    args: Vec<rustpython_vm::PyObjectRef>,
+) -> PyResult<()> {
     let name = vm.ctx.new_str(module);
     vm.import(&*name, 0)?;
     let f = crate::codec::resolve_global(vm, module, func)?;
-    f.call((), vm).map(drop)
+    f.call(args, vm).map(drop)
 }

@@ -7,6 +7,7 @@
 //! - [`tracker`] is the resource tracker process (VM-free) and its client side;
 //! - [`trace`] records `procpy --trace` events (VM-free);
 //! - [`switches`] hands `--emulate-gil`, `--progress` and `--trace` to every process (VM-free);
+//! - [`repl`] is the interactive prompt (`procpy` on a terminal, `procpy -i`);
 //! - [`embed`] is embedding's worker side: the host<->worker protocol and the worker's serve loop;
 //! - `native` is the `_procpy` module that `multiprocessing` is built on.
 #![deny(missing_docs)]
@@ -17,10 +18,11 @@ pub mod embed;
 pub mod forkserver;
 pub mod ipc;
 mod native;
+pub mod repl;
 pub mod switches;
 pub mod trace;
 pub mod tracker;
 pub mod wire;
 
-pub use boot::{run, RunMode, FORK_SERVER_FLAG, SPAWN_CHILD_FLAG};
+pub use boot::{run, run_interactive, Interactive, RunMode, FORK_SERVER_FLAG, SPAWN_CHILD_FLAG};
 pub use tracker::TRACKER_FLAG;

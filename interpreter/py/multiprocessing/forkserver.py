@@ -169,7 +169,8 @@ def _serve(prep, preload, boot):
         try:
             spawn.precompile_main(main_path)
             _preload_stdlib_imports(main_path)
-        except (OSError, SyntaxError):
+        except (OSError, SyntaxError, RuntimeError, ValueError):
+            # Each child meets (and reports) the same error when it runs the main itself.
             pass
     for mod in preload:
         if mod != '__main__':

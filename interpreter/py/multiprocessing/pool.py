@@ -197,6 +197,26 @@ def worker(conn, initializer=None, initargs=(), maxtasks=None, wrap_exception=Fa
     conn.close()
 
 
+# What a worker whose main module could not be prepared sends instead of a result.
+_STARTUP_FAILED = 'procpy-pool-worker-startup-failed'
+
+
+def _report_startup_error(exc, conn, *args, **kwds):
+    '''Called in a spawn/forkserver worker whose preparation raised (spawn._run_child).'''
+    try:
+        data = _procpy.dumps((_STARTUP_FAILED, exc))
+    except Exception:
+        data = _procpy.dumps((_STARTUP_FAILED, RuntimeError(
+            'a pool worker could not start: %s: %s' % (type(exc).__name__, exc))))
+    try:
+        conn.send_bytes(data)
+    except OSError:
+        pass
+
+
+worker._startup_error_reporter = _report_startup_error
+
+
 def _traced_task(task):
     '''Run a task inside a trace span named after the user's function, with the task (or
     chunk) index and the number of items it covers.'''
@@ -826,6 +846,9 @@ class _ProcessCore(object):
         self._manager_done = threading.Lock()
         self._manager_done.acquire()
         self._manager = None
+        # Set when a worker could not even prepare the main module: the pool then stops
+        # starting workers (each would die the same way) and fails its work with it.
+        self._startup_error = None
         self._version = 0           # bumped whenever the set of workers to watch changes
         self._watch_version = -1
         try:
@@ -902,6 +925,12 @@ class _ProcessCore(object):
         _thread.start_new_thread(run, ())
 
     def _dispatch_locked(self):
+        if self._startup_error is not None and all(w.dead for w in self.workers):
+            # No worker can start: fail what waits rather than hang (CPython loops forever).
+            while self._pending:
+                result, i = self._pending.popleft()[:2]
+                self._failed.append((result, i, (False, self._startup_error)))
+            return
         while self._pending and self._idle:
             task = self._pending.popleft()
             result, i, func, args, kwds = task
@@ -1022,6 +1051,11 @@ class _ProcessCore(object):
             outcome = _procpy.loads(data)
         except Exception as e:
             outcome = (False, e)
+        if type(outcome) is tuple and len(outcome) == 2 and outcome[0] == _STARTUP_FAILED:
+            # ProcessPoolExecutor keeps CPython's answer: its exit breaks the pool.
+            if self._on_lost is None:
+                self._on_startup_failure(w, outcome[1])
+            return
         with self._lock:
             task, w.task = w.task, None
             if dispatch and not w.retired and not w.dead:
@@ -1030,6 +1064,20 @@ class _ProcessCore(object):
             failed = self._take_failed()
         if task is not None:
             _deliver(task[0], task[1], outcome)
+        self._report(failed)
+
+    def _on_startup_failure(self, w, exc):
+        with self._lock:
+            self._startup_error = exc
+            w.dead = True       # its sentinel follows; it is not replaced
+            self._version += 1
+            if w in self._idle:
+                self._idle.remove(w)
+            lost, w.task = w.task, None
+            if lost is not None:
+                self._failed.append((lost[0], lost[1], (False, exc)))
+            self._dispatch_locked()
+            failed = self._take_failed()
         self._report(failed)
 
     def wait_direct(self, result, w, deadline):
@@ -1071,9 +1119,9 @@ class _ProcessCore(object):
             self._version += 1
             if w in self._idle:
                 self._idle.remove(w)
-        # Results it sent before it died still count.
+        # Results it sent before it died still count (and so does a start-up failure).
         try:
-            if w.task is not None and w.conn.poll(0):
+            if w.conn.poll(0):
                 self._on_result(w, dispatch=False)
         except OSError:
             pass
@@ -1104,7 +1152,7 @@ class _ProcessCore(object):
             replace = self.state == RUN or (
                 self.state == CLOSE and (self._pending or self._feeders or lost
                                          or any(x.task for x in self.workers)))
-            replace = replace and not util.is_exiting()
+            replace = replace and not util.is_exiting() and self._startup_error is None
         if lost is not None:
             _deliver(lost[0], lost[1],
                      (False, WorkerLostError(w.process.name, w.process.pid, exitcode)))

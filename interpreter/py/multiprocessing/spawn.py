@@ -88,10 +88,13 @@ def get_preparation_data(name):
         dir=os.getcwd(),
         start_method=_start_method(),
     )
+    # CPython's rules: a main run by name (`-m mod`, and `__main__` for a directory or zip,
+    # which children then leave alone) is re-imported by name, a script by path, and a main
+    # with neither (`-c`, the interactive prompt, stdin) not at all.
     main_module = sys.modules['__main__']
     spec = getattr(main_module, '__spec__', None)
     main_mod_name = getattr(spec, 'name', None)
-    if main_mod_name is not None and main_mod_name != '__main__':
+    if main_mod_name is not None:
         d['init_main_from_name'] = main_mod_name
     else:
         main_path = getattr(main_module, '__file__', None)
@@ -160,6 +163,9 @@ def _fixup_main_from_path(main_path):
     '''Run the parent's main script as `__mp_main__` (so code outside the
     `if __name__ == '__main__':` guard runs again here, as in CPython).'''
     current_main = sys.modules['__main__']
+    # As CPython: IPython's launch script has no `__main__` guard, so it is never re-run.
+    if os.path.splitext(os.path.basename(main_path))[0] == 'ipython':
+        return
     if getattr(current_main, '__file__', None) == main_path:
         return
     main_module = types.ModuleType('__mp_main__')
@@ -177,9 +183,15 @@ _main_code = {}
 
 
 def precompile_main(main_path):
-    with open(main_path, 'rb') as f:
-        source = f.read()
-    code = _main_code[main_path] = compile(source, main_path, 'exec')
+    if main_path.endswith('.pyc'):
+        # Compiled bytecode (`procpy script.pyc`): its code object, not a source to compile.
+        import _procpy_main
+        code = _procpy_main.load_pyc(main_path)
+    else:
+        with open(main_path, 'rb') as f:
+            source = f.read()
+        code = compile(source, main_path, 'exec')
+    _main_code[main_path] = code
     return code
 
 
@@ -187,12 +199,29 @@ def _run_child(prep, obj_bytes, fds):
     '''Become the process object: prepare, decode it, bootstrap. Returns the exit code.'''
     process.current_process()._inheriting = True
     try:
-        prepare(prep)
+        try:
+            prepare(prep)
+        except BaseException as e:
+            _report_startup_error(e, obj_bytes, fds)
+            raise
         process_obj = _procpy.loads_with_fds(obj_bytes, fds)
     finally:
         _procpy.close_fds(fds)
         del process.current_process()._inheriting
     return process_obj._bootstrap(parent_sentinel=_parent_sentinel(prep['parent_pid']))
+
+
+def _report_startup_error(exc, obj_bytes, fds):
+    '''The main module could not be prepared (it raised, or is gone): a target that can say so
+    to its parent (a pool worker, see pool.py) does, so the parent fails its work with this
+    exception instead of starting workers that die the same way.'''
+    try:
+        process_obj = _procpy.loads_with_fds(obj_bytes, fds)
+        report = getattr(process_obj._target, '_startup_error_reporter', None)
+        if report is not None:
+            report(exc, *process_obj._args, **process_obj._kwargs)
+    except Exception:
+        pass    # the traceback the child prints is all there is
 
 
 def _child_main():

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod pty;
 mod running;
 pub mod serial;
 

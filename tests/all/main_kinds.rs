@@ -1,0 +1,143 @@
+//! Every kind of main python3 runs — a directory or zip archive with a `__main__.py`, `-m pkg`
+//! (its `__main__`), `-m module`, a `.pyc` — as the main of a multiprocessing program under every start
+//! method, children's re-import of the main included, compared with python3's stdout; and a
+//! pool whose workers cannot prepare the main fails at once instead of respawning them.
+
+use crate::common::{procpy, run_with_deadline, serial, temp_script, METHODS};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// The worker function lives in a module of its own: CPython's children of a directory or zip
+/// main do not re-run `__main__.py`, so they could not find one defined there.
+const WORK: &str = "import sys\n\ndef sq(x):\n    return x * x\n\n\
+                    def probe():\n    main = sys.modules['__main__']\n    \
+                    print('main re-run in the child:', hasattr(main, 'MARK'), flush=True)\n";
+
+/// `MARK` exists in a child's `__main__` only if the child re-ran the main's body; a joined
+/// Process reports it (pool workers print nothing: their timing is theirs).
+const MAIN: &str = r#"import multiprocessing as mp, sys
+import work
+MARK = 1
+if __name__ == '__main__':
+    print('main', __name__, flush=True)
+    mp.set_start_method(sys.argv[-1])
+    with mp.Pool(2) as p:
+        print(p.map(work.sq, range(5)), flush=True)
+    q = mp.Process(target=work.probe)
+    q.start()
+    q.join()
+    print('exitcode', q.exitcode, flush=True)
+"#;
+
+fn run(interp: &Path, dir: &Path, args: &[&str]) -> (String, String) {
+    let mut cmd = Command::new(interp);
+    cmd.args(args).current_dir(dir);
+    let out = run_with_deadline(cmd, LIMIT);
+    assert!(!out.timed_out, "{interp:?} {args:?} hung");
+    assert_eq!(out.status, Some(0), "{interp:?} {args:?}: {}", out.stderr);
+    (out.stdout, out.stderr)
+}
+
+fn same_as_python3(dir: &Path, py_args: &[&str], procpy_args: &[&str]) {
+    let (want, _) = run(Path::new("python3"), dir, py_args);
+    let (got, err) = run(&procpy(), dir, procpy_args);
+    assert_eq!(got, want, "procpy {procpy_args:?} (python3 {py_args:?}); stderr: {err}");
+}
+
+/// A fresh directory holding `app/` (a directory main), `app.zip`, package `pkg` and module
+/// `modmain`.
+fn layout(name: &str) -> std::path::PathBuf {
+    let dir = temp_script(name, WORK).parent().unwrap().to_owned();
+    std::fs::write(dir.join("work.py"), WORK).unwrap();
+    for sub in ["app", "pkg"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        std::fs::write(dir.join(sub).join("work.py"), WORK).unwrap();
+        std::fs::write(dir.join(sub).join("__main__.py"), MAIN).unwrap();
+    }
+    std::fs::write(dir.join("pkg/__init__.py"), "").unwrap();
+    // `-m modmain`: a plain module as the main, which children re-run by name.
+    std::fs::write(dir.join("modmain.py"), MAIN).unwrap();
+    // -m pkg imports `work` from the current directory (the package's own is pkg.work).
+    let zip = "import zipfile\nwith zipfile.ZipFile('app.zip', 'w') as z:\n    \
+               z.write('app/__main__.py', '__main__.py')\n    z.write('app/work.py', 'work.py')\n";
+    let out = Command::new("python3").args(["-c", zip]).current_dir(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
+#[test]
+fn a_directory_a_zip_and_a_package_main_run_under_every_method() {
+    let _g = serial::shared();
+    let dir = layout("main_kinds_dir");
+    for m in METHODS {
+        same_as_python3(&dir, &["app", m], &["app", m]);
+        same_as_python3(&dir, &["app.zip", m], &["app.zip", m]);
+        same_as_python3(&dir, &["-m", "pkg", m], &["-m", "pkg", m]);
+        same_as_python3(&dir, &["-m", "modmain", m], &["-m", "modmain", m]);
+    }
+}
+
+#[test]
+fn a_pyc_main_runs_under_every_method_and_a_cpython_pyc_is_refused_clearly() {
+    let _g = serial::shared();
+    let script = temp_script("pycmain", MAIN);
+    let dir = script.parent().unwrap().to_owned();
+    std::fs::write(dir.join("work.py"), WORK).unwrap();
+    // Each interpreter runs bytecode of its own making.
+    let compile = "import py_compile, sys; py_compile.compile('pycmain.py', cfile=sys.argv[1])";
+    run(&procpy(), &dir, &["-c", compile, "ours.pyc"]);
+    run(Path::new("python3"), &dir, &["-c", compile, "theirs.pyc"]);
+    for m in METHODS {
+        same_as_python3(&dir, &["theirs.pyc", m], &["ours.pyc", m]);
+    }
+    let mut cmd = Command::new(procpy());
+    cmd.args(["theirs.pyc", "fork"]).current_dir(&dir);
+    let out = run_with_deadline(cmd, LIMIT);
+    assert_eq!(out.status, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("RuntimeError: Bad magic number in .pyc file"), "{}", out.stderr);
+}
+
+#[test]
+fn a_main_named_ipython_is_not_rerun_by_children() {
+    let _g = serial::shared();
+    let script = temp_script("ipython", MAIN);
+    let dir = script.parent().unwrap().to_owned();
+    std::fs::write(dir.join("work.py"), WORK).unwrap();
+    for m in ["spawn", "forkserver"] {
+        same_as_python3(&dir, &["ipython.py", m], &["ipython.py", m]);
+    }
+}
+
+#[test]
+fn pool_workers_that_cannot_prepare_the_main_fail_the_map_at_once() {
+    let _g = serial::shared();
+    let script = temp_script(
+        "boom",
+        r#"import multiprocessing as mp, sys
+if __name__ == '__mp_main__':
+    raise RuntimeError('boom')
+def sq(x):
+    return x * x
+if __name__ == '__main__':
+    mp.set_start_method(sys.argv[1])
+    with mp.Pool(2) as p:
+        for attempt in range(2):
+            try:
+                p.map(sq, range(5))
+            except RuntimeError as e:
+                print('failed:', e)
+"#,
+    );
+    for m in ["spawn", "forkserver"] {
+        let mut cmd = Command::new(procpy());
+        cmd.arg(&script).arg(m);
+        // A hang guard: without the fix the pool respawns workers for ever.
+        let out = run_with_deadline(cmd, Duration::from_secs(60));
+        assert!(!out.timed_out, "{m}: the map hung");
+        assert_eq!(out.stdout, "failed: boom\nfailed: boom\n", "{m}: {}", out.stderr);
+        assert_eq!(out.status, Some(0), "{m}: {}", out.stderr);
+    }
+}
