@@ -142,14 +142,11 @@ fn default_action(sig: Signal) {
     let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
 }
 
-fn run_in(vm: &VirtualMachine, mode: &RunMode, interactive: Interactive) -> PyResult<()> {
-    let scope = vm.new_scope_with_main()?;
+/// What every interpreter of procpy's does before it runs any user code (CLI, children, the
+/// fork server, embedding workers): RustPython corrected where libraries trip on it, and
+/// the interactive-only state python3 lacks in a script taken away.
+pub(crate) fn settle(vm: &VirtualMachine) -> PyResult<()> {
     call_glue(vm, "_procpy_fixes", "apply")?;
-    // Children and the fork server keep collection off through procpy's own set-up; it comes
-    // back when `spawn.prepare` starts running the user's main module.
-    if !matches!(mode, RunMode::SpawnChild | RunMode::ForkServer) {
-        rustpython_vm::gc_state::gc_state().enable();
-    }
     // RustPython defines `sys.ps1`/`sys.ps2` (as '>>>>> '/'..... ') in every process; python3
     // only once it goes interactive, and code tests `hasattr(sys, 'ps1')` for that.
     for name in ["ps1", "ps2"] {
@@ -160,6 +157,17 @@ fn run_in(vm: &VirtualMachine, mode: &RunMode, interactive: Interactive) -> PyRe
         if let Ok(colorize) = vm.import("_colorize", 0) {
             let _ = colorize.set_attr("COLORIZE", vm.ctx.new_bool(false), vm);
         }
+    }
+    Ok(())
+}
+
+fn run_in(vm: &VirtualMachine, mode: &RunMode, interactive: Interactive) -> PyResult<()> {
+    let scope = vm.new_scope_with_main()?;
+    settle(vm)?;
+    // Children and the fork server keep collection off through procpy's own set-up; it comes
+    // back when `spawn.prepare` starts running the user's main module.
+    if !matches!(mode, RunMode::SpawnChild | RunMode::ForkServer) {
+        rustpython_vm::gc_state::gc_state().enable();
     }
     // `procpy --emulate-gil`: every process of the run (see `crate::switches`).
     if crate::switches::get().emulate_gil {

@@ -243,7 +243,8 @@ fn glue(vm: &VirtualMachine, name: &str) -> PyResult {
 }
 
 fn run_in(vm: &VirtualMachine, chan: &Channel, setup: &Setup) -> PyResult<()> {
-    let ready = prepare(vm, setup);
+    // As every procpy interpreter: RustPython's corrections first.
+    let ready = boot::settle(vm).and_then(|()| prepare(vm, setup));
     let Some(script) = &setup.script else {
         let ready = ready.map(|()| std::process::id()).map_err(|e| describe(vm, &e));
         let failed = ready.is_err();
