@@ -74,7 +74,8 @@ struct Registry {
     origin: u64,
     next: u64,
     by_token: HashMap<Token, PyObjectRef>,
-    by_id: HashMap<usize, Token>,
+    /// The token, and whether the object is a by-value copy built here.
+    by_id: HashMap<usize, (Token, bool)>,
 }
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
@@ -114,18 +115,24 @@ fn registry<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
 /// `obj`'s token if it travelled as a `__main__` global before.
 fn registry_token(obj: &PyObject) -> Option<Token> {
     let g = lock(&REGISTRY);
-    g.as_ref()?.by_id.get(&obj.get_id()).copied()
+    g.as_ref()?.by_id.get(&obj.get_id()).map(|(t, _)| *t)
+}
+
+/// Whether `obj` is a by-value copy this process built (not its own object).
+fn registry_built(obj: &PyObject) -> bool {
+    let g = lock(&REGISTRY);
+    g.as_ref().and_then(|r| r.by_id.get(&obj.get_id())).is_some_and(|(_, built)| *built)
 }
 
 /// `obj`'s token, made (and `obj` kept) the first time.
 fn registry_assign(obj: &PyObject) -> Token {
     registry(|r| {
-        if let Some(t) = r.by_id.get(&obj.get_id()) {
+        if let Some((t, _)) = r.by_id.get(&obj.get_id()) {
             return *t;
         }
         let t = (r.origin, r.next);
         r.next += 1;
-        r.by_id.insert(obj.get_id(), t);
+        r.by_id.insert(obj.get_id(), (t, false));
         r.by_token.insert(t, obj.to_owned());
         t
     })
@@ -142,7 +149,7 @@ fn registry_insert(t: Token, obj: PyObjectRef) -> PyObjectRef {
         if let Some(o) = r.by_token.get(&t) {
             return o.clone();
         }
-        r.by_id.insert(obj.get_id(), t);
+        r.by_id.insert(obj.get_id(), (t, true));
         r.by_token.insert(t, obj.clone());
         obj
     })
@@ -232,6 +239,34 @@ fn main_may_lack(vm: &VirtualMachine, module: &str, qualname: &str) -> bool {
     }
 }
 
+/// What a by-value `__main__` function filled into this process's `__main__` dict, by name:
+/// the receiver's own names are never replaced, but what a sender shipped before is, by what
+/// it ships now (it may have redefined a helper since).
+static FILLED: Mutex<Option<HashMap<Vec<u8>, PyObjectRef>>> = Mutex::new(None);
+
+/// Set `k` in the `__main__` dict `globals` to the shipped `x` unless the name is this
+/// process's own (there already, and not put there by [`fill_main_name`] itself).
+fn fill_main_name(
+    vm: &VirtualMachine,
+    globals: &rustpython_vm::PyRef<PyDict>,
+    k: &PyObjectRef,
+    x: PyObjectRef,
+) -> PyResult<()> {
+    let Some(name) = k.downcast_ref::<PyStr>().map(|s| s.as_wtf8().as_bytes().to_vec()) else {
+        return Ok(());
+    };
+    if let Some(current) = globals.get_item_opt(&**k, vm)? {
+        let ours =
+            lock(&FILLED).as_ref().and_then(|f| f.get(&name)).is_some_and(|o| o.is(&current));
+        if !ours {
+            return Ok(());
+        }
+    }
+    globals.set_item(&**k, x.clone(), vm)?;
+    lock(&FILLED).get_or_insert_with(HashMap::new).insert(name, x);
+    Ok(())
+}
+
 /// The receiver's own `__main__.qualname`, if it is a function (`is_class`: a class) of that
 /// qualname: what pickle's by-reference lookup would give.
 fn find_in_main(vm: &VirtualMachine, qualname: &str, is_class: bool) -> Option<PyObjectRef> {
@@ -246,7 +281,10 @@ fn find_in_main(vm: &VirtualMachine, qualname: &str, is_class: bool) -> Option<P
         obj.class().is(vm.ctx.types.function_type)
     };
     let q = obj.get_attr("__qualname__", vm).ok()?.downcast::<PyStr>().ok()?;
-    (kind_ok && q.as_wtf8().as_bytes() == qualname.as_bytes()).then_some(obj)
+    // A copy received by value for another token (a name an earlier function filled in) is
+    // not this process's own: the sender has redefined it since.
+    let own = !registry_built(&obj);
+    (kind_ok && own && q.as_wtf8().as_bytes() == qualname.as_bytes()).then_some(obj)
 }
 
 /// Which native handles an encoding may carry; their descriptors are collected beside the bytes.
@@ -1146,7 +1184,8 @@ impl Decoder<'_> {
         for (k, x) in &fv.names {
             let k = self.dec(k, d)?;
             let x = self.dec(x, d)?;
-            if main_globals.is_some() && globals.get_item_opt(&*k, vm)?.is_some() {
+            if main_globals.is_some() {
+                fill_main_name(vm, &globals, &k, x)?;
                 continue;
             }
             globals.set_item(&*k, x, vm)?;
