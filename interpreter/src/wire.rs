@@ -449,6 +449,22 @@ mod tests {
                             }))
                         }
                     ),
+                ("[a-z_.]{1,12}", any::<(u64, u64)>(), inner.clone()).prop_map(
+                    |(qualname, token, by_value)| Value::MainGlobal(Box::new(MainGlobal {
+                        qualname,
+                        token,
+                        by_value
+                    }))
+                ),
+                (
+                    proptest::collection::vec(inner.clone(), 4),
+                    proptest::collection::vec((inner.clone(), inner.clone()), 0..3)
+                )
+                    .prop_map(|(parts, attrs)| {
+                        let [metaclass, name, bases, namespace] =
+                            <[Value; 4]>::try_from(parts).unwrap();
+                        Value::Class(Box::new(Class { metaclass, name, bases, namespace, attrs }))
+                    }),
             ]
         })
     }
