@@ -641,7 +641,7 @@ impl Encoder<'_> {
 
     fn function_inner(&mut self, f: &PyObject) -> PyResult<Value> {
         self.memoize(f);
-        self.function_body(f)
+        self.function_body(f, false)
     }
 
     /// A `__main__` function or class as a [`wire::MainGlobal`]: the object takes the next memo
@@ -651,7 +651,7 @@ impl Encoder<'_> {
         let at = self.next - 1;
         let saved = self.globals_ref.clone();
         let by_value = if obj.class().is(self.vm.ctx.types.function_type) {
-            self.function_body(obj)
+            self.function_body(obj, true)
         } else {
             self.class_body(obj)
         };
@@ -743,17 +743,25 @@ impl Encoder<'_> {
         })))
     }
 
-    /// The parts of a function by value (the function itself already memoized).
-    fn function_body(&mut self, f: &PyObject) -> PyResult<Value> {
+    /// The parts of a function by value (the function itself already memoized). `cached`: a
+    /// `__main__` function, sent again with every task, whose marshalled code is kept.
+    fn function_body(&mut self, f: &PyObject, cached: bool) -> PyResult<Value> {
         let vm = self.vm;
         let code_obj = f.get_attr("__code__", vm)?;
-        let marshalled =
-            vm.import("marshal", 0)?.get_attr("dumps", vm)?.call((code_obj.clone(),), vm)?;
-        let code = match marshalled.downcast_ref::<PyBytes>() {
-            Some(b) => b.as_bytes().to_vec(),
-            None => {
-                return Err(pickling_error(vm, "marshal.dumps did not return bytes".to_owned()))
+        let code = if cached {
+            let hit = lock(&MARSHALLED).as_ref().and_then(|m| m.get(&code_obj.get_id()).cloned());
+            match hit {
+                Some((_, bytes)) => bytes.to_vec(),
+                None => {
+                    let bytes = marshal(vm, &code_obj)?;
+                    lock(&MARSHALLED)
+                        .get_or_insert_with(HashMap::new)
+                        .insert(code_obj.get_id(), (code_obj.clone(), bytes.clone().into()));
+                    bytes
+                }
             }
+        } else {
+            marshal(vm, &code_obj)?
         };
         let sender_globals = f
             .get_attr("__globals__", vm)?
@@ -909,6 +917,20 @@ impl Encoder<'_> {
             }
         }
         Ok(Value::Reduce(Box::new(Reduce { func, args, state, listitems, dictitems })))
+    }
+}
+
+/// `marshal.dumps(code)` of `__main__` functions' code objects, by id (each kept alive, so an
+/// id cannot be reused): those functions live as long as the process (see [`Registry`]).
+type MarshalCache = HashMap<usize, (PyObjectRef, Arc<[u8]>)>;
+static MARSHALLED: Mutex<Option<MarshalCache>> = Mutex::new(None);
+
+fn marshal(vm: &VirtualMachine, code: &PyObject) -> PyResult<Vec<u8>> {
+    let marshalled =
+        vm.import("marshal", 0)?.get_attr("dumps", vm)?.call((code.to_owned(),), vm)?;
+    match marshalled.downcast_ref::<PyBytes>() {
+        Some(b) => Ok(b.as_bytes().to_vec()),
+        None => Err(pickling_error(vm, "marshal.dumps did not return bytes".to_owned())),
     }
 }
 
