@@ -180,6 +180,21 @@ pub(crate) fn note_fork(vm: &VirtualMachine) {
         }
     }
     *lock(&FORK_SNAPSHOT) = Some(snap);
+    // Decided without a snapshot: decide again.
+    *lock(&PLAIN) = None;
+}
+
+/// `__main__` functions and classes found to need no by-value form ([`main_may_lack`] said
+/// no), by id, kept alive so an id is not reused: the decision takes several attribute
+/// look-ups, and a top-level task function is encoded again with every task.
+static PLAIN: Mutex<Option<HashMap<usize, PyObjectRef>>> = Mutex::new(None);
+
+fn known_plain(obj: &PyObject) -> bool {
+    lock(&PLAIN).as_ref().is_some_and(|p| p.contains_key(&obj.get_id()))
+}
+
+fn note_plain(obj: &PyObject) {
+    lock(&PLAIN).get_or_insert_with(HashMap::new).insert(obj.get_id(), obj.to_owned());
 }
 
 /// `sys.modules[name].__dict__`.
@@ -594,7 +609,9 @@ impl Encoder<'_> {
         }
         let is_main = (module == "__main__" || module == "__mp_main__")
             && (by_value_ok || obj.downcast_ref::<PyType>().is_some());
-        if is_main {
+        // A known plain one is never in the registry: skip both look-ups.
+        let plain = is_main && known_plain(obj);
+        if is_main && !plain {
             if let Some(token) = registry_token(obj) {
                 return self.main_global(obj, qualname, token);
             }
@@ -602,9 +619,12 @@ impl Encoder<'_> {
         let repr = || obj.repr(vm).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         match resolve_global(vm, &module, &qualname) {
             Ok(found) if found.is(obj) => {
-                if is_main && main_may_lack(vm, &module, &qualname) {
-                    let token = registry_assign(obj);
-                    return self.main_global(obj, qualname, token);
+                if is_main && !plain {
+                    if main_may_lack(vm, &module, &qualname) {
+                        let token = registry_assign(obj);
+                        return self.main_global(obj, qualname, token);
+                    }
+                    note_plain(obj);
                 }
                 Ok(Value::Global { module, qualname })
             }
