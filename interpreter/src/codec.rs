@@ -180,8 +180,9 @@ pub(crate) fn note_fork(vm: &VirtualMachine) {
         }
     }
     *lock(&FORK_SNAPSHOT) = Some(snap);
-    // Decided without a snapshot: decide again.
-    *lock(&PLAIN) = None;
+    // Decided without a snapshot: decide again. (Dropped with the lock released.)
+    let old = lock(&PLAIN).take();
+    drop(old);
 }
 
 /// `__main__` functions and classes found to need no by-value form ([`main_may_lack`] said
@@ -278,7 +279,8 @@ fn fill_main_name(
         }
     }
     globals.set_item(&**k, x.clone(), vm)?;
-    lock(&FILLED).get_or_insert_with(HashMap::new).insert(name, x);
+    let old = lock(&FILLED).get_or_insert_with(HashMap::new).insert(name, x);
+    drop(old);
     Ok(())
 }
 
@@ -324,6 +326,7 @@ pub fn dumps(vm: &VirtualMachine, obj: &PyObject, handles: Handles<'_>) -> PyRes
         err_path: None,
         handles,
         globals_ref: HashMap::new(),
+        in_class: 0,
     };
     match enc.enc(obj) {
         Ok(v) => Ok(wire::to_bytes(&v)),
@@ -387,6 +390,8 @@ struct Encoder<'a> {
     /// For functions sent by value: id of the sender's `__globals__` -> the fresh dict that
     /// stands for it in this message, so functions that shared globals share them on arrival.
     globals_ref: HashMap<usize, PyObjectRef>,
+    /// How many classes by value are being encoded around the current object.
+    in_class: u32,
 }
 
 /// One step of the path to the object being encoded, rendered (`[1]['a']`) only if encoding
@@ -535,6 +540,31 @@ impl Encoder<'_> {
         if let Some((kind, handle_fds, extra)) = as_handle(obj) {
             return self.handle(obj, kind, handle_fds, extra);
         }
+        if self.in_class > 0 && cls.is(t.mappingproxy_type) {
+            // Inside a class by value only (a dataclass field's `metadata`), as cloudpickle
+            // does: pickle refuses a mappingproxy, and so does the codec elsewhere.
+            let copy = vm.ctx.new_dict();
+            let items: Vec<PyObjectRef> = vm.call_method(obj, "items", ())?.try_to_value(vm)?;
+            for p in items {
+                let (k, v) = pair(vm, &p)?;
+                copy.set_item(&*k, v, vm)?;
+            }
+            let args: PyObjectRef = vm.new_tuple((copy,)).into();
+            self.memoize(obj);
+            // Not found as builtins.mappingproxy (its __module__ and __qualname__) but here:
+            let func = Value::Global {
+                module: "types".to_owned(),
+                qualname: "MappingProxyType".to_owned(),
+            };
+            let args = self.child(Seg::Text(".__reduce__()[1]".to_owned()), &args)?;
+            return Ok(Value::Reduce(Box::new(Reduce {
+                func,
+                args,
+                state: None,
+                listitems: Vec::new(),
+                dictitems: Vec::new(),
+            })));
+        }
         if obj.fast_isinstance(t.module_type) {
             if let Some(name) = importable_module_name(vm, obj) {
                 return Ok(Value::Global { module: name, qualname: String::new() });
@@ -673,7 +703,10 @@ impl Encoder<'_> {
         let by_value = if obj.class().is(self.vm.ctx.types.function_type) {
             self.function_body(obj, true)
         } else {
-            self.class_body(obj)
+            self.in_class += 1;
+            let r = self.class_body(obj);
+            self.in_class -= 1;
+            r
         };
         self.memo.retain(|_, m| *m <= at);
         self.next = at + 1;
@@ -751,9 +784,14 @@ impl Encoder<'_> {
         if let Some(&m) = self.memo.get(&v.get_id()) {
             return Ok(Value::Memo(m));
         }
-        self.memoize(v);
-        let func = self.child(Seg::Text(".__reduce__()[0]".to_owned()), cls.as_object())?;
-        let args = self.child(Seg::Text(".__reduce__()[1]".to_owned()), &args)?;
+        self.call_again(v, cls.as_object(), &args)
+    }
+
+    /// `obj` as the call `func(*args)` that makes it again (memoized like a reduce).
+    fn call_again(&mut self, obj: &PyObject, func: &PyObject, args: &PyObject) -> PyResult<Value> {
+        self.memoize(obj);
+        let func = self.child(Seg::Text(".__reduce__()[0]".to_owned()), func)?;
+        let args = self.child(Seg::Text(".__reduce__()[1]".to_owned()), args)?;
         Ok(Value::Reduce(Box::new(Reduce {
             func,
             args,
@@ -1131,7 +1169,22 @@ impl Decoder<'_> {
                 None => {
                     let o = match &m.by_value {
                         Value::Function(f) => self.function_at(f, d, idx, true)?,
-                        Value::Class(c) => self.class_at(c, d, idx)?,
+                        Value::Class(c) => self.class_at(c, d, idx).map_err(|e| {
+                            let msg = e
+                                .as_object()
+                                .str(vm)
+                                .map(|s| s.to_string_lossy().into_owned())
+                                .unwrap_or_default();
+                            let kind = e.class().name().to_string();
+                            unpickling_error(
+                                vm,
+                                format!(
+                                    "cannot make class {} of __main__ by value here ({kind}: \
+                                     {msg}); define it at the top level of the main script",
+                                    m.qualname
+                                ),
+                            )
+                        })?,
                         _ => unreachable!("checked above"),
                     };
                     registry_insert(m.token, o)

@@ -384,3 +384,63 @@ for raw in (bytes([15, 4]) + b'nope' + bytes([0, 0, 2, 2]),
         out.stderr
     );
 }
+
+/// A Process subclass, a dataclass (its field metadata is a mappingproxy, sent by value only
+/// inside a class) and an exception class from the main block. An Enum cannot be made again
+/// from its dict: where the receiver lacks it, the task fails with an UnpicklingError that
+/// says so (under fork the worker has it and it goes by reference).
+#[test]
+fn process_subclass_dataclass_exception_and_enum() {
+    let _g = serial::shared();
+    let code = r#"
+import sys, enum, dataclasses
+import multiprocessing as mp
+if __name__ == '__main__':
+    ctx = mp.get_context(sys.argv[1])
+    class MyProc(ctx.Process):
+        def __init__(self, q):
+            super().__init__()
+            self.q = q
+        def run(self):
+            self.q.put(('run in', type(self).__name__))
+    q = ctx.Queue()
+    p = MyProc(q)
+    p.start()
+    print(q.get(timeout=60))
+    p.join()
+    print(p.exitcode)
+    @dataclasses.dataclass
+    class DC:
+        a: int
+        b: str = 'x'
+    def show(d):
+        return repr(d), d == DC(d.a, d.b)
+    class Color(enum.Enum):
+        RED = 1
+    def ident(x):
+        return x
+    class Boom(Exception):
+        pass
+    def boom(x):
+        raise Boom(x)
+    with ctx.Pool(1) as pool:
+        print(pool.apply(show, (DC(1),)))
+        try:
+            print(pool.apply(ident, (Color.RED,)))
+        except Exception as e:
+            print(type(e).__name__, str(e).split(' (')[0])
+        try:
+            pool.apply(boom, (5,))
+        except Boom as e:
+            print('raised Boom', e.args)
+"#;
+    each_method_expecting("byvalue_more_classes", code, |method| {
+        let enum_line = match method {
+            "fork" => "Color.RED",
+            _ => "UnpicklingError cannot make class Color of __main__ by value here",
+        };
+        format!(
+            "('run in', 'MyProc')\n0\n(\"DC(a=1, b='x')\", True)\n{enum_line}\nraised Boom (5,)\n"
+        )
+    });
+}
