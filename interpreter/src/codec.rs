@@ -5,11 +5,23 @@
 //! `__reduce__`, `__getstate__`/`__setstate__` or copyreg registrations just work. Functions,
 //! classes and modules travel by reference (module + qualname) when the receiver can find them
 //! by name; a function it cannot (a lambda, a closure, a function defined inside another) travels
-//! by value instead, like cloudpickle ships it, as a [`wire::Function`]. Native handles (connection ends, queues)
+//! by value instead, like cloudpickle ships it, as a [`wire::Function`].
+//!
+//! A function or class of `__main__` is a case of its own: the sender finds it, but a receiver
+//! may not (a spawn or forkserver child re-runs the main script as `__mp_main__`, so what the
+//! `if __name__ == '__main__':` block defined is missing there; a fork child lacks what was
+//! defined after the fork; a prompt, `-c` or stdin main is never re-run). Such an object travels
+//! as a [`wire::MainGlobal`]: name, token and the object by value. The receiver prefers what it
+//! already has (by token, then its own `__main__.qualname`, as pickle's by-reference lookup
+//! would find it, so "an initializer sets a global the task reads" keeps working) and builds the
+//! by-value copy only when it has nothing; a by-value function's globals are the receiver's
+//! `__main__` dict. What a receiver surely has (an unconditional top-level `def`/`class` of a
+//! main script, existing at the first fork) still goes as a plain [`Value::Global`], at no cost.
+//! Native handles (connection ends, queues)
 //! travel as [`Value::Handle`] with their descriptors beside the bytes, but only while a child is
 //! being started: elsewhere they are refused with CPython's message.
 
-use crate::wire::{self, Function, HandleKind, Reduce, Value};
+use crate::wire::{self, Class, Function, HandleKind, Reduce, Value};
 use malachite_bigint::BigInt;
 use num_traits::ToPrimitive;
 use rustpython_vm::builtins::{
@@ -19,7 +31,7 @@ use rustpython_vm::common::wtf8::Wtf8;
 use rustpython_vm::{AsObject, PyObject, PyObjectRef, PyResult, VirtualMachine};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::RawFd;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// What a native handle is made of on the wire: its kind, its descriptors, its extra values.
 pub(crate) type HandleParts = (HandleKind, Vec<RawFd>, Vec<i64>);
@@ -50,6 +62,248 @@ fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i64>)> {
     HANDLE_TABLE.get().and_then(|t| (t.as_handle)(obj))
 }
 
+/// A token naming a `__main__` object across processes: (origin, serial).
+type Token = (u64, u64);
+
+/// The `__main__` objects this process sent or received as [`wire::MainGlobal`], by token and
+/// by id. They are kept alive for the life of the process, so that no token and no id ever
+/// names two objects (a receiver caches by token; a freed id could be reused).
+struct Registry {
+    /// The process that made `origin`: a fork child makes its own, so serials never collide.
+    pid: u32,
+    origin: u64,
+    next: u64,
+    by_token: HashMap<Token, PyObjectRef>,
+    /// The token, and whether the object is a by-value copy built here.
+    by_id: HashMap<usize, (Token, bool)>,
+}
+
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+
+/// Never held while Python code runs; a panic elsewhere cannot leave the maps half-updated.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn new_origin() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    h.write_u128(now.map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish()
+}
+
+fn registry<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
+    let mut g = lock(&REGISTRY);
+    let pid = std::process::id();
+    let r = g.get_or_insert_with(|| Registry {
+        pid,
+        origin: new_origin(),
+        next: 0,
+        by_token: HashMap::new(),
+        by_id: HashMap::new(),
+    });
+    if r.pid != pid {
+        r.pid = pid;
+        r.origin = new_origin();
+        r.next = 0;
+    }
+    f(r)
+}
+
+/// `obj`'s token if it travelled as a `__main__` global before.
+fn registry_token(obj: &PyObject) -> Option<Token> {
+    let g = lock(&REGISTRY);
+    g.as_ref()?.by_id.get(&obj.get_id()).map(|(t, _)| *t)
+}
+
+/// Whether `obj` is a by-value copy this process built (not its own object).
+fn registry_built(obj: &PyObject) -> bool {
+    let g = lock(&REGISTRY);
+    g.as_ref().and_then(|r| r.by_id.get(&obj.get_id())).is_some_and(|(_, built)| *built)
+}
+
+/// `obj`'s token, made (and `obj` kept) the first time.
+fn registry_assign(obj: &PyObject) -> Token {
+    registry(|r| {
+        if let Some((t, _)) = r.by_id.get(&obj.get_id()) {
+            return *t;
+        }
+        let t = (r.origin, r.next);
+        r.next += 1;
+        r.by_id.insert(obj.get_id(), (t, false));
+        r.by_token.insert(t, obj.to_owned());
+        t
+    })
+}
+
+fn registry_get(t: Token) -> Option<PyObjectRef> {
+    let g = lock(&REGISTRY);
+    g.as_ref()?.by_token.get(&t).cloned()
+}
+
+/// Remember what `t` names here; if another thread got there first, its object wins.
+fn registry_insert(t: Token, obj: PyObjectRef) -> PyObjectRef {
+    registry(|r| {
+        if let Some(o) = r.by_token.get(&t) {
+            return o.clone();
+        }
+        r.by_id.insert(obj.get_id(), (t, true));
+        r.by_token.insert(t, obj.clone());
+        obj
+    })
+}
+
+/// Names bound by unconditional top-level `def`/`class` statements of one main script.
+static MAIN_DEFS: Mutex<Option<(String, Arc<HashSet<String>>)>> = Mutex::new(None);
+
+/// The functions and classes of `__main__` when this process first forked, kept alive (so an
+/// id cannot be reused); `None` before any fork.
+static FORK_SNAPSHOT: Mutex<Option<HashMap<String, PyObjectRef>>> = Mutex::new(None);
+
+/// Called (by the fork start method) before each fork: the first one takes the snapshot a
+/// fork child's `__main__` is known to hold.
+pub(crate) fn note_fork(vm: &VirtualMachine) {
+    if lock(&FORK_SNAPSHOT).is_some() {
+        return;
+    }
+    let mut snap = HashMap::new();
+    if let Some(dict) = main_dict(vm, "__main__") {
+        for (k, v) in dict.items_vec() {
+            let t = &vm.ctx.types;
+            if let Some(k) = k.downcast_ref::<PyStr>() {
+                if v.class().is(t.function_type) || v.downcast_ref::<PyType>().is_some() {
+                    snap.insert(k.to_string_lossy().into_owned(), v);
+                }
+            }
+        }
+    }
+    *lock(&FORK_SNAPSHOT) = Some(snap);
+    // Decided without a snapshot: decide again. (Dropped with the lock released.)
+    let old = lock(&PLAIN).take();
+    drop(old);
+}
+
+/// `__main__` functions and classes found to need no by-value form ([`main_may_lack`] said
+/// no), by id, kept alive so an id is not reused: the decision takes several attribute
+/// look-ups, and a top-level task function is encoded again with every task.
+static PLAIN: Mutex<Option<HashMap<usize, PyObjectRef>>> = Mutex::new(None);
+
+fn known_plain(obj: &PyObject) -> bool {
+    lock(&PLAIN).as_ref().is_some_and(|p| p.contains_key(&obj.get_id()))
+}
+
+fn note_plain(obj: &PyObject) {
+    lock(&PLAIN).get_or_insert_with(HashMap::new).insert(obj.get_id(), obj.to_owned());
+}
+
+/// `sys.modules[name].__dict__`.
+fn main_dict(vm: &VirtualMachine, name: &str) -> Option<rustpython_vm::PyRef<PyDict>> {
+    let main = vm.sys_module.get_attr("modules", vm).ok()?.get_item(name, vm).ok()?;
+    main.dict()
+}
+
+/// The names an unconditional top-level `def` or `class` of the script at `path` binds: what a
+/// spawn or forkserver child has after running it as `__mp_main__`. Parsed once per process;
+/// a script that cannot be read or parsed binds nothing (everything then goes by value too).
+fn main_defs(vm: &VirtualMachine, path: &str) -> Arc<HashSet<String>> {
+    if let Some((p, set)) = lock(&MAIN_DEFS).as_ref() {
+        if p == path {
+            return set.clone();
+        }
+    }
+    let parse = || -> PyResult<HashSet<String>> {
+        let source = std::fs::read_to_string(path).map_err(|e| vm.new_os_error(e.to_string()))?;
+        let tree = vm.import("ast", 0)?.get_attr("parse", vm)?.call((source, path), vm)?;
+        let body: Vec<PyObjectRef> = tree.get_attr("body", vm)?.try_to_value(vm)?;
+        let mut out = HashSet::new();
+        for node in body {
+            let kind = node.class().name().to_string();
+            if matches!(kind.as_str(), "FunctionDef" | "AsyncFunctionDef" | "ClassDef") {
+                out.insert(node.get_attr("name", vm)?.str(vm)?.to_string_lossy().into_owned());
+            }
+        }
+        Ok(out)
+    };
+    let set = Arc::new(parse().unwrap_or_default());
+    *lock(&MAIN_DEFS) = Some((path.to_owned(), set.clone()));
+    set
+}
+
+/// Whether some receiver may lack `module.qualname`, a function or class the sender finds in
+/// its main module: yes unless the main script defines it unconditionally at top level (so
+/// every re-run of the script does too) and, once this process has forked, it already existed
+/// then.
+fn main_may_lack(vm: &VirtualMachine, module: &str, qualname: &str) -> bool {
+    let head = qualname.split('.').next().unwrap_or(qualname);
+    let Ok(main) = vm.sys_module.get_attr("modules", vm).and_then(|m| m.get_item(module, vm))
+    else {
+        return true;
+    };
+    let file = match main.get_attr("__file__", vm).map(|f| f.downcast::<PyStr>()) {
+        Ok(Ok(f)) => f.to_string_lossy().into_owned(),
+        _ => return true,
+    };
+    if !main_defs(vm, &file).contains(head) {
+        return true;
+    }
+    let Ok(current) = main.get_attr(&*vm.ctx.new_str(head), vm) else { return true };
+    match lock(&FORK_SNAPSHOT).as_ref() {
+        Some(snap) => !snap.get(head).is_some_and(|o| o.is(&current)),
+        None => false,
+    }
+}
+
+/// What a by-value `__main__` function filled into this process's `__main__` dict, by name:
+/// the receiver's own names are never replaced, but what a sender shipped before is, by what
+/// it ships now (it may have redefined a helper since).
+static FILLED: Mutex<Option<HashMap<Vec<u8>, PyObjectRef>>> = Mutex::new(None);
+
+/// Set `k` in the `__main__` dict `globals` to the shipped `x` unless the name is this
+/// process's own (there already, and not put there by [`fill_main_name`] itself).
+fn fill_main_name(
+    vm: &VirtualMachine,
+    globals: &rustpython_vm::PyRef<PyDict>,
+    k: &PyObjectRef,
+    x: PyObjectRef,
+) -> PyResult<()> {
+    let Some(name) = k.downcast_ref::<PyStr>().map(|s| s.as_wtf8().as_bytes().to_vec()) else {
+        return Ok(());
+    };
+    if let Some(current) = globals.get_item_opt(&**k, vm)? {
+        let ours =
+            lock(&FILLED).as_ref().and_then(|f| f.get(&name)).is_some_and(|o| o.is(&current));
+        if !ours {
+            return Ok(());
+        }
+    }
+    globals.set_item(&**k, x.clone(), vm)?;
+    let old = lock(&FILLED).get_or_insert_with(HashMap::new).insert(name, x);
+    drop(old);
+    Ok(())
+}
+
+/// The receiver's own `__main__.qualname`, if it is a function (`is_class`: a class) of that
+/// qualname: what pickle's by-reference lookup would give.
+fn find_in_main(vm: &VirtualMachine, qualname: &str, is_class: bool) -> Option<PyObjectRef> {
+    let mut obj = vm.sys_module.get_attr("modules", vm).ok()?.get_item("__main__", vm).ok()?;
+    for part in qualname.split('.') {
+        let name = vm.ctx.new_str(part);
+        obj = obj.get_attr(&*name, vm).ok()?;
+    }
+    let kind_ok = if is_class {
+        obj.downcast_ref::<PyType>().is_some()
+    } else {
+        obj.class().is(vm.ctx.types.function_type)
+    };
+    let q = obj.get_attr("__qualname__", vm).ok()?.downcast::<PyStr>().ok()?;
+    // A copy received by value for another token (a name an earlier function filled in) is
+    // not this process's own: the sender has redefined it since.
+    let own = !registry_built(&obj);
+    (kind_ok && own && q.as_wtf8().as_bytes() == qualname.as_bytes()).then_some(obj)
+}
+
 /// Which native handles an encoding may carry; their descriptors are collected beside the bytes.
 pub enum Handles<'a> {
     /// None: the channel cannot carry descriptors.
@@ -72,6 +326,7 @@ pub fn dumps(vm: &VirtualMachine, obj: &PyObject, handles: Handles<'_>) -> PyRes
         err_path: None,
         handles,
         globals_ref: HashMap::new(),
+        in_class: 0,
     };
     match enc.enc(obj) {
         Ok(v) => Ok(wire::to_bytes(&v)),
@@ -135,6 +390,8 @@ struct Encoder<'a> {
     /// For functions sent by value: id of the sender's `__globals__` -> the fresh dict that
     /// stands for it in this message, so functions that shared globals share them on arrival.
     globals_ref: HashMap<usize, PyObjectRef>,
+    /// How many classes by value are being encoded around the current object.
+    in_class: u32,
 }
 
 /// One step of the path to the object being encoded, rendered (`[1]['a']`) only if encoding
@@ -283,6 +540,31 @@ impl Encoder<'_> {
         if let Some((kind, handle_fds, extra)) = as_handle(obj) {
             return self.handle(obj, kind, handle_fds, extra);
         }
+        if self.in_class > 0 && cls.is(t.mappingproxy_type) {
+            // Inside a class by value only (a dataclass field's `metadata`), as cloudpickle
+            // does: pickle refuses a mappingproxy, and so does the codec elsewhere.
+            let copy = vm.ctx.new_dict();
+            let items: Vec<PyObjectRef> = vm.call_method(obj, "items", ())?.try_to_value(vm)?;
+            for p in items {
+                let (k, v) = pair(vm, &p)?;
+                copy.set_item(&*k, v, vm)?;
+            }
+            let args: PyObjectRef = vm.new_tuple((copy,)).into();
+            self.memoize(obj);
+            // Not found as builtins.mappingproxy (its __module__ and __qualname__) but here:
+            let func = Value::Global {
+                module: "types".to_owned(),
+                qualname: "MappingProxyType".to_owned(),
+            };
+            let args = self.child(Seg::Text(".__reduce__()[1]".to_owned()), &args)?;
+            return Ok(Value::Reduce(Box::new(Reduce {
+                func,
+                args,
+                state: None,
+                listitems: Vec::new(),
+                dictitems: Vec::new(),
+            })));
+        }
         if obj.fast_isinstance(t.module_type) {
             if let Some(name) = importable_module_name(vm, obj) {
                 return Ok(Value::Global { module: name, qualname: String::new() });
@@ -355,9 +637,27 @@ impl Encoder<'_> {
                 return Err(self.fail(e));
             }
         }
+        let is_main = (module == "__main__" || module == "__mp_main__")
+            && (by_value_ok || obj.downcast_ref::<PyType>().is_some());
+        // A known plain one is never in the registry: skip both look-ups.
+        let plain = is_main && known_plain(obj);
+        if is_main && !plain {
+            if let Some(token) = registry_token(obj) {
+                return self.main_global(obj, qualname, token);
+            }
+        }
         let repr = || obj.repr(vm).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         match resolve_global(vm, &module, &qualname) {
-            Ok(found) if found.is(obj) => Ok(Value::Global { module, qualname }),
+            Ok(found) if found.is(obj) => {
+                if is_main && !plain {
+                    if main_may_lack(vm, &module, &qualname) {
+                        let token = registry_assign(obj);
+                        return self.main_global(obj, qualname, token);
+                    }
+                    note_plain(obj);
+                }
+                Ok(Value::Global { module, qualname })
+            }
             _ if by_value_ok => self.function(obj),
             Ok(_) => {
                 let e = pickling_error(
@@ -390,16 +690,136 @@ impl Encoder<'_> {
     }
 
     fn function_inner(&mut self, f: &PyObject) -> PyResult<Value> {
-        let vm = self.vm;
         self.memoize(f);
-        let code_obj = f.get_attr("__code__", vm)?;
-        let marshalled =
-            vm.import("marshal", 0)?.get_attr("dumps", vm)?.call((code_obj.clone(),), vm)?;
-        let code = match marshalled.downcast_ref::<PyBytes>() {
-            Some(b) => b.as_bytes().to_vec(),
-            None => {
-                return Err(pickling_error(vm, "marshal.dumps did not return bytes".to_owned()))
+        self.function_body(f, false)
+    }
+
+    /// A `__main__` function or class as a [`wire::MainGlobal`]: the object takes the next memo
+    /// index, and its by-value form is a memo scope released after it (see the wire type).
+    fn main_global(&mut self, obj: &PyObject, qualname: String, token: Token) -> PyResult<Value> {
+        self.memoize(obj);
+        let at = self.next - 1;
+        let saved = self.globals_ref.clone();
+        let by_value = if obj.class().is(self.vm.ctx.types.function_type) {
+            self.function_body(obj, true)
+        } else {
+            self.in_class += 1;
+            let r = self.class_body(obj);
+            self.in_class -= 1;
+            r
+        };
+        self.memo.retain(|_, m| *m <= at);
+        self.next = at + 1;
+        self.globals_ref = saved;
+        let by_value = by_value.map_err(|e| self.fail(e))?;
+        Ok(Value::MainGlobal(Box::new(wire::MainGlobal { qualname, token, by_value })))
+    }
+
+    /// A class by value ([`wire::Class`]), its parts in the order the decoder reads them.
+    fn class_body(&mut self, cls: &PyObject) -> PyResult<Value> {
+        let vm = self.vm;
+        let metaclass = self.child(Seg::Text(".__class__".to_owned()), cls.class().as_object())?;
+        let name_obj = cls.get_attr("__name__", vm)?;
+        let name = self.child(Seg::Text(".__name__".to_owned()), &name_obj)?;
+        let bases_obj = cls.get_attr("__bases__", vm)?;
+        let bases = self.child(Seg::Text(".__bases__".to_owned()), &bases_obj)?;
+        let cls_dict = cls.get_attr("__dict__", vm)?;
+        let items: Vec<PyObjectRef> = vm.call_method(&cls_dict, "items", ())?.try_to_value(vm)?;
+        let ns = vm.ctx.new_dict();
+        ns.set_item("__qualname__", cls.get_attr("__qualname__", vm)?, vm)?;
+        // Slots become member descriptors in the class dict: made again from `__slots__`.
+        let mut slots = HashSet::new();
+        if let Ok(s) = cls_dict.get_item("__slots__", vm) {
+            let names: Vec<PyObjectRef> = match s.downcast_ref::<PyStr>() {
+                Some(_) => vec![s.clone()],
+                None => s.try_to_value(vm)?,
+            };
+            for n in names {
+                slots.insert(n.str(vm)?.to_string_lossy().into_owned());
             }
+        }
+        let mut rest = Vec::new();
+        for p in items {
+            let (k, v) = pair(vm, &p)?;
+            let key = match k.downcast_ref::<PyStr>() {
+                Some(s) => s.to_string_lossy().into_owned(),
+                None => String::new(),
+            };
+            match key.as_str() {
+                "__module__" | "__qualname__" | "__doc__" | "__slots__" => {
+                    ns.set_item(&*k, v, vm)?
+                }
+                // Made by the class statement itself (or by ABCMeta, for `_abc_impl`).
+                "__dict__" | "__weakref__" | "_abc_impl" => {}
+                s if slots.contains(s) => {}
+                _ => rest.push((k, v)),
+            }
+        }
+        let namespace = self.child(Seg::Text(".__dict__".to_owned()), ns.as_object())?;
+        let mut attrs = Vec::with_capacity(rest.len());
+        for (k, v) in rest {
+            let kv = self.child(Seg::Key(k.clone()), &k)?;
+            self.path.push(Seg::Value(k.clone()));
+            let vv = self.class_attr(&v);
+            self.path.pop();
+            attrs.push((kv, vv?));
+        }
+        Ok(Value::Class(Box::new(Class { metaclass, name, bases, namespace, attrs })))
+    }
+
+    /// A class `__dict__` value: static and class methods and properties (which pickle cannot
+    /// send) as the call that makes them again.
+    fn class_attr(&mut self, v: &PyObjectRef) -> PyResult<Value> {
+        let vm = self.vm;
+        let t = &vm.ctx.types;
+        let cls = v.class().to_owned();
+        let args: PyObjectRef = if cls.is(t.staticmethod_type) || cls.is(t.classmethod_type) {
+            vm.new_tuple((v.get_attr("__func__", vm)?,)).into()
+        } else if cls.is(t.property_type) {
+            let part = |n: &'static str| v.get_attr(n, vm);
+            vm.new_tuple((part("fget")?, part("fset")?, part("fdel")?, part("__doc__")?)).into()
+        } else {
+            return self.enc(v);
+        };
+        if let Some(&m) = self.memo.get(&v.get_id()) {
+            return Ok(Value::Memo(m));
+        }
+        self.call_again(v, cls.as_object(), &args)
+    }
+
+    /// `obj` as the call `func(*args)` that makes it again (memoized like a reduce).
+    fn call_again(&mut self, obj: &PyObject, func: &PyObject, args: &PyObject) -> PyResult<Value> {
+        self.memoize(obj);
+        let func = self.child(Seg::Text(".__reduce__()[0]".to_owned()), func)?;
+        let args = self.child(Seg::Text(".__reduce__()[1]".to_owned()), args)?;
+        Ok(Value::Reduce(Box::new(Reduce {
+            func,
+            args,
+            state: None,
+            listitems: Vec::new(),
+            dictitems: Vec::new(),
+        })))
+    }
+
+    /// The parts of a function by value (the function itself already memoized). `cached`: a
+    /// `__main__` function, sent again with every task, whose marshalled code is kept.
+    fn function_body(&mut self, f: &PyObject, cached: bool) -> PyResult<Value> {
+        let vm = self.vm;
+        let code_obj = f.get_attr("__code__", vm)?;
+        let code = if cached {
+            let hit = lock(&MARSHALLED).as_ref().and_then(|m| m.get(&code_obj.get_id()).cloned());
+            match hit {
+                Some((_, bytes)) => bytes.to_vec(),
+                None => {
+                    let bytes = marshal(vm, &code_obj)?;
+                    lock(&MARSHALLED)
+                        .get_or_insert_with(HashMap::new)
+                        .insert(code_obj.get_id(), (code_obj.clone(), bytes.clone().into()));
+                    bytes
+                }
+            }
+        } else {
+            marshal(vm, &code_obj)?
         };
         let sender_globals = f
             .get_attr("__globals__", vm)?
@@ -558,6 +978,20 @@ impl Encoder<'_> {
     }
 }
 
+/// `marshal.dumps(code)` of `__main__` functions' code objects, by id (each kept alive, so an
+/// id cannot be reused): those functions live as long as the process (see [`Registry`]).
+type MarshalCache = HashMap<usize, (PyObjectRef, Arc<[u8]>)>;
+static MARSHALLED: Mutex<Option<MarshalCache>> = Mutex::new(None);
+
+fn marshal(vm: &VirtualMachine, code: &PyObject) -> PyResult<Vec<u8>> {
+    let marshalled =
+        vm.import("marshal", 0)?.get_attr("dumps", vm)?.call((code.to_owned(),), vm)?;
+    match marshalled.downcast_ref::<PyBytes>() {
+        Some(b) => Ok(b.as_bytes().to_vec()),
+        None => Err(pickling_error(vm, "marshal.dumps did not return bytes".to_owned())),
+    }
+}
+
 /// The names a code object may look up as globals: `co_names` of it and of the code objects
 /// nested in its constants, in first-seen order. Attribute names are among them too; only those
 /// that exist in the function's globals are sent.
@@ -699,15 +1133,103 @@ impl Decoder<'_> {
                 h
             }
             Value::Reduce(r) => self.reduce(r, d)?,
-            Value::Function(f) => self.function(f, d)?,
+            Value::Function(f) => {
+                let idx = self.reserve();
+                self.function_at(f, d, idx, false)?
+            }
+            Value::MainGlobal(m) => self.main_global(m, d)?,
+            Value::Class(_) => {
+                return Err(unpickling_error(
+                    vm,
+                    "malformed message: a class by value outside a __main__ global".into(),
+                ))
+            }
         })
     }
 
-    /// Rebuild a function sent by value, in the order [`Encoder::function`] wrote it.
-    fn function(&mut self, fv: &Function, d: usize) -> PyResult {
+    /// A `__main__` function or class: the one known by token, else the receiver's own, else
+    /// the by-value copy, built once per token.
+    fn main_global(&mut self, m: &wire::MainGlobal, d: usize) -> PyResult {
+        let vm = self.vm;
+        let idx = self.reserve();
+        let is_class =
+            match &m.by_value {
+                Value::Function(_) => false,
+                Value::Class(_) => true,
+                _ => return Err(unpickling_error(
+                    vm,
+                    "malformed message: a __main__ global that is neither a function nor a class"
+                        .into(),
+                )),
+            };
+        let obj = match registry_get(m.token) {
+            Some(o) => o,
+            None => match find_in_main(vm, &m.qualname, is_class) {
+                Some(o) => o,
+                None => {
+                    let o = match &m.by_value {
+                        Value::Function(f) => self.function_at(f, d, idx, true)?,
+                        Value::Class(c) => self.class_at(c, d, idx).map_err(|e| {
+                            let msg = e
+                                .as_object()
+                                .str(vm)
+                                .map(|s| s.to_string_lossy().into_owned())
+                                .unwrap_or_default();
+                            let kind = e.class().name().to_string();
+                            unpickling_error(
+                                vm,
+                                format!(
+                                    "cannot make class {} of __main__ by value here ({kind}: \
+                                     {msg}); define it at the top level of the main script",
+                                    m.qualname
+                                ),
+                            )
+                        })?,
+                        _ => unreachable!("checked above"),
+                    };
+                    registry_insert(m.token, o)
+                }
+            },
+        };
+        // The by-value form's memo scope ends here, whether it was read or skipped.
+        self.memo.truncate(idx + 1);
+        self.memo[idx] = Some(obj.clone());
+        Ok(obj)
+    }
+
+    /// Rebuild a class sent by value, in the order [`Encoder::class_body`] wrote it.
+    fn class_at(&mut self, c: &Class, d: usize, idx: usize) -> PyResult {
         let vm = self.vm;
         let malformed = |what: &str| unpickling_error(vm, format!("malformed message: {what}"));
-        let idx = self.reserve();
+        let meta = self.dec(&c.metaclass, d)?;
+        let name = self.dec(&c.name, d)?;
+        let bases = self.dec(&c.bases, d)?;
+        let ns = self.dec(&c.namespace, d)?;
+        if ns.downcast_ref::<PyDict>().is_none() {
+            return Err(malformed("class namespace is not a dict"));
+        }
+        let cls = meta.call((name, bases, ns), vm)?;
+        if cls.downcast_ref::<PyType>().is_none() {
+            return Err(malformed("class by value did not make a class"));
+        }
+        self.memo[idx] = Some(cls.clone());
+        for (k, x) in &c.attrs {
+            let k = self
+                .dec(k, d)?
+                .downcast::<PyStr>()
+                .map_err(|_| malformed("class attribute name is not a str"))?;
+            let x = self.dec(x, d)?;
+            cls.set_attr(&k, x, vm)?;
+        }
+        Ok(cls)
+    }
+
+    /// Rebuild a function sent by value, in the order [`Encoder::function`] wrote it, at memo
+    /// index `idx`. `main`: a `__main__` function, whose globals are this process's `__main__`
+    /// dict, where the names it ships fill only what is missing.
+    fn function_at(&mut self, fv: &Function, d: usize, idx: usize, main: bool) -> PyResult {
+        let vm = self.vm;
+        let malformed = |what: &str| unpickling_error(vm, format!("malformed message: {what}"));
         let code = vm
             .import("marshal", 0)?
             .get_attr("loads", vm)?
@@ -715,10 +1237,12 @@ impl Decoder<'_> {
         if !code.class().is(vm.ctx.types.code_type) {
             return Err(malformed("function code is not a code object"));
         }
-        let globals = self
+        let shipped = self
             .dec(&fv.globals, d)?
             .downcast::<PyDict>()
             .map_err(|_| malformed("function globals are not a dict"))?;
+        let main_globals = if main { main_dict(vm, "__main__") } else { None };
+        let globals = main_globals.clone().unwrap_or(shipped);
         // Builtins resolve through the globals' `__builtins__`, read when the function is made.
         if globals.get_item_opt("__builtins__", vm)?.is_none() {
             globals.set_item("__builtins__", vm.builtins.clone().into(), vm)?;
@@ -755,6 +1279,10 @@ impl Decoder<'_> {
         for (k, x) in &fv.names {
             let k = self.dec(k, d)?;
             let x = self.dec(x, d)?;
+            if main_globals.is_some() {
+                fill_main_name(vm, &globals, &k, x)?;
+                continue;
+            }
             globals.set_item(&*k, x, vm)?;
         }
         if fv.cells.len() != new_cells.len() {

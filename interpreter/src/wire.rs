@@ -13,6 +13,10 @@
 //! the same procpy binary on both ends), the globals the code names, closure cells, defaults and
 //! attributes. They are rebuilt in two phases, like a memoized reduce, so a function may reach
 //! itself (recursion through its globals or a closure cell) or another function of the message.
+//!
+//! A function or class of the sender's `__main__` that the receiver may lack (see
+//! `codec`'s module doc) travels as [`Value::MainGlobal`]: its name, a token, and the object by
+//! value, which the receiver builds only if it finds the object neither by token nor by name.
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +66,48 @@ pub enum Value {
     },
     /// A function shipped by value (memoized); see [`Function`].
     Function(Box<Function>),
+    /// A function or class of the sender's `__main__` that the receiver may not have (defined
+    /// under `if __name__ == '__main__':`, at a prompt, after a fork); see [`MainGlobal`].
+    MainGlobal(Box<MainGlobal>),
+    /// A class shipped by value; valid only as the `by_value` of a [`MainGlobal`].
+    Class(Box<Class>),
+}
+
+/// What a [`Value::MainGlobal`] node holds. It takes one memo index, the object's. The receiver
+/// uses, in order: the object it already knows under `token` (received before, or its own
+/// sent back); its own `__main__.qualname` when that is a function (class) with this
+/// qualname, as pickle would find it by reference; else the one `by_value` builds.
+///
+/// `by_value` is a memo scope of its own: the memo indexes handed out inside it are released
+/// after it (the encoder forgets what it memoized there), so the receiver may skip it whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MainGlobal {
+    /// Dotted qualified name in `__main__`.
+    pub qualname: String,
+    /// Names this object in every process it reaches: (origin, serial) from the process that
+    /// first sent it, so receiving it again (from anyone) gives the same object back.
+    pub token: (u64, u64),
+    /// A [`Value::Function`] (whose globals are the receiver's `__main__` dict; the names it
+    /// ships fill only those missing there) or a [`Value::Class`]; neither takes a memo index
+    /// of its own (it has the node's).
+    pub by_value: Value,
+}
+
+/// A class shipped by value, rebuilt in two phases as cloudpickle does: phase 1 makes
+/// `metaclass(name, bases, namespace)` (nothing in it may refer to the class); the class then
+/// takes its memo index, and phase 2 sets `attrs` (methods, class attributes) on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Class {
+    /// `type(cls)`.
+    pub metaclass: Value,
+    /// `__name__`.
+    pub name: Value,
+    /// `__bases__` (a tuple).
+    pub bases: Value,
+    /// What the class is created with: `__module__`, `__qualname__`, `__doc__`, `__slots__`.
+    pub namespace: Value,
+    /// Phase 2: every other entry of the class `__dict__`, set with `setattr`.
+    pub attrs: Vec<(Value, Value)>,
 }
 
 /// What a [`Value::Function`] node holds, in the order both ends process it.
@@ -292,6 +338,18 @@ impl Reader<'_> {
                 }
                 Some(())
             }
+            15 => {
+                self.blob()?;
+                self.varint()?;
+                self.varint()?;
+                self.value(depth + 1, max)
+            }
+            16 => {
+                for _ in 0..4 {
+                    self.value(depth + 1, max)?;
+                }
+                self.seq(depth, max, true)
+            }
             14 => {
                 self.blob()?;
                 self.value(depth + 1, max)?;
@@ -391,6 +449,22 @@ mod tests {
                             }))
                         }
                     ),
+                ("[a-z_.]{1,12}", any::<(u64, u64)>(), inner.clone()).prop_map(
+                    |(qualname, token, by_value)| Value::MainGlobal(Box::new(MainGlobal {
+                        qualname,
+                        token,
+                        by_value
+                    }))
+                ),
+                (
+                    proptest::collection::vec(inner.clone(), 4),
+                    proptest::collection::vec((inner.clone(), inner.clone()), 0..3)
+                )
+                    .prop_map(|(parts, attrs)| {
+                        let [metaclass, name, bases, namespace] =
+                            <[Value; 4]>::try_from(parts).unwrap();
+                        Value::Class(Box::new(Class { metaclass, name, bases, namespace, attrs }))
+                    }),
             ]
         })
     }

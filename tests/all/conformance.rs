@@ -66,6 +66,7 @@ macro_rules! conformance {
 conformance!(
     authkey_refusals,
     child_exception_exitcode,
+    codec_main_objects,
     codec_unpicklable,
     codec_values,
     connection_wait_sentinels,

@@ -41,6 +41,7 @@ mod common;
 mod adversarial;
 mod bench_smoke;
 mod beyond_cpython;
+mod by_value;
 mod conformance;
 mod embed_calls;
 mod embed_host_fns;

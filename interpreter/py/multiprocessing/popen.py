@@ -127,6 +127,8 @@ class PopenFork(_Popen):
         # shared memory, so a fork child's own tracker would unlink its segments as it exits).
         _procpy.tracker_getfd()
         reserve = _reserve_fd()
+        # `__main__` functions made after the first fork are missing in its children.
+        _procpy.note_fork()
         pid = os.fork()
         if pid == 0:
             code = 1

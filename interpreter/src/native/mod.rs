@@ -452,6 +452,12 @@ pub(crate) mod _procpy {
         Ok(vm.new_tuple((vm.ctx.new_bytes(b), int_list(vm, &fds))).into())
     }
 
+    /// Called before each fork: the codec notes what `__main__` holds at the first one.
+    #[pyfunction]
+    fn note_fork(vm: &VirtualMachine) {
+        codec::note_fork(vm)
+    }
+
     /// Decode what `dumps_for_child` made, given the descriptors that came with it.
     #[pyfunction]
     fn loads_with_fds(data: ArgBytesLike, fds: Vec<i32>, vm: &VirtualMachine) -> PyResult {

@@ -32,7 +32,7 @@ pub(super) fn memo_table(v: &Value) -> Vec<&Value> {
                     walk(x, out);
                 }
             }
-            Value::Handle { .. } | Value::Function(_) => out.push(v),
+            Value::Handle { .. } | Value::Function(_) | Value::MainGlobal(_) => out.push(v),
             _ => {}
         }
     }
@@ -118,6 +118,8 @@ pub(crate) fn describe(v: &Value) -> String {
         Value::Memo(_) => "a shared reference".into(),
         Value::Handle { .. } => "an OS handle".into(),
         Value::Function(_) => "a function".into(),
+        Value::MainGlobal(m) => format!("__main__.{}", m.qualname),
+        Value::Class(_) => "a class".into(),
     }
 }
 

@@ -7,7 +7,7 @@
 use procpy_fuzz::embed::{self, Frame, PyError, ScriptSpec, Setup};
 use procpy_fuzz::forkserver::{HEADER_LEN, MAX_FDS, MAX_REQUEST, REC_ERROR};
 use procpy_fuzz::ipc::BODY_STEP;
-use procpy_fuzz::wire::{self, Function, HandleKind, Reduce, Value, MAX_DEPTH};
+use procpy_fuzz::wire::{self, Class, Function, HandleKind, MainGlobal, Reduce, Value, MAX_DEPTH};
 use std::path::{Path, PathBuf};
 
 fn main() -> std::io::Result<()> {
@@ -169,6 +169,20 @@ fn named_values() -> Vec<(&'static str, Value)> {
                 module: s("__main__"),
                 doc: Value::None,
                 dict: Value::None,
+            })),
+        ),
+        (
+            "main-class",
+            Value::MainGlobal(Box::new(MainGlobal {
+                qualname: "Point".to_owned(),
+                token: (7, 0),
+                by_value: Value::Class(Box::new(Class {
+                    metaclass: global("builtins", "type"),
+                    name: s("Point"),
+                    bases: Value::Tuple(vec![global("builtins", "object")]),
+                    namespace: Value::Dict(vec![(s("__module__"), s("__main__"))]),
+                    attrs: vec![(s("dims"), Value::Int(2)), (s("me"), Value::Memo(0))],
+                })),
             })),
         ),
     ]

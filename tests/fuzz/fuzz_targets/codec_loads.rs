@@ -103,8 +103,11 @@ fn pure(v: &Value) -> bool {
         | Value::Memo(_) => true,
         Value::Tuple(items) | Value::List(items) => items.iter().all(pure),
         Value::Dict(pairs) => pairs.iter().all(|(k, x)| pure(k) && pure(x)),
-        Value::Global { .. } | Value::Reduce(_) | Value::Function(_) | Value::Handle { .. } => {
-            false
-        }
+        Value::Global { .. }
+        | Value::Reduce(_)
+        | Value::Function(_)
+        | Value::Handle { .. }
+        | Value::MainGlobal(_)
+        | Value::Class(_) => false,
     }
 }

@@ -76,5 +76,9 @@ fn height(v: &Value) -> usize {
             .chain(f.names.iter().flat_map(|(k, x)| [k, x]))
             .chain(f.cells.iter().flatten())
             .chain([&f.defaults, &f.kwdefaults, &f.qualname, &f.module, &f.doc, &f.dict])),
+        Value::MainGlobal(m) => height(&m.by_value) + 1,
+        Value::Class(c) => max(&mut [&c.metaclass, &c.name, &c.bases, &c.namespace]
+            .into_iter()
+            .chain(c.attrs.iter().flat_map(|(k, x)| [k, x]))),
     }
 }
