@@ -270,7 +270,6 @@ fn a_function_typed_at_the_prompt_runs_in_a_fork_pool() {
 }
 
 #[test]
-#[ignore = "needs by-value __main__ functions (h/byvalue)"]
 fn a_function_typed_at_the_prompt_runs_in_a_spawn_and_forkserver_pool() {
     let _g = serial::shared();
     learner("spawn");
