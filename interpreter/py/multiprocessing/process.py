@@ -3,6 +3,7 @@ import itertools
 import os
 import _signal  # not `signal`: its enums cost ~9 ms to import in RustPython
 import sys
+from _weakrefset import WeakSet
 
 import _procpy
 
@@ -89,6 +90,7 @@ class BaseProcess(object):
         # The child has its own copies; drop ours so they can be collected.
         del self._target, self._args, self._kwargs
         _children.add(self)
+        _dangling.add(self)
 
     def terminate(self):
         '''Terminate process; sends SIGTERM signal'''
@@ -336,6 +338,8 @@ _parent_process = None
 _current_process = _MainProcess()
 _process_counter = itertools.count(1)
 _children = set()
+# Every process started here that is still referenced (CPython's; its tests check for leaks).
+_dangling = WeakSet()
 del _MainProcess
 
 _exitcode_to_name = {}

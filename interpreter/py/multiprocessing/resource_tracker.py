@@ -6,6 +6,14 @@ import _procpy
 
 __all__ = ['ensure_running', 'register', 'unregister']
 
+# How the tracker releases each resource type (CPython's table; code iterates it to learn the
+# types). procpy's semaphores live in memory files that vanish with their last user, never
+# named ones, so 'semaphore' is not a type here.
+_CLEANUP_FUNCS = {
+    'noop': lambda name: None,
+    'shared_memory': _procpy.shm_unlink,
+}
+
 
 class ResourceTracker(object):
 
