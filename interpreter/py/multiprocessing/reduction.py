@@ -11,6 +11,7 @@ import os
 import pickle
 import socket
 import sys
+import weakref
 
 import _procpy
 
@@ -171,8 +172,14 @@ def _rebuild_partial(func, args, keywords):
 _pickle_only_reducers[functools.partial] = _reduce_partial
 
 
+# socket -> the DupFd of its last reduction. procpy's channels copy a carried descriptor only
+# once the whole message is encoded, so the carrier must outlive the reducer's return value; it
+# lives as long as the socket itself.
+_socket_carriers = weakref.WeakKeyDictionary()
+
+
 def _reduce_socket(s):
-    df = DupFd(s.fileno())
+    df = _socket_carriers[s] = DupFd(s.fileno())
     return _rebuild_socket, (df, s.family, s.type, s.proto)
 
 

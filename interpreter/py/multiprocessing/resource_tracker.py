@@ -32,6 +32,14 @@ class ResourceTracker(object):
         '''Make sure that the resource tracker process is running.'''
         _procpy.tracker_getfd()
 
+    def _check_alive(self):
+        '''Check that the tracker process is alive (a probe it ignores).'''
+        try:
+            _procpy.tracker_send(b'PROBE:0:noop\n')
+        except OSError:
+            return False
+        return True
+
     def register(self, name, rtype):
         '''Register name of resource with resource tracker.'''
         self._send('REGISTER', name, rtype)

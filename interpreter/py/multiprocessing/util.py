@@ -332,6 +332,17 @@ def _exit_function():
     _procpy._flush_queues()
 
 
+def _cleanup_tests():
+    '''What CPython's test suite calls when its multiprocessing tests end: forget finished
+    children and run the finalizers (temporary directories). procpy's resource tracker and
+    fork server end by themselves when this process does.'''
+    from . import process
+    process._cleanup()
+    _run_finalizers()
+    import gc
+    gc.collect()
+
+
 def is_exiting():
     return _exiting
 
