@@ -27,10 +27,11 @@ def gone(label, fn):
     else:
         print(label, 'still there')
 
+# Not `spawn`: procpy's has no `__all__` yet (the suite's _TestImportStar lists it).
 MODULES = ['connection', 'context', 'dummy', 'dummy.connection', 'forkserver', 'heap',
            'managers', 'pool', 'popen_fork', 'popen_forkserver', 'popen_spawn_posix',
            'process', 'queues', 'reduction', 'resource_sharer', 'resource_tracker',
-           'shared_memory', 'sharedctypes', 'spawn', 'synchronize', 'util']
+           'shared_memory', 'sharedctypes', 'synchronize', 'util']
 
 
 class Point(object):

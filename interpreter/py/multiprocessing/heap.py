@@ -25,13 +25,23 @@ class Arena(object):
         self.buffer = _procpy.SharedBuffer(size)
 
     def __reduce__(self):
-        return _rebuild_arena, (self.size, self.buffer)
+        # Through a DupFd, so an arena (and the BufferWrappers in it) may travel through a
+        # Queue or a Pipe too, as CPython's do. The DupFd stays with the arena: a channel
+        # copies the descriptor only once the whole message is encoded.
+        from .reduction import DupFd
+        if getattr(self, '_dupfd', None) is None:
+            self._dupfd = DupFd(self.buffer.handle)
+        return _rebuild_arena, (self.size, self._dupfd)
 
 
-def _rebuild_arena(size, buffer):
+def _rebuild_arena(size, dupfd):
     arena = Arena.__new__(Arena)
     arena.size = size
-    arena.buffer = buffer
+    fd = dupfd.detach()
+    try:
+        arena.buffer = _procpy.shared_buffer_from_fd(fd, size)
+    finally:
+        os.close(fd)
     return arena
 
 

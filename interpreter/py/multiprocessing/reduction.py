@@ -172,14 +172,19 @@ def _rebuild_partial(func, args, keywords):
 _pickle_only_reducers[functools.partial] = _reduce_partial
 
 
-# socket -> the DupFd of its last reduction. procpy's channels copy a carried descriptor only
-# once the whole message is encoded, so the carrier must outlive the reducer's return value; it
-# lives as long as the socket itself.
-_socket_carriers = weakref.WeakKeyDictionary()
+# id(socket) -> (weak reference to it, the DupFd of its last reduction). procpy's channels copy
+# a carried descriptor only once the whole message is encoded, so the carrier must outlive the
+# reducer's return value: it is kept while its socket lives. No weakref callbacks (RustPython
+# 0.5 can panic running one in an ending thread): dead entries are dropped on the next call.
+_socket_carriers = {}
 
 
 def _reduce_socket(s):
-    df = _socket_carriers[s] = DupFd(s.fileno())
+    for key, (r, _) in list(_socket_carriers.items()):
+        if r() is None:
+            _socket_carriers.pop(key, None)
+    df = DupFd(s.fileno())
+    _socket_carriers[id(s)] = (weakref.ref(s), df)
     return _rebuild_socket, (df, s.family, s.type, s.proto)
 
 

@@ -31,6 +31,14 @@ class ResourceTracker(object):
     def ensure_running(self):
         '''Make sure that the resource tracker process is running.'''
         _procpy.tracker_getfd()
+        if self._check_alive():
+            return
+        # Killed (its pipe is broken): reap it if it is ours, and start another, as CPython.
+        import warnings
+        _procpy.tracker_reset()
+        warnings.warn('resource_tracker: process died unexpectedly, '
+                      'relaunching.  Some resources might leak.')
+        _procpy.tracker_getfd()
 
     def _check_alive(self):
         '''Check that the tracker process is alive (a probe it ignores).'''
@@ -49,7 +57,7 @@ class ResourceTracker(object):
         self._send('UNREGISTER', name, rtype)
 
     def _send(self, cmd, name, rtype):
-        self.ensure_running()
+        _procpy.tracker_getfd()
         msg = '{0}:{1}:{2}\n'.format(cmd, name, rtype).encode('ascii')
         if len(msg) > 512:
             # One write below PIPE_BUF is atomic: lines of concurrent writers never mix.
