@@ -70,13 +70,22 @@ pub fn ensure_running() -> io::Result<RawFd> {
     use std::os::unix::process::CommandExt;
     // Its own process group: a signal sent to the program's group (Ctrl-C, `kill -- -pgid`,
     // a harness killing the group) does not reach it, so it is still there to clean up.
-    let child = Command::new("/proc/self/exe")
-        .arg(TRACKER_FLAG)
-        .process_group(0)
-        .stdin(Stdio::from(r))
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| crate::ipc::doing(e, what))?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(TRACKER_FLAG).process_group(0).stdin(Stdio::from(r)).stdout(Stdio::null());
+    // Ignored from before exec (dispositions set to SIG_IGN survive it): a SIGINT or SIGTERM
+    // sent the moment it starts, before `main` ignores them itself, must not kill it either.
+    // SAFETY: between fork and exec the closure only calls sigaction, which is
+    // async-signal-safe, and installs no handler.
+    unsafe {
+        cmd.pre_exec(|| {
+            use nix::sys::signal::{signal, SigHandler, Signal};
+            for sig in [Signal::SIGINT, Signal::SIGTERM] {
+                signal(sig, SigHandler::SigIgn).map_err(io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| crate::ipc::doing(e, what))?;
     STARTER.store(crate::ipc::pid() as i32, Ordering::Release);
     PID.store(child.id() as i32, Ordering::Release);
     FD.store(w.into_raw_fd(), Ordering::Release);

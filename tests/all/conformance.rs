@@ -90,6 +90,7 @@ conformance!(
     manager_basics,
     manager_custom_register,
     manager_proxies,
+    mp_submodules,
     nonguarded_main_spawn,
     pipe_basics,
     pipe_bytes_into_and_eof,

@@ -336,6 +336,10 @@ MODULE_TEMPLATE = '''\
 import run_suite as _run_suite
 _run_suite.install_import_hook()
 import test._test_multiprocessing as _tm
+# CPython's fork-server preload names the module holding the tests (PRELOAD has
+# 'test.test_multiprocessing_forkserver'), so its children find the test classes imported; here
+# they live in this module, which would otherwise be imported again by every child.
+_tm.PRELOAD.append(__name__)
 _tm.install_tests_in_module_dict(globals(), {method!r})
 _run_suite.after_install(globals(), {method!r}, {compat!r})
 '''

@@ -4,6 +4,9 @@ import _thread
 
 from . import process
 
+# As CPython: the public names are the default context's, exported by the package.
+__all__ = ()
+
 
 class ProcessError(Exception):
     pass
@@ -175,7 +178,17 @@ class BaseContext(object):
 
     @property
     def reducer(self):
-        return globals().get('reduction')
+        '''Controls how objects will be reduced to a form that can be shared with other
+        processes.'''
+        if 'reduction' not in globals():
+            # Imported on first use: pickle and socket are slow to import in RustPython.
+            from . import reduction
+            globals()['reduction'] = reduction
+        return globals()['reduction']
+
+    @reducer.setter
+    def reducer(self, reduction):
+        globals()['reduction'] = reduction
 
 
 class Process(process.BaseProcess):

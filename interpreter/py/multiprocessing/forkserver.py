@@ -10,6 +10,10 @@ import _procpy
 
 from . import spawn, util
 
+# CPython's list has get_inherited_fds and connect_to_new_process too: procpy's children get
+# their descriptors from the native protocol, and those names do not exist here.
+__all__ = ['ensure_running', 'set_forkserver_preload']
+
 _server = None          # (owner pid, address, boot fd, server pid, key)
 _retired = []           # servers replaced while still alive: (boot fd, server pid)
 _preload = ['__main__']
@@ -79,6 +83,33 @@ def _ensure():
 def ensure_running():
     '''Start the server if this process has none running; return its address.'''
     return _ensure()[1]
+
+
+class ForkServer(object):
+    '''CPython's private singleton (`forkserver._forkserver`), a view of this module's state.'''
+
+    def set_forkserver_preload(self, modules_names):
+        set_forkserver_preload(modules_names)
+
+    def ensure_running(self):
+        ensure_running()
+
+    @property
+    def _forkserver_address(self):
+        server = _server
+        return server[1] if server is not None and server[0] == os.getpid() else None
+
+    @property
+    def _forkserver_pid(self):
+        server = _server
+        return server[3] if server is not None and server[0] == os.getpid() else None
+
+    @property
+    def _preload_modules(self):
+        return list(_preload)
+
+
+_forkserver = ForkServer()
 
 
 def _recover(server, why):

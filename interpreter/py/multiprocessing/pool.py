@@ -643,6 +643,10 @@ class Pool(object):
     def _make_core(self):
         return _ProcessCore(self)
 
+    def _repopulate_pool(self):
+        '''CPython's private "start workers until the pool has its full size". Nothing to do
+        here: procpy's manager thread starts a replacement as each worker exits.'''
+
     def __reduce__(self):
         raise NotImplementedError(
             'pool objects cannot be passed between processes or pickled')
@@ -788,7 +792,8 @@ class _Worker(object):
     def __init__(self, process, conn):
         self.process = process
         self.conn = conn
-        self.sentinel = process.sentinel
+        # A stand-in Process without one (CPython's tests use such fakes) is never watched.
+        self.sentinel = getattr(process, 'sentinel', None)
         self.task = None        # (result, index) of the task it is running
         self.sent = 0           # tasks handed to it (maxtasksperchild)
         self.retired = False    # has its last task: it exits after that
@@ -1005,7 +1010,8 @@ class _ProcessCore(object):
                     # Rebuilt only when workers come, go or die: this loop is the hot path.
                     watch = {self._wake_r: None}
                     for w in self.workers:
-                        watch[w.sentinel] = w
+                        if w.sentinel is not None:
+                            watch[w.sentinel] = w
                         if not w.dead and w.owner is None:
                             watch[w.conn] = w
                     watch_list = list(watch)

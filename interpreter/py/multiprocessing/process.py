@@ -3,6 +3,7 @@ import itertools
 import os
 import _signal  # not `signal`: its enums cost ~9 ms to import in RustPython
 import sys
+from _weakref import ref as _ref
 
 import _procpy
 
@@ -89,6 +90,7 @@ class BaseProcess(object):
         # The child has its own copies; drop ours so they can be collected.
         del self._target, self._args, self._kwargs
         _children.add(self)
+        _dangling.add(self)
 
     def terminate(self):
         '''Terminate process; sends SIGTERM signal'''
@@ -336,6 +338,63 @@ _parent_process = None
 _current_process = _MainProcess()
 _process_counter = itertools.count(1)
 _children = set()
+
+
+class _WeakSet(object):
+    '''A set of weak references without callbacks (only as much of WeakSet as is used): a
+    weakref callback that runs as the last reference goes in an ending thread panics
+    RustPython 0.5, and a Pool's worker Processes go that way.'''
+
+    def __init__(self, items=()):
+        self._refs = {}
+        self._prune_at = 64
+        for item in items:
+            self.add(item)
+
+    def add(self, item):
+        if len(self._refs) >= self._prune_at:
+            # Dead references go now and then, so a long-running program's set stays small.
+            self._live()
+            self._prune_at = 2 * len(self._refs) + 64
+        self._refs[id(item)] = _ref(item)
+
+    def discard(self, item):
+        r = self._refs.get(id(item))
+        if r is not None and r() is item:
+            del self._refs[id(item)]
+
+    def _live(self):
+        out = []
+        for key, r in list(self._refs.items()):
+            obj = r()
+            if obj is None:
+                self._refs.pop(key, None)
+            else:
+                out.append(obj)
+        return out
+
+    def __iter__(self):
+        return iter(self._live())
+
+    def __len__(self):
+        return len(self._live())
+
+    def __contains__(self, item):
+        r = self._refs.get(id(item))
+        return r is not None and r() is item
+
+    def copy(self):
+        return _WeakSet(self._live())
+
+    def clear(self):
+        self._refs.clear()
+
+    def __repr__(self):
+        return '<multiprocessing.process._WeakSet of %d>' % len(self)
+
+
+# Every process started here that is still referenced (CPython's; its tests check for leaks).
+_dangling = _WeakSet()
 del _MainProcess
 
 _exitcode_to_name = {}

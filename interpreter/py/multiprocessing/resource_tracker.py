@@ -6,6 +6,14 @@ import _procpy
 
 __all__ = ['ensure_running', 'register', 'unregister']
 
+# How the tracker releases each resource type (CPython's table; code iterates it to learn the
+# types). procpy's semaphores live in memory files that vanish with their last user, never
+# named ones, so 'semaphore' is not a type here.
+_CLEANUP_FUNCS = {
+    'noop': lambda name: None,
+    'shared_memory': _procpy.shm_unlink,
+}
+
 
 class ResourceTracker(object):
 
@@ -23,6 +31,22 @@ class ResourceTracker(object):
     def ensure_running(self):
         '''Make sure that the resource tracker process is running.'''
         _procpy.tracker_getfd()
+        if self._check_alive():
+            return
+        # Killed (its pipe is broken): reap it if it is ours, and start another, as CPython.
+        import warnings
+        _procpy.tracker_reset()
+        warnings.warn('resource_tracker: process died unexpectedly, '
+                      'relaunching.  Some resources might leak.')
+        _procpy.tracker_getfd()
+
+    def _check_alive(self):
+        '''Check that the tracker process is alive (a probe it ignores).'''
+        try:
+            _procpy.tracker_send(b'PROBE:0:noop\n')
+        except OSError:
+            return False
+        return True
 
     def register(self, name, rtype):
         '''Register name of resource with resource tracker.'''
@@ -33,7 +57,7 @@ class ResourceTracker(object):
         self._send('UNREGISTER', name, rtype)
 
     def _send(self, cmd, name, rtype):
-        self.ensure_running()
+        _procpy.tracker_getfd()
         msg = '{0}:{1}:{2}\n'.format(cmd, name, rtype).encode('ascii')
         if len(msg) > 512:
             # One write below PIPE_BUF is atomic: lines of concurrent writers never mix.

@@ -12,6 +12,9 @@ from . import resource_tracker
 
 __all__ = ['SharedMemory', 'ShareableList']
 
+# Named segments are POSIX shm_open ones (CPython's flag; its Windows branch does not exist here).
+_USE_POSIX = True
+
 _SHM_NAME_PREFIX = '/psm_'
 # CPython's budget for generated names (macOS allows 31 characters; stay portable).
 _SHM_SAFE_NAME_LENGTH = 14
@@ -258,18 +261,20 @@ class ShareableList:
     def __repr__(self):
         return f'{self.__class__.__name__}({list(self)}, name={self.shm.name!r})'
 
+    def _get_packing_format(self, position):
+        "Gets the packing format for a single value stored in the list."
+        position = position if position >= 0 else position + self._n
+        if position >= self._n or self._n < 0:
+            raise IndexError("Requested position out of range.")
+        kind = self.shm.buf[self._kinds_start + position]
+        if kind in (_STR, _BYTES):
+            return '%ds' % (self._bounds[position + 1] - self._bounds[position])
+        return _FIXED_FORMATS[kind]
+
     @property
     def format(self):
         "The struct packing format used by all currently stored items."
-        buf = self.shm.buf
-        parts = []
-        for i in range(self._n):
-            kind = buf[self._kinds_start + i]
-            if kind in (_STR, _BYTES):
-                parts.append('%ds' % (self._bounds[i + 1] - self._bounds[i]))
-            else:
-                parts.append(_FIXED_FORMATS[kind])
-        return ''.join(parts)
+        return ''.join(self._get_packing_format(i) for i in range(self._n))
 
     def count(self, value):
         "L.count(value) -> integer -- return number of occurrences of value."

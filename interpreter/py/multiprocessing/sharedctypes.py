@@ -216,8 +216,54 @@ def _size_of(code):
     return _SIZES[fmt]
 
 
+def _is_ctype(typecode_or_type):
+    '''A ctypes type other than the simple ones above (a Structure, Union or array).'''
+    if isinstance(typecode_or_type, str) or not isinstance(typecode_or_type, type):
+        return False
+    code = getattr(typecode_or_type, '_type_', None)
+    if isinstance(code, str) and code in _TYPES:
+        return False
+    import ctypes
+    return issubclass(typecode_or_type, (ctypes.Structure, ctypes.Union, ctypes.Array))
+
+
+# Other ctypes types are real ctypes objects over a block of the shared heap (from_buffer),
+# as CPython's are; they travel to children as (type, block) through the codec's reducer table.
+
+def _rebuild_ctype(type_, wrapper, length):
+    if length is not None:
+        type_ = type_ * length
+    _procpy._reducers[type_] = _reduce_ctype
+    obj = type_.from_buffer(wrapper.create_memoryview())
+    obj._wrapper = wrapper
+    return obj
+
+
+def _reduce_ctype(obj):
+    wrapper = getattr(obj, '_wrapper', None)
+    if wrapper is None:
+        # An ordinary (unshared) object of a type registered here: its own way.
+        return obj.__reduce_ex__(4)
+    context.assert_spawning(obj)
+    import ctypes
+    if isinstance(obj, ctypes.Array):
+        return _rebuild_ctype, (obj._type_, wrapper, obj._length_)
+    return _rebuild_ctype, (type(obj), wrapper, None)
+
+
+def _new_ctype(type_, length=None):
+    import ctypes
+    from . import heap
+    size = ctypes.sizeof(type_) * (1 if length is None else length)
+    return _rebuild_ctype(type_, heap.BufferWrapper(size), length)
+
+
 def RawValue(typecode_or_type, *args):
     '''Returns a ctypes-like object allocated from shared memory'''
+    if _is_ctype(typecode_or_type):
+        obj = _new_ctype(typecode_or_type)
+        obj.__init__(*args)
+        return obj
     code, _ = _element(typecode_or_type)
     if len(args) > 1:
         raise TypeError('function takes at most 1 argument (%d given)' % len(args))
@@ -230,6 +276,13 @@ def RawValue(typecode_or_type, *args):
 
 def RawArray(typecode_or_type, size_or_initializer):
     '''Returns a ctypes-like array allocated from shared memory'''
+    if _is_ctype(typecode_or_type):
+        if isinstance(size_or_initializer, int):
+            return _new_ctype(typecode_or_type, size_or_initializer)
+        init = list(size_or_initializer)
+        obj = _new_ctype(typecode_or_type, len(init))
+        obj.__init__(*init)
+        return obj
     code, _ = _element(typecode_or_type)
     if isinstance(size_or_initializer, int):
         length, init = size_or_initializer, None
@@ -278,6 +331,11 @@ def copy(obj):
         new = RawArray(obj._typecode, obj._length)
         new._mv[:] = obj._mv
         return new
+    if not isinstance(obj, _Shared):
+        import ctypes
+        new = _new_ctype(type(obj))
+        ctypes.pointer(new)[0] = obj
+        return new
     new = RawValue(obj._typecode)
     new._mv[0] = obj._mv[0]
     return new
@@ -288,9 +346,39 @@ def synchronized(obj, lock=None, ctx=None):
     ctx = ctx or context._default_context.get_context()
     if isinstance(obj, SharedArray):
         cls = SynchronizedString if obj._typecode == 'c' else SynchronizedArray
-    else:
+    elif isinstance(obj, _Shared):
         cls = Synchronized
+    else:
+        import ctypes
+        if isinstance(obj, ctypes.Array):
+            cls = SynchronizedArray
+        else:
+            cls = _synchronized_class(type(obj))
     return cls(obj, lock, ctx)
+
+
+_class_cache = {}
+
+
+def _field_property(name):
+    def get(self):
+        with self._lock:
+            return getattr(self._obj, name)
+
+    def set(self, value):
+        with self._lock:
+            setattr(self._obj, name, value)
+    return property(get, set)
+
+
+def _synchronized_class(cls):
+    '''A wrapper class for a Structure: one locked property per field, as CPython's.'''
+    try:
+        return _class_cache[cls]
+    except KeyError:
+        d = {name: _field_property(name) for name, *_ in cls._fields_}
+        scls = _class_cache[cls] = type('Synchronized' + cls.__name__, (SynchronizedBase,), d)
+        return scls
 
 
 def _rebuild_synchronized(cls, obj, lock):
@@ -317,6 +405,9 @@ class SynchronizedBase(object):
 
     def __reduce__(self):
         context.assert_spawning(self)
+        if type(self) in _class_cache.values():
+            # Made at run time (one per Structure type): rebuilt from the object, as CPython's.
+            return synchronized, (self._obj, self._lock)
         return _rebuild_synchronized, (type(self), self._obj, self._lock)
 
     def get_obj(self):

@@ -8,6 +8,13 @@ import _thread
 
 import _procpy
 
+__all__ = [
+    'sub_debug', 'debug', 'info', 'sub_warning', 'get_logger',
+    'log_to_stderr', 'get_temp_dir', 'register_after_fork',
+    'is_exiting', 'Finalize', 'ForkAwareThreadLock', 'ForkAwareLocal',
+    'close_all_fds_except', 'SUBDEBUG', 'SUBWARNING',
+]
+
 SUBDEBUG = 5
 DEBUG = 10
 INFO = 20
@@ -32,6 +39,11 @@ def debug(msg, *args):
 def info(msg, *args):
     if _logger:
         _logger.log(INFO, msg, *args)
+
+
+def sub_warning(msg, *args):
+    if _logger:
+        _logger.log(SUBWARNING, msg, *args)
 
 
 def get_logger():
@@ -254,6 +266,14 @@ def is_abstract_socket_namespace(address):
     raise TypeError(f'address type of {address!r} unrecognized')
 
 
+def close_all_fds_except(fds):
+    '''Close every descriptor of this process but those in `fds`.'''
+    fds = sorted(set(fds) | {-1})
+    fds.append(os.sysconf('SC_OPEN_MAX') if hasattr(os, 'sysconf') else 1 << 20)
+    for i in range(len(fds) - 1):
+        os.closerange(fds[i] + 1, fds[i + 1])
+
+
 def get_temp_dir():
     '''A private directory for this process tree's sockets, removed at exit.'''
     from . import process
@@ -310,6 +330,17 @@ def _exit_function():
         p.join()
     _run_finalizers()
     _procpy._flush_queues()
+
+
+def _cleanup_tests():
+    '''What CPython's test suite calls when its multiprocessing tests end: forget finished
+    children and run the finalizers (temporary directories). procpy's resource tracker and
+    fork server end by themselves when this process does.'''
+    from . import process
+    process._cleanup()
+    _run_finalizers()
+    import gc
+    gc.collect()
 
 
 def is_exiting():

@@ -340,6 +340,28 @@ impl Connection {
         self.fd(vm)
     }
 
+    /// CPython's private descriptor attribute: the number, or None once closed.
+    #[pygetset(name = "_handle")]
+    fn handle(&self) -> Option<i32> {
+        match self.fd.load(Ordering::Acquire) {
+            -1 => None,
+            fd => Some(fd),
+        }
+    }
+
+    /// `conn._handle = None` makes the connection forget its descriptor without closing it
+    /// (code does this, as with CPython, for a number it does not own).
+    #[pygetset(name = "_handle", setter)]
+    fn set_handle(&self, value: Option<i32>, vm: &VirtualMachine) -> PyResult<()> {
+        if value.is_some() {
+            return Err(vm.new_type_error(
+                "Connection._handle can only be set to None (forget the descriptor)".to_owned(),
+            ));
+        }
+        self.fd.store(-1, Ordering::Release);
+        Ok(())
+    }
+
     #[pygetset]
     fn closed(&self) -> bool {
         self.fd.load(Ordering::Acquire) == -1

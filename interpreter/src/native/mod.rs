@@ -965,6 +965,24 @@ pub(crate) mod _procpy {
         Ok(read_exact(vm, fd, &mut b)?.then(|| i64::from_be_bytes(b)))
     }
 
+    /// A SharedBuffer over a duplicate of `fd`, which must be a sealed memory file of at least
+    /// `size` bytes: how `heap.Arena` is rebuilt from a descriptor that came through a DupFd
+    /// (a Queue or a Pipe, where a SharedBuffer handle itself may not travel).
+    #[pyfunction]
+    fn shared_buffer_from_fd(fd: i32, size: isize, vm: &VirtualMachine) -> PyResult {
+        let size =
+            usize::try_from(size).map_err(|_| vm.new_value_error("size must be non-negative"))?;
+        let fd = ipc::dup(fd).map_err(|e| os_err(vm, e))?;
+        let b = SharedBuffer::from_fd(fd, size).map_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidData {
+                vm.new_value_error(format!("not a shared buffer's memory file: {e}"))
+            } else {
+                os_err(vm, e)
+            }
+        })?;
+        Ok(b.into_pyobject(vm))
+    }
+
     /// Close descriptors, ignoring ones already closed.
     #[pyfunction]
     fn close_fds(fds: Vec<i32>) {
