@@ -7,6 +7,7 @@ import sys
 
 
 def apply():
+    _fix_native_id()
     _fix_thread_end()
     _fix_length_hint()
     _fix_multiprocessing_module()
@@ -92,6 +93,18 @@ def _fix_frozen_source():
         return frozen_get_source(fullname)
 
     importer.get_source = classmethod(get_source)
+
+
+def _fix_native_id():
+    # RustPython's `_thread` has no `get_native_id`, so `threading` has no `get_native_id()`
+    # and threads no `native_id` (CPython 3.8+ on Linux has both: the kernel's thread id).
+    # Before `threading` is first imported, which decides on it then.
+    # Test: tests/scripts/fixes_native_id.py.
+    import _thread
+    import _procpy
+
+    if not hasattr(_thread, "get_native_id"):
+        _thread.get_native_id = _procpy.get_native_id
 
 
 def _fix_thread_end():

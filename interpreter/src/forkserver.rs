@@ -448,12 +448,16 @@ pub fn peer_cred(fd: RawFd) -> io::Result<libc::ucred> {
     Ok(cred.into())
 }
 
-/// Write all of a small record to a non-blocking socket; a socket that cannot take it now
-/// (EAGAIN) gets an error rather than a wait: the server never blocks on one client.
-pub fn send_record(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+/// Write all of a small record to a non-blocking socket, `fds` attached to its first byte; a
+/// socket that cannot take it now (EAGAIN) gets an error rather than a wait: the server never
+/// blocks on one client.
+pub fn send_record(fd: RawFd, mut data: &[u8], mut fds: &[RawFd]) -> io::Result<()> {
     while !data.is_empty() {
-        match ipc::send_with_fds(fd, data, &[], libc::MSG_DONTWAIT) {
-            Ok(n) => data = &data[n..],
+        match ipc::send_with_fds(fd, data, fds, libc::MSG_DONTWAIT) {
+            Ok(n) => {
+                data = &data[n..];
+                fds = &[];
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -461,17 +465,20 @@ pub fn send_record(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Tell a client its child's pid.
-pub fn send_pid(fd: RawFd, pid: i32) -> io::Result<()> {
+/// Tell a client its child's pid, handing it `go`, the pipe its child waits on: the client,
+/// not the server, lets the child run. A server killed right after this record still leaves a
+/// child that runs (the client holds the pipe); one killed before it leaves none (the pipe's
+/// last writer died with it), and the client may safely ask a new server.
+pub fn send_pid(fd: RawFd, pid: i32, go: RawFd) -> io::Result<()> {
     let mut rec = [0u8; 9];
     rec[0] = REC_PID;
     rec[1..].copy_from_slice(&(pid as i64).to_be_bytes());
-    send_record(fd, &rec)
+    send_record(fd, &rec, &[go])
 }
 
 /// Tell a client its request failed.
 pub fn send_error(fd: RawFd, errno: i32, message: &str) -> io::Result<()> {
-    send_record(fd, &encode_error(errno, message))
+    send_record(fd, &encode_error(errno, message), &[])
 }
 
 // ------------------------------------------------------------------------------------------
@@ -702,7 +709,7 @@ impl Gate {
         let mut greeting = [0u8; 1 + NONCE_LEN];
         greeting[0] = REC_CHALLENGE;
         greeting[1..].copy_from_slice(&nonce);
-        if send_record(sock.as_raw_fd(), &greeting).is_err() {
+        if send_record(sock.as_raw_fd(), &greeting, &[]).is_err() {
             return;
         }
         let unauthenticated = self.pending.iter().filter(|p| !p.inbound.authenticated()).count();

@@ -78,6 +78,7 @@ conformance!(
     fixes_length_hint,
     fixes_semlock,
     fixes_thread_end,
+    fixes_native_id,
     frames_truncated_garbage,
     forkserver_restart_private,
     futures_process_pool,

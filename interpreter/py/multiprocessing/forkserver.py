@@ -273,8 +273,9 @@ def _refuse(conn, cfds, exc, what):
 
 def _start_child(conn, body, cfds, own_fds, children):
     util._flush_std_streams()
-    # The child waits for a go on this pipe, given once the client has its pid: a server that
-    # dies before that (the client then retries with a new server) leaves no child running.
+    # The child waits for a go on this pipe, whose write end goes to the client with the pid:
+    # a server that dies before that (the client then retries with a new server) leaves no
+    # child running, and one killed after it leaves a child that runs, as under CPython.
     try:
         go_r, go_w = os.pipe()
     except OSError as e:
@@ -332,8 +333,7 @@ def _start_child(conn, body, cfds, own_fds, children):
         import _procpy_trace
         _procpy_trace.instant('fork', 'process', {'pid': pid})
     try:
-        _procpy.forkserver_reply_pid(conn, pid)
-        os.write(go_w, b'\x01')
+        _procpy.forkserver_reply_pid(conn, pid, go_w)
     except OSError:
         pass    # the client is gone: no go, the child exits at once and is reaped as usual
     os.close(go_w)

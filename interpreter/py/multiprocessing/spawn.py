@@ -8,6 +8,9 @@ import _procpy
 
 from . import process
 
+__all__ = ['freeze_support', 'set_executable', 'get_executable', 'get_preparation_data',
+           'get_command_line', 'import_main_path']
+
 _executable = None
 
 
@@ -26,6 +29,20 @@ def get_executable():
 
 def child_args():
     return ['--multiprocessing-spawn-child']
+
+
+def get_command_line(**kwds):
+    '''The command line a spawned child starts with (its boot data comes on a descriptor).'''
+    return [get_executable()] + child_args()
+
+
+def freeze_support():
+    '''Nothing to do: procpy is never a frozen Windows executable.'''
+
+
+def import_main_path(main_path):
+    '''Set sys.modules['__main__'] to the module at main_path, as a spawned child does.'''
+    _fixup_main_from_path(main_path)
 
 
 def _parent_sentinel(pid):

@@ -501,6 +501,12 @@ pub(crate) mod _procpy {
         SemLock::make_static_type()
     }
 
+    /// The kernel's id of the calling thread (gettid), CPython's `_thread.get_native_id()`.
+    #[pyfunction]
+    fn get_native_id() -> i64 {
+        i64::from(nix::unistd::gettid().as_raw())
+    }
+
     /// `_multiprocessing.sem_unlink(name)`: remove a named SemLock's name (see sync.rs).
     #[pyfunction]
     fn sem_unlink(name: String, vm: &VirtualMachine) -> PyResult<()> {
@@ -772,8 +778,8 @@ pub(crate) mod _procpy {
     /// we hold `key`. Returns (pid, sentinel): the sentinel becomes readable when the server
     /// reports the child's exit status. When the server could not be reached or hung up before
     /// answering, returns why instead: 'refused' (no listener), 'missing' (no socket file) or
-    /// 'hangup'; then no child was started (a child waits for the server's go, given only once
-    /// we have its pid), and the caller may replace the server and retry. A refusal by the
+    /// 'hangup'; then no child was started (a child waits for a go on a pipe that comes with
+    /// its pid, and that we write), and the caller may replace the server and retry. A refusal by the
     /// server raises OSError with its errno and message.
     #[pyfunction]
     fn forkserver_request(
@@ -834,7 +840,10 @@ pub(crate) mod _procpy {
         let _sent = send_all(vm, fd, &answer, &[])?
             && send_all(vm, fd, &header, &fds)?
             && payload.with_ref(|p| send_all(vm, fd, p, &[]))?;
-        if !recv_full(vm, fd, &mut kind)? {
+        // The pid record carries the pipe the child waits on (see `fsdoor::send_pid`).
+        let got = io_retry(vm, || ipc::recv_with_fds(fd, &mut kind, 1, 0))?;
+        let (n, mut go, _) = got.map_err(|e| os_err(vm, e))?;
+        if n == 0 {
             return hangup();
         }
         match kind[0] {
@@ -850,6 +859,12 @@ pub(crate) mod _procpy {
         if pid <= 0 || pid > i32::MAX as i64 {
             return Err(vm.new_os_error(format!("fork server: malformed pid {pid}")));
         }
+        let Some(go) = go.pop() else {
+            return Err(vm.new_os_error("fork server: the reply carried no go pipe".to_owned()));
+        };
+        // Let the child run. A child already gone (EPIPE) is reported through the sentinel.
+        let _ = io_retry(vm, || nix::unistd::write(&go, &[1u8]).map_err(io::Error::from))?;
+        drop(go);
         Ok(vm.new_tuple((pid as i32, std::os::fd::IntoRawFd::into_raw_fd(sock))).into())
     }
 
@@ -941,8 +956,8 @@ pub(crate) mod _procpy {
 
     /// Fork server: tell a client its child's pid.
     #[pyfunction]
-    fn forkserver_reply_pid(conn: i32, pid: i32, vm: &VirtualMachine) -> PyResult<()> {
-        fsdoor::send_pid(conn, pid).map_err(|e| os_err(vm, e))
+    fn forkserver_reply_pid(conn: i32, pid: i32, go: i32, vm: &VirtualMachine) -> PyResult<()> {
+        fsdoor::send_pid(conn, pid, go).map_err(|e| os_err(vm, e))
     }
 
     /// Fork server: tell a client its request failed (`errno`, `message`); a client that is

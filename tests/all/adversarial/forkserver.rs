@@ -577,6 +577,41 @@ if __name__ == '__main__':
     assert!(stdout.iter().any(|l| l == "old directory left False"), "{stdout:?}");
 }
 
+/// SIGKILL the server as soon as `start()` returns, 20 times: every child still runs (its
+/// event is set), as under CPython (`test_forkserver_sigkill`). The server used to release
+/// the child with a byte written after the pid reply, so a kill between the two left a child
+/// that never ran; now the client holds the pipe the child waits on.
+#[test]
+fn a_child_runs_when_its_server_dies_right_after_starting_it() {
+    let _serial = serial::shared();
+    let dir = test_dir("killed_after_start");
+    let s = script(
+        &dir,
+        "killed_after_start.py",
+        r#"
+import multiprocessing as mp, os, signal
+from multiprocessing import forkserver
+
+def work(evt):
+    evt.set()
+
+if __name__ == '__main__':
+    ran = 0
+    for i in range(20):
+        evt = mp.Event()
+        p = mp.Process(target=work, args=(evt,))
+        p.start()
+        os.kill(forkserver._server[3], signal.SIGKILL)
+        ran += evt.wait(60)
+        p.join(60)
+    print('ran', ran)
+"#,
+    );
+    let (status, stdout, stderr) = run_owner(&s, &[]);
+    assert_eq!(status, Some(0), "{stdout:?} {stderr}");
+    assert!(stdout.iter().any(|l| l == "ran 20"), "{stdout:?} {stderr}");
+}
+
 /// The server runs out of descriptors (`ulimit -n 64`, many live children: each costs the
 /// server two descriptors and the owner one): Process.start() raises OSError(EMFILE) naming
 /// the fork server; once the children end, starting works again, on the same server.
