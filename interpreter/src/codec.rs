@@ -231,6 +231,21 @@ fn main_defs(vm: &VirtualMachine, path: &str) -> Arc<HashSet<String>> {
     set
 }
 
+/// Whether a spawn or forkserver child runs the parent's main again (as `__mp_main__`), given
+/// the main's `__spec__.name` and `__file__`: CPython 3.11's rules, which
+/// `multiprocessing.spawn` applies through `_procpy.children_rerun_main`. A main run by name
+/// is re-run unless it is a package's or directory's `__main__`; one with a path unless it is
+/// IPython's launch script; one with neither (`-c`, stdin, the prompt) never.
+pub(crate) fn children_rerun_main(spec_name: Option<&str>, path: Option<&str>) -> bool {
+    match (spec_name, path) {
+        (Some(n), _) => n != "__main__" && !n.ends_with(".__main__"),
+        (None, Some(p)) => {
+            std::path::Path::new(p).file_stem().is_none_or(|s| s != std::ffi::OsStr::new("ipython"))
+        }
+        (None, None) => false,
+    }
+}
+
 /// Whether some receiver may lack `module.qualname`, a function or class the sender finds in
 /// its main module: yes unless the main script defines it unconditionally at top level (so
 /// every re-run of the script does too) and, once this process has forked, it already existed
@@ -245,6 +260,16 @@ fn main_may_lack(vm: &VirtualMachine, module: &str, qualname: &str) -> bool {
         Ok(Ok(f)) => f.to_string_lossy().into_owned(),
         _ => return true,
     };
+    let spec_name = main
+        .get_attr("__spec__", vm)
+        .ok()
+        .filter(|s| !vm.is_none(s))
+        .and_then(|s| s.get_attr("name", vm).ok())
+        .and_then(|n| n.downcast::<PyStr>().ok())
+        .map(|n| n.to_string_lossy().into_owned());
+    if !children_rerun_main(spec_name.as_deref(), Some(&file)) {
+        return true;
+    }
     if !main_defs(vm, &file).contains(head) {
         return true;
     }
@@ -917,6 +942,9 @@ impl Encoder<'_> {
 
     fn reduce(&mut self, obj: &PyObject) -> PyResult<Value> {
         let vm = self.vm;
+        if let Some(name) = dataclass_sentinel(vm, obj) {
+            return Ok(Value::Global { module: "dataclasses".to_owned(), qualname: name });
+        }
         let reduced = match extra_reducer(vm, obj)? {
             Some(f) => f.call((obj.to_owned(),), vm),
             None => vm.call_method(obj, "__reduce_ex__", (4,)),
@@ -976,6 +1004,21 @@ impl Encoder<'_> {
         }
         Ok(Value::Reduce(Box::new(Reduce { func, args, state, listitems, dictitems })))
     }
+}
+
+/// The name of `obj` in `dataclasses` if it is one of its sentinels (`MISSING`, `KW_ONLY`, the
+/// field kinds `_FIELD`...), which that module compares by identity: a copy would make a class
+/// sent by value lose its fields (as cloudpickle, they go by reference).
+fn dataclass_sentinel(vm: &VirtualMachine, obj: &PyObject) -> Option<String> {
+    let cls = obj.class();
+    if !matches!(&*cls.name(), "_FIELD_BASE" | "_MISSING_TYPE" | "_KW_ONLY_TYPE") {
+        return None;
+    }
+    let module = vm.sys_module.get_attr("modules", vm).ok()?.get_item("dataclasses", vm).ok()?;
+    ["_FIELD", "_FIELD_CLASSVAR", "_FIELD_INITVAR", "MISSING", "KW_ONLY"]
+        .into_iter()
+        .find(|n| module.get_attr(*n, vm).is_ok_and(|v| v.is(obj)))
+        .map(str::to_owned)
 }
 
 /// `marshal.dumps(code)` of `__main__` functions' code objects, by id (each kept alive, so an

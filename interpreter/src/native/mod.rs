@@ -452,6 +452,18 @@ pub(crate) mod _procpy {
         Ok(vm.new_tuple((vm.ctx.new_bytes(b), int_list(vm, &fds))).into())
     }
 
+    /// Whether a spawn or forkserver child runs the parent's main again, given its
+    /// `__spec__.name` and `__file__` (the codec decides what must travel by value by it too).
+    #[pyfunction]
+    fn children_rerun_main(
+        spec_name: Option<rustpython_vm::builtins::PyStrRef>,
+        path: Option<rustpython_vm::builtins::PyStrRef>,
+    ) -> bool {
+        let spec_name = spec_name.map(|s| s.to_string_lossy().into_owned());
+        let path = path.map(|s| s.to_string_lossy().into_owned());
+        codec::children_rerun_main(spec_name.as_deref(), path.as_deref())
+    }
+
     /// Called before each fork: the codec notes what `__main__` holds at the first one.
     #[pyfunction]
     fn note_fork(vm: &VirtualMachine) {
