@@ -1021,6 +1021,41 @@ fn dataclass_sentinel(vm: &VirtualMachine, obj: &PyObject) -> Option<String> {
         .map(str::to_owned)
 }
 
+thread_local! {
+    /// Set while [`marshal_loads`] runs: a panic there is expected and reported as an exception.
+    static QUIET_PANIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `marshal.loads(data)`. RustPython's panics on some malformed code objects (e.g. "not
+/// implemented: frozenset constant"); that is `Err(why)` here, the default panic message kept
+/// off stderr, so a crafted message or .pyc raises instead of killing the process.
+pub(crate) fn marshal_loads(vm: &VirtualMachine, data: &[u8]) -> Result<PyResult, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANIC.with(|q| q.get()) {
+                previous(info)
+            }
+        }));
+    });
+    let loads = match vm.import("marshal", 0).and_then(|m| m.get_attr("loads", vm)) {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(e)),
+    };
+    let data = vm.ctx.new_bytes(data.to_vec());
+    QUIET_PANIC.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loads.call((data,), vm)));
+    QUIET_PANIC.with(|q| q.set(false));
+    r.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the decoder failed".to_owned())
+    })
+}
+
 /// `marshal.dumps(code)` of `__main__` functions' code objects, by id (each kept alive, so an
 /// id cannot be reused): those functions live as long as the process (see [`Registry`]).
 type MarshalCache = HashMap<usize, (PyObjectRef, Arc<[u8]>)>;
@@ -1273,10 +1308,10 @@ impl Decoder<'_> {
     fn function_at(&mut self, fv: &Function, d: usize, idx: usize, main: bool) -> PyResult {
         let vm = self.vm;
         let malformed = |what: &str| unpickling_error(vm, format!("malformed message: {what}"));
-        let code = vm
-            .import("marshal", 0)?
-            .get_attr("loads", vm)?
-            .call((vm.ctx.new_bytes(fv.code.clone()),), vm)?;
+        let code = match marshal_loads(vm, &fv.code) {
+            Ok(r) => r?,
+            Err(why) => return Err(malformed(&format!("bad marshal data ({why})"))),
+        };
         if !code.class().is(vm.ctx.types.code_type) {
             return Err(malformed("function code is not a code object"));
         }

@@ -452,6 +452,15 @@ pub(crate) mod _procpy {
         Ok(vm.new_tuple((vm.ctx.new_bytes(b), int_list(vm, &fds))).into())
     }
 
+    /// `marshal.loads` that raises `ValueError` where RustPython's would panic (a crafted
+    /// code object): used for .pyc mains.
+    #[pyfunction]
+    fn marshal_loads(data: ArgBytesLike, vm: &VirtualMachine) -> PyResult {
+        let bytes = data.with_ref(|b| b.to_vec());
+        codec::marshal_loads(vm, &bytes)
+            .unwrap_or_else(|why| Err(vm.new_value_error(format!("bad marshal data ({why})"))))
+    }
+
     /// Whether a spawn or forkserver child runs the parent's main again, given its
     /// `__spec__.name` and `__file__` (the codec decides what must travel by value by it too).
     #[pyfunction]
