@@ -473,6 +473,13 @@ pub(crate) mod _procpy {
         codec::children_rerun_main(spec_name.as_deref(), path.as_deref())
     }
 
+    /// How many `__main__` objects the codec's registry holds entries for (tests check that
+    /// it stays bounded).
+    #[pyfunction]
+    fn _main_registry_size() -> usize {
+        codec::registry_size()
+    }
+
     /// Called before each fork: the codec notes what `__main__` holds at the first one.
     #[pyfunction]
     fn note_fork(vm: &VirtualMachine) {
