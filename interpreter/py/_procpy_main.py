@@ -14,7 +14,7 @@ def run_path_entry():
 
 def load_pyc(path):
     '''The code object of a .pyc file made by procpy (16-byte header, then marshal data).'''
-    import marshal
+    import _procpy
     from importlib.util import MAGIC_NUMBER
     with open(path, 'rb') as f:
         data = f.read()
@@ -24,7 +24,7 @@ def load_pyc(path):
             f'{MAGIC_NUMBER!r}. A .pyc holds the bytecode of the Python that compiled it '
             f'(CPython\'s cannot run on RustPython): compile the source with procpy '
             f'(procpy -m py_compile FILE.py) or run the .py file.')
-    return marshal.loads(data[16:])
+    return _procpy.marshal_loads(data[16:])
 
 
 def run_pyc(path, globals):

@@ -65,18 +65,49 @@ fn as_handle(obj: &PyObject) -> Option<(HandleKind, Vec<RawFd>, Vec<i64>)> {
 /// A token naming a `__main__` object across processes: (origin, serial).
 type Token = (u64, u64);
 
+/// An object the registry names: weakly where it can, so what the program dropped is freed.
+enum Held {
+    Weak(rustpython_vm::PyRef<rustpython_vm::builtins::PyWeak>),
+    Strong(PyObjectRef),
+}
+
+impl Held {
+    fn new(vm: &VirtualMachine, obj: &PyObject) -> Held {
+        match obj.downgrade(None, vm) {
+            Ok(w) => Held::Weak(w),
+            Err(_) => Held::Strong(obj.to_owned()),
+        }
+    }
+
+    fn get(&self) -> Option<PyObjectRef> {
+        match self {
+            Held::Weak(w) => w.upgrade(),
+            Held::Strong(o) => Some(o.clone()),
+        }
+    }
+}
+
 /// The `__main__` objects this process sent or received as [`wire::MainGlobal`], by token and
-/// by id. They are kept alive for the life of the process, so that no token and no id ever
-/// names two objects (a receiver caches by token; a freed id could be reused).
+/// by id, held weakly: an entry whose object died is dead (a token is never reused; an id is
+/// checked against the live object, so a reused id names nothing), rebuilt if its token comes
+/// again, and pruned as the maps grow.
 struct Registry {
     /// The process that made `origin`: a fork child makes its own, so serials never collide.
     pid: u32,
     origin: u64,
     next: u64,
-    by_token: HashMap<Token, PyObjectRef>,
+    by_token: HashMap<Token, Held>,
     /// The token, and whether the object is a by-value copy built here.
     by_id: HashMap<usize, (Token, bool)>,
+    /// The copies built here last, kept alive: a worker drops the function of each task, and
+    /// the next task of the same function should not have to build it again.
+    recent: std::collections::VecDeque<PyObjectRef>,
+    /// Prune dead entries when `by_token` grows past this.
+    prune_at: usize,
 }
+
+const RECENT_BUILT: usize = 64;
+const PRUNE_MIN: usize = 256;
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 
@@ -103,6 +134,8 @@ fn registry<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
         next: 0,
         by_token: HashMap::new(),
         by_id: HashMap::new(),
+        recent: std::collections::VecDeque::new(),
+        prune_at: PRUNE_MIN,
     });
     if r.pid != pid {
         r.pid = pid;
@@ -112,47 +145,102 @@ fn registry<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
     f(r)
 }
 
+impl Registry {
+    /// The live object `t` names.
+    fn object(&self, t: Token) -> Option<PyObjectRef> {
+        self.by_token.get(&t)?.get()
+    }
+
+    /// `obj`'s entry (token, built here), if it is live.
+    fn entry(&self, obj: &PyObject) -> Option<((Token, bool), PyObjectRef)> {
+        let e = *self.by_id.get(&obj.get_id())?;
+        let o = self.object(e.0).filter(|o| o.is(obj))?;
+        Some((e, o))
+    }
+
+    /// Record `t` -> `obj`; returns what must be dropped with the lock released.
+    fn insert(
+        &mut self,
+        vm: &VirtualMachine,
+        t: Token,
+        obj: &PyObject,
+        built: bool,
+    ) -> Vec<PyObjectRef> {
+        let mut drop_later = Vec::new();
+        self.by_id.insert(obj.get_id(), (t, built));
+        if let Some(old) = self.by_token.insert(t, Held::new(vm, obj)) {
+            drop_later.extend(old.get());
+        }
+        if built {
+            self.recent.push_back(obj.to_owned());
+            if self.recent.len() > RECENT_BUILT {
+                drop_later.extend(self.recent.pop_front());
+            }
+        }
+        if self.by_token.len() > self.prune_at {
+            let mut live = HashMap::new();
+            self.by_token.retain(|t, h| match h.get() {
+                Some(o) => {
+                    live.insert(*t, o.get_id());
+                    drop_later.push(o);
+                    true
+                }
+                None => false,
+            });
+            self.by_id.retain(|id, (t, _)| live.get(t) == Some(id));
+            self.prune_at = (2 * self.by_token.len()).max(PRUNE_MIN);
+        }
+        drop_later
+    }
+}
+
+/// Number of live-or-unpruned entries (for tests: it must stay bounded).
+pub(crate) fn registry_size() -> usize {
+    lock(&REGISTRY).as_ref().map_or(0, |r| r.by_token.len().max(r.by_id.len()))
+}
+
 /// `obj`'s token if it travelled as a `__main__` global before.
 fn registry_token(obj: &PyObject) -> Option<Token> {
-    let g = lock(&REGISTRY);
-    g.as_ref()?.by_id.get(&obj.get_id()).map(|(t, _)| *t)
+    let found = lock(&REGISTRY).as_ref()?.entry(obj);
+    found.map(|((t, _), _)| t)
 }
 
 /// Whether `obj` is a by-value copy this process built (not its own object).
 fn registry_built(obj: &PyObject) -> bool {
-    let g = lock(&REGISTRY);
-    g.as_ref().and_then(|r| r.by_id.get(&obj.get_id())).is_some_and(|(_, built)| *built)
+    let found = lock(&REGISTRY).as_ref().and_then(|r| r.entry(obj));
+    found.is_some_and(|((_, built), _)| built)
 }
 
-/// `obj`'s token, made (and `obj` kept) the first time.
-fn registry_assign(obj: &PyObject) -> Token {
-    registry(|r| {
-        if let Some((t, _)) = r.by_id.get(&obj.get_id()) {
-            return *t;
+/// `obj`'s token, made the first time (or again, once its old entry died).
+fn registry_assign(vm: &VirtualMachine, obj: &PyObject) -> Token {
+    let (t, drop_later) = registry(|r| {
+        if let Some(((t, _), o)) = r.entry(obj) {
+            return (t, vec![o]);
         }
         let t = (r.origin, r.next);
         r.next += 1;
-        r.by_id.insert(obj.get_id(), (t, false));
-        r.by_token.insert(t, obj.to_owned());
-        t
-    })
+        (t, r.insert(vm, t, obj, false))
+    });
+    drop(drop_later);
+    t
 }
 
 fn registry_get(t: Token) -> Option<PyObjectRef> {
     let g = lock(&REGISTRY);
-    g.as_ref()?.by_token.get(&t).cloned()
+    g.as_ref()?.object(t)
 }
 
 /// Remember what `t` names here; if another thread got there first, its object wins.
-fn registry_insert(t: Token, obj: PyObjectRef) -> PyObjectRef {
-    registry(|r| {
-        if let Some(o) = r.by_token.get(&t) {
-            return o.clone();
+fn registry_insert(vm: &VirtualMachine, t: Token, obj: PyObjectRef) -> PyObjectRef {
+    let (obj, drop_later) = registry(|r| {
+        if let Some(o) = r.object(t) {
+            return (o, Vec::new());
         }
-        r.by_id.insert(obj.get_id(), (t, true));
-        r.by_token.insert(t, obj.clone());
-        obj
-    })
+        let d = r.insert(vm, t, &obj, true);
+        (obj, d)
+    });
+    drop(drop_later);
+    obj
 }
 
 /// Names bound by unconditional top-level `def`/`class` statements of one main script.
@@ -194,8 +282,18 @@ fn known_plain(obj: &PyObject) -> bool {
     lock(&PLAIN).as_ref().is_some_and(|p| p.contains_key(&obj.get_id()))
 }
 
+/// Entries a cache keyed by object identity keeps at most: past it, it starts again (each
+/// entry keeps its object alive, and a program may make such objects without end).
+const IDENTITY_CACHE_MAX: usize = 1024;
+
 fn note_plain(obj: &PyObject) {
-    lock(&PLAIN).get_or_insert_with(HashMap::new).insert(obj.get_id(), obj.to_owned());
+    let mut g = lock(&PLAIN);
+    let plain = g.get_or_insert_with(HashMap::new);
+    let old =
+        if plain.len() >= IDENTITY_CACHE_MAX { std::mem::take(plain) } else { HashMap::new() };
+    plain.insert(obj.get_id(), obj.to_owned());
+    drop(g);
+    drop(old);
 }
 
 /// `sys.modules[name].__dict__`.
@@ -231,6 +329,21 @@ fn main_defs(vm: &VirtualMachine, path: &str) -> Arc<HashSet<String>> {
     set
 }
 
+/// Whether a spawn or forkserver child runs the parent's main again (as `__mp_main__`), given
+/// the main's `__spec__.name` and `__file__`: CPython 3.11's rules, which
+/// `multiprocessing.spawn` applies through `_procpy.children_rerun_main`. A main run by name
+/// is re-run unless it is a package's or directory's `__main__`; one with a path unless it is
+/// IPython's launch script; one with neither (`-c`, stdin, the prompt) never.
+pub(crate) fn children_rerun_main(spec_name: Option<&str>, path: Option<&str>) -> bool {
+    match (spec_name, path) {
+        (Some(n), _) => n != "__main__" && !n.ends_with(".__main__"),
+        (None, Some(p)) => {
+            std::path::Path::new(p).file_stem().is_none_or(|s| s != std::ffi::OsStr::new("ipython"))
+        }
+        (None, None) => false,
+    }
+}
+
 /// Whether some receiver may lack `module.qualname`, a function or class the sender finds in
 /// its main module: yes unless the main script defines it unconditionally at top level (so
 /// every re-run of the script does too) and, once this process has forked, it already existed
@@ -245,6 +358,16 @@ fn main_may_lack(vm: &VirtualMachine, module: &str, qualname: &str) -> bool {
         Ok(Ok(f)) => f.to_string_lossy().into_owned(),
         _ => return true,
     };
+    let spec_name = main
+        .get_attr("__spec__", vm)
+        .ok()
+        .filter(|s| !vm.is_none(s))
+        .and_then(|s| s.get_attr("name", vm).ok())
+        .and_then(|n| n.downcast::<PyStr>().ok())
+        .map(|n| n.to_string_lossy().into_owned());
+    if !children_rerun_main(spec_name.as_deref(), Some(&file)) {
+        return true;
+    }
     if !main_defs(vm, &file).contains(head) {
         return true;
     }
@@ -651,7 +774,7 @@ impl Encoder<'_> {
             Ok(found) if found.is(obj) => {
                 if is_main && !plain {
                     if main_may_lack(vm, &module, &qualname) {
-                        let token = registry_assign(obj);
+                        let token = registry_assign(vm, obj);
                         return self.main_global(obj, qualname, token);
                     }
                     note_plain(obj);
@@ -812,9 +935,16 @@ impl Encoder<'_> {
                 Some((_, bytes)) => bytes.to_vec(),
                 None => {
                     let bytes = marshal(vm, &code_obj)?;
-                    lock(&MARSHALLED)
-                        .get_or_insert_with(HashMap::new)
-                        .insert(code_obj.get_id(), (code_obj.clone(), bytes.clone().into()));
+                    let mut g = lock(&MARSHALLED);
+                    let cache = g.get_or_insert_with(HashMap::new);
+                    let old = if cache.len() >= IDENTITY_CACHE_MAX {
+                        std::mem::take(cache)
+                    } else {
+                        HashMap::new()
+                    };
+                    cache.insert(code_obj.get_id(), (code_obj.clone(), bytes.clone().into()));
+                    drop(g);
+                    drop(old);
                     bytes
                 }
             }
@@ -917,6 +1047,9 @@ impl Encoder<'_> {
 
     fn reduce(&mut self, obj: &PyObject) -> PyResult<Value> {
         let vm = self.vm;
+        if let Some(name) = dataclass_sentinel(vm, obj) {
+            return Ok(Value::Global { module: "dataclasses".to_owned(), qualname: name });
+        }
         let reduced = match extra_reducer(vm, obj)? {
             Some(f) => f.call((obj.to_owned(),), vm),
             None => vm.call_method(obj, "__reduce_ex__", (4,)),
@@ -978,8 +1111,58 @@ impl Encoder<'_> {
     }
 }
 
+/// The name of `obj` in `dataclasses` if it is one of its sentinels (`MISSING`, `KW_ONLY`, the
+/// field kinds `_FIELD`...), which that module compares by identity: a copy would make a class
+/// sent by value lose its fields (as cloudpickle, they go by reference).
+fn dataclass_sentinel(vm: &VirtualMachine, obj: &PyObject) -> Option<String> {
+    let cls = obj.class();
+    if !matches!(&*cls.name(), "_FIELD_BASE" | "_MISSING_TYPE" | "_KW_ONLY_TYPE") {
+        return None;
+    }
+    let module = vm.sys_module.get_attr("modules", vm).ok()?.get_item("dataclasses", vm).ok()?;
+    ["_FIELD", "_FIELD_CLASSVAR", "_FIELD_INITVAR", "MISSING", "KW_ONLY"]
+        .into_iter()
+        .find(|n| module.get_attr(*n, vm).is_ok_and(|v| v.is(obj)))
+        .map(str::to_owned)
+}
+
+thread_local! {
+    /// Set while [`marshal_loads`] runs: a panic there is expected and reported as an exception.
+    static QUIET_PANIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `marshal.loads(data)`. RustPython's panics on some malformed code objects (e.g. "not
+/// implemented: frozenset constant"); that is `Err(why)` here, the default panic message kept
+/// off stderr, so a crafted message or .pyc raises instead of killing the process.
+pub(crate) fn marshal_loads(vm: &VirtualMachine, data: &[u8]) -> Result<PyResult, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANIC.with(|q| q.get()) {
+                previous(info)
+            }
+        }));
+    });
+    let loads = match vm.import("marshal", 0).and_then(|m| m.get_attr("loads", vm)) {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(e)),
+    };
+    let data = vm.ctx.new_bytes(data.to_vec());
+    QUIET_PANIC.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loads.call((data,), vm)));
+    QUIET_PANIC.with(|q| q.set(false));
+    r.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the decoder failed".to_owned())
+    })
+}
+
 /// `marshal.dumps(code)` of `__main__` functions' code objects, by id (each kept alive, so an
-/// id cannot be reused): those functions live as long as the process (see [`Registry`]).
+/// id cannot be reused), at most [`IDENTITY_CACHE_MAX`] of them.
 type MarshalCache = HashMap<usize, (PyObjectRef, Arc<[u8]>)>;
 static MARSHALLED: Mutex<Option<MarshalCache>> = Mutex::new(None);
 
@@ -1187,7 +1370,7 @@ impl Decoder<'_> {
                         })?,
                         _ => unreachable!("checked above"),
                     };
-                    registry_insert(m.token, o)
+                    registry_insert(vm, m.token, o)
                 }
             },
         };
@@ -1230,10 +1413,10 @@ impl Decoder<'_> {
     fn function_at(&mut self, fv: &Function, d: usize, idx: usize, main: bool) -> PyResult {
         let vm = self.vm;
         let malformed = |what: &str| unpickling_error(vm, format!("malformed message: {what}"));
-        let code = vm
-            .import("marshal", 0)?
-            .get_attr("loads", vm)?
-            .call((vm.ctx.new_bytes(fv.code.clone()),), vm)?;
+        let code = match marshal_loads(vm, &fv.code) {
+            Ok(r) => r?,
+            Err(why) => return Err(malformed(&format!("bad marshal data ({why})"))),
+        };
         if !code.class().is(vm.ctx.types.code_type) {
             return Err(malformed("function code is not a code object"));
         }

@@ -444,3 +444,139 @@ if __name__ == '__main__':
         )
     });
 }
+
+/// A top-level function of a main that spawn and forkserver children do not re-run (a
+/// directory's or package's `__main__`, IPython's launch script `ipython.py`) is missing
+/// there: it must go by value, under every start method.
+#[test]
+fn top_level_function_of_a_main_children_do_not_rerun() {
+    let _g = serial::shared();
+    let code = "import sys, multiprocessing as mp\n\
+                def sq(x):\n    return x * x\n\
+                if __name__ == '__main__':\n    \
+                with mp.get_context(sys.argv[-1]).Pool(2) as p:\n        \
+                print(p.map(sq, range(5)), p.apply(sq, (7,)))\n";
+    let script = temp_script("ipython", code);
+    let dir = script.parent().unwrap().to_owned();
+    for sub in ["appdir", "pkgm"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        std::fs::write(dir.join(sub).join("__main__.py"), code).unwrap();
+    }
+    std::fs::write(dir.join("pkgm/__init__.py"), "").unwrap();
+    let mains: [&[&str]; 3] = [&["appdir"], &["-m", "pkgm"], &["ipython.py"]];
+    for main in mains {
+        for method in METHODS {
+            let mut cmd = Command::new(procpy());
+            cmd.args(main).arg(method).current_dir(&dir);
+            let out = run_with_deadline(cmd, LIMIT);
+            let what = format!("{main:?} under {method}; stderr:\n{}", out.stderr);
+            assert_eq!(out.stdout, "[0, 1, 4, 9, 16] 49\n", "{what}");
+            assert_eq!(out.status, Some(0), "{what}");
+        }
+    }
+}
+
+/// A dataclass sent by value keeps its fields: `dataclasses` tells a field's kind and a missing
+/// default by identity (`_FIELD`, `MISSING`), so those travel by reference.
+#[test]
+fn dataclass_by_value_keeps_its_fields() {
+    let _g = serial::shared();
+    let code = r#"
+import sys, dataclasses, multiprocessing as mp
+if __name__ == '__main__':
+    @dataclasses.dataclass(frozen=True)
+    class Point:
+        x: int
+        y: int = 0
+        tags: list = dataclasses.field(default_factory=list, metadata={'unit': 'm'})
+    def info(p):
+        fs = dataclasses.fields(p)
+        return (dataclasses.asdict(p), [f.name for f in fs], [dict(f.metadata) for f in fs],
+                dataclasses.replace(p, y=5), Point(1))
+    with mp.get_context(sys.argv[1]).Pool(1) as pool:
+        print(pool.apply(info, (Point(1, 2, ['a']),)))
+        print(pool.apply(lambda p: dataclasses.asdict(p), (Point(3),)))
+"#;
+    each_method(
+        "byvalue_dataclass",
+        code,
+        "({'x': 1, 'y': 2, 'tags': ['a']}, ['x', 'y', 'tags'], [{}, {}, {'unit': 'm'}], \
+         Point(x=1, y=5, tags=['a']), Point(x=1, y=0, tags=[]))\n{'x': 3, 'y': 0, 'tags': []}\n",
+    );
+}
+
+/// RustPython's `marshal.loads` panics on some malformed code objects: a crafted function by
+/// value and a crafted .pyc main raise a Python exception instead, with no panic message.
+#[test]
+fn crafted_code_objects_raise() {
+    let _g = serial::shared();
+    let code = r#"
+import importlib.util, marshal, pickle, random, _procpy
+random.seed(1)
+def panicking(blob):
+    '''A mutation of `blob` that RustPython's marshal.loads cannot decode for want of a VM.'''
+    for _ in range(20000):
+        b = bytearray(blob)
+        for _ in range(random.randint(1, 6)):
+            b[random.randrange(len(b))] = random.randrange(256)
+        try:
+            _procpy.marshal_loads(bytes(b))
+        except ValueError as e:
+            if 'not implemented' in str(e):
+                return bytes(b)
+        except Exception:
+            pass
+    raise SystemExit('no crafted blob found')
+g = lambda x: x in {1, 2} or (x, 'a', 1.5)
+good = marshal.dumps(g.__code__)
+msg = _procpy.dumps(g)
+assert good in msg
+try:
+    _procpy.loads(msg.replace(good, panicking(good)))
+except pickle.UnpicklingError as e:
+    print('codec:', 'bad marshal data' in str(e))
+src = compile("def f(x):\n    return x in {1, 2} or (x, 'a', 1.5)\n", 'm', 'exec')
+with open('crafted.pyc', 'wb') as f:
+    f.write(importlib.util.MAGIC_NUMBER + bytes(12) + panicking(marshal.dumps(src)))
+"#;
+    let script = temp_script("crafted_code", code);
+    let dir = script.parent().unwrap().to_owned();
+    let out = run_with_deadline(
+        {
+            let mut c = Command::new(procpy());
+            c.arg(&script).current_dir(&dir);
+            c
+        },
+        LIMIT,
+    );
+    assert_eq!(out.stdout, "codec: True\n", "stderr:\n{}", out.stderr);
+    assert_eq!(out.status, Some(0), "stderr:\n{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "stderr:\n{}", out.stderr);
+    let mut cmd = Command::new(procpy());
+    cmd.arg("crafted.pyc").current_dir(&dir);
+    let out = run_with_deadline(cmd, LIMIT);
+    assert_eq!(out.status, Some(1), "stderr:\n{}", out.stderr);
+    assert!(out.stderr.contains("ValueError: bad marshal data"), "stderr:\n{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "stderr:\n{}", out.stderr);
+}
+
+/// Main-block functions made without end (a fresh `def` per task) do not pile up in the
+/// codec's registry, in the sender or in a worker.
+#[test]
+fn registry_stays_bounded() {
+    let _g = serial::shared();
+    let code = r#"
+import sys, _procpy, multiprocessing as mp
+if __name__ == '__main__':
+    with mp.get_context(sys.argv[1]).Pool(1) as p:
+        sizes = []
+        for i in range(3000):
+            def f(x, i=i):
+                return x + i, _procpy._main_registry_size()
+            r, worker = p.apply(f, (1,))
+            assert r == 1 + i
+            sizes.append((worker, _procpy._main_registry_size()))
+        print(max(w for w, _ in sizes) < 1000, max(s for _, s in sizes) < 1000)
+"#;
+    each_method("byvalue_registry_bound", code, "True True\n");
+}

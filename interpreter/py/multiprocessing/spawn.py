@@ -165,7 +165,8 @@ def _install_main(mod):
 
 def _fixup_main_from_name(mod_name):
     current_main = sys.modules['__main__']
-    if mod_name == '__main__' or mod_name.endswith('.__main__'):
+    # One rule, shared with the codec (what it must send by value follows from it).
+    if not _procpy.children_rerun_main(mod_name, None):
         return
     if getattr(current_main.__spec__, 'name', None) == mod_name:
         return
@@ -181,7 +182,7 @@ def _fixup_main_from_path(main_path):
     `if __name__ == '__main__':` guard runs again here, as in CPython).'''
     current_main = sys.modules['__main__']
     # As CPython: IPython's launch script has no `__main__` guard, so it is never re-run.
-    if os.path.splitext(os.path.basename(main_path))[0] == 'ipython':
+    if not _procpy.children_rerun_main(None, main_path):
         return
     if getattr(current_main, '__file__', None) == main_path:
         return

@@ -452,6 +452,34 @@ pub(crate) mod _procpy {
         Ok(vm.new_tuple((vm.ctx.new_bytes(b), int_list(vm, &fds))).into())
     }
 
+    /// `marshal.loads` that raises `ValueError` where RustPython's would panic (a crafted
+    /// code object): used for .pyc mains.
+    #[pyfunction]
+    fn marshal_loads(data: ArgBytesLike, vm: &VirtualMachine) -> PyResult {
+        let bytes = data.with_ref(|b| b.to_vec());
+        codec::marshal_loads(vm, &bytes)
+            .unwrap_or_else(|why| Err(vm.new_value_error(format!("bad marshal data ({why})"))))
+    }
+
+    /// Whether a spawn or forkserver child runs the parent's main again, given its
+    /// `__spec__.name` and `__file__` (the codec decides what must travel by value by it too).
+    #[pyfunction]
+    fn children_rerun_main(
+        spec_name: Option<rustpython_vm::builtins::PyStrRef>,
+        path: Option<rustpython_vm::builtins::PyStrRef>,
+    ) -> bool {
+        let spec_name = spec_name.map(|s| s.to_string_lossy().into_owned());
+        let path = path.map(|s| s.to_string_lossy().into_owned());
+        codec::children_rerun_main(spec_name.as_deref(), path.as_deref())
+    }
+
+    /// How many `__main__` objects the codec's registry holds entries for (tests check that
+    /// it stays bounded).
+    #[pyfunction]
+    fn _main_registry_size() -> usize {
+        codec::registry_size()
+    }
+
     /// Called before each fork: the codec notes what `__main__` holds at the first one.
     #[pyfunction]
     fn note_fork(vm: &VirtualMachine) {
