@@ -48,8 +48,8 @@ fn same_as_python3(dir: &Path, py_args: &[&str], procpy_args: &[&str]) {
     assert_eq!(got, want, "procpy {procpy_args:?} (python3 {py_args:?}); stderr: {err}");
 }
 
-/// A fresh directory holding `app/` (a directory main), `app.zip`, package `pkg` and module
-/// `modmain`.
+/// A fresh directory holding `app/` (a directory main), `app.zip`, `app.pyz` (with a shebang),
+/// package `pkg` and module `modmain`.
 fn layout(name: &str) -> std::path::PathBuf {
     let dir = temp_script(name, WORK).parent().unwrap().to_owned();
     std::fs::write(dir.join("work.py"), WORK).unwrap();
@@ -66,6 +66,13 @@ fn layout(name: &str) -> std::path::PathBuf {
                z.write('app/__main__.py', '__main__.py')\n    z.write('app/work.py', 'work.py')\n";
     let out = Command::new("python3").args(["-c", zip]).current_dir(&dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A zipapp with a shebang: the archive does not start at the file's first byte.
+    let out = Command::new("python3")
+        .args(["-m", "zipapp", "app", "-p", "/usr/bin/env python3", "-o", "app.pyz"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     dir
 }
 
@@ -76,6 +83,7 @@ fn a_directory_a_zip_and_a_package_main_run_under_every_method() {
     for m in METHODS {
         same_as_python3(&dir, &["app", m], &["app", m]);
         same_as_python3(&dir, &["app.zip", m], &["app.zip", m]);
+        same_as_python3(&dir, &["app.pyz", m], &["app.pyz", m]);
         same_as_python3(&dir, &["-m", "pkg", m], &["-m", "pkg", m]);
         same_as_python3(&dir, &["-m", "modmain", m], &["-m", "modmain", m]);
     }
