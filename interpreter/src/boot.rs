@@ -265,9 +265,31 @@ fn is_path_entry(path: &str) -> bool {
     if p.is_dir() {
         return true;
     }
-    let mut magic = [0u8; 4];
-    std::fs::File::open(p).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
-        && (&magic == b"PK\x03\x04" || &magic == b"PK\x05\x06")
+    // As zipfile.is_zipfile: an end-of-central-directory record in the last 22 bytes plus
+    // room for the archive comment, so an archive with a prefix (a zipapp's shebang) counts.
+    use std::io::{Seek, SeekFrom};
+    const EOCD: &[u8] = b"PK\x05\x06";
+    const EOCD_LEN: u64 = 22;
+    let tail = (|| {
+        let mut f = std::fs::File::open(p)?;
+        let len = f.metadata()?.len();
+        let start = len.saturating_sub(EOCD_LEN + u64::from(u16::MAX));
+        f.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail)?;
+        Ok::<_, std::io::Error>(tail)
+    })();
+    let Ok(tail) = tail else {
+        return false;
+    };
+    // The last record whose comment ends exactly at the end of the file (the comment may
+    // itself hold the signature, so search backwards and check the length).
+    (0..tail.len().saturating_sub(EOCD_LEN as usize - 1)).rev().any(|i| {
+        tail[i..].starts_with(EOCD) && {
+            let comment = u16::from_le_bytes([tail[i + 20], tail[i + 21]]) as usize;
+            i + EOCD_LEN as usize + comment == tail.len()
+        }
+    })
 }
 
 /// Run a .pyc file as `__main__`, with `__file__` set while it runs (as `run_any_file` does).

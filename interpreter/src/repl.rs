@@ -1,7 +1,8 @@
 //! The interactive prompt: `procpy` with no script on a terminal, and `procpy -i` after a script.
 //!
 //! Like python3's: a banner, `sys.ps1`/`sys.ps2` (their `str()`), line editing and history
-//! (rustyline; the history is kept in `~/.procpy_history`), `...` continuation until a block
+//! (rustyline; the history is kept in `~/.procpy_history`; piped input gets neither, and the
+//! prompts go to stderr), `...` continuation until a block
 //! is closed by an empty line, expression results through `sys.displayhook`, exceptions
 //! printed with the prompt coming back, Ctrl-C dropping the line, Ctrl-D / `exit()` leaving.
 //! Whether more input is needed: open brackets, a triple-quoted string or a trailing backslash
@@ -51,7 +52,11 @@ fn feed(
         }
         Ok(_) => Step::Wait,
         Err(err) => {
-            if unfinished_line(source) {
+            // Inside brackets only an error at the end of the input means "more to come":
+            // `foo(1 2` is wrong already.
+            let eof_in_bracket =
+                matches!(&err, compiler::CompileError::Parse(p) if p.is_unclosed_bracket);
+            if unfinished_line(source, eof_in_bracket) {
                 return Step::MoreLine;
             }
             if !empty_line && pending_decorator(source) {
@@ -67,9 +72,10 @@ fn feed(
     }
 }
 
-/// Does the source end inside brackets, a triple-quoted string or after a backslash? (The
-/// parser's errors for these vary with what follows the opening; counting is plain.)
-fn unfinished_line(source: &str) -> bool {
+/// Does the source end inside brackets (only if the parser stopped at the end of the input,
+/// `eof_in_bracket`), a triple-quoted string or after a backslash? (The parser's errors for
+/// the last two vary with what follows the opening; counting is plain.)
+fn unfinished_line(source: &str, eof_in_bracket: bool) -> bool {
     if source.trim_end_matches('\n').ends_with('\\') {
         return true;
     }
@@ -109,7 +115,7 @@ fn unfinished_line(source: &str) -> bool {
         }
         i += 1;
     }
-    depth > 0
+    depth > 0 && eof_in_bracket
 }
 
 /// A decorator line waits for what it decorates.
@@ -218,12 +224,15 @@ pub fn run_prompt(vm: &VirtualMachine, scope: Scope, opts: PromptOptions) -> PyR
         KeyEvent(KeyCode::Tab, Modifiers::NONE),
         EventHandler::Simple(Cmd::Insert(1, "    ".into())),
     );
-    let history = history_path();
+    // `-i` with piped input: python3 keeps no history then, and prompts on stderr.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let history = history_path().filter(|_| terminal);
     if let Some(h) = &history {
         // A first run has no file yet.
         let _ = ed.load_history(h);
     }
-    let result = prompt_loop(vm, &scope, &mut ed);
+    let mut input = if terminal { Input::Editor(&mut ed) } else { Input::Plain };
+    let result = prompt_loop(vm, &scope, &mut input);
     if let Some(h) = &history {
         // A read-only home only loses the history.
         let _ = ed.save_history(h);
@@ -253,21 +262,59 @@ fn keep_sigint<T>(f: impl FnOnce() -> T) -> T {
     made
 }
 
-fn prompt_loop(
-    vm: &VirtualMachine,
-    scope: &Scope,
-    ed: &mut Editor<(), DefaultHistory>,
-) -> PyResult<()> {
+/// Where the prompt's lines come from.
+enum Input<'a> {
+    /// A terminal: line editing and history.
+    Editor(&'a mut Editor<(), DefaultHistory>),
+    /// Anything else: `sys.stdin`'s lines (so `input()` in the code shares its buffer), the
+    /// prompt on stderr, as python3 does.
+    Plain,
+}
+
+impl Input<'_> {
+    fn readline(&mut self, vm: &VirtualMachine, ps: &str) -> Result<String, ReadlineError> {
+        if let Input::Editor(ed) = self {
+            return ed.readline(ps);
+        }
+        eprint!("{ps}");
+        let _ = std::io::Write::flush(&mut std::io::stderr());
+        let line = vm
+            .sys_module
+            .get_attr("stdin", vm)
+            .and_then(|stdin| vm.call_method(&stdin, "readline", ()))
+            .and_then(|line| line.str(vm))
+            .map(|line| line.to_string());
+        match line {
+            Ok(line) if line.is_empty() => Err(ReadlineError::Eof),
+            Ok(line) => Ok(line.trim_end_matches(['\n', '\r']).to_owned()),
+            Err(exc) if exc.fast_isinstance(vm.ctx.exceptions.keyboard_interrupt) => {
+                Err(ReadlineError::Interrupted)
+            }
+            Err(exc) => {
+                let msg = exc.as_object().str(vm).map(|s| s.to_string()).unwrap_or_default();
+                Err(ReadlineError::Io(std::io::Error::other(msg)))
+            }
+        }
+    }
+
+    fn add_history_entry(&mut self, line: &str) {
+        if let Input::Editor(ed) = self {
+            let _ = ed.add_history_entry(line);
+        }
+    }
+}
+
+fn prompt_loop(vm: &VirtualMachine, scope: &Scope, ed: &mut Input<'_>) -> PyResult<()> {
     let mut source = String::new();
     let mut in_block = false;
     let mut in_line = false;
     loop {
         flush_stdio(vm);
         let ps = prompt(vm, if in_block || in_line { "ps2" } else { "ps1" });
-        let outcome = match ed.readline(&ps) {
+        let outcome = match ed.readline(vm, &ps) {
             Ok(line) => {
                 if !line.trim().is_empty() {
-                    let _ = ed.add_history_entry(line.trim_end());
+                    ed.add_history_entry(line.trim_end());
                 }
                 let empty_line = line.trim().is_empty();
                 source.push_str(&line);
@@ -297,8 +344,11 @@ fn prompt_loop(
                 Err(vm.new_exception_empty(vm.ctx.exceptions.keyboard_interrupt.to_owned()))
             }
             Err(ReadlineError::Eof) => {
-                // python3 ends the prompt's line before leaving.
-                println!();
+                // python3 ends the prompt's line before leaving (where the prompt is).
+                match ed {
+                    Input::Editor(_) => println!(),
+                    Input::Plain => eprintln!(),
+                }
                 return Ok(());
             }
             Err(ReadlineError::Signal(_)) => continue,

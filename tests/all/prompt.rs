@@ -178,6 +178,10 @@ fn prompt_evaluates_continues_and_recovers() {
     s.send("'r')");
     s.expect(&["\n", ">>> "]);
     s.run("t", "('q', 'r')");
+    // ...but a line already wrong inside a bracket is an error at once, not a continuation.
+    s.send("foo(1 2");
+    s.expect(&["\n", "SyntaxError: invalid syntax", ">>> "]);
+    s.run("'after' + 'error'", "'aftererror'");
     // Ctrl-C drops the line being typed.
     s.term.write_all(b"'dropped'\x03").unwrap();
     s.expect(&["KeyboardInterrupt", ">>> "]);
@@ -287,4 +291,31 @@ fn piped_stdin_is_still_a_script() {
     let out = run_with_deadline(cmd, DEADLINE);
     assert_eq!(out.stdout, "piped False\n", "{}", out.stderr);
     assert!(!out.stderr.contains(">>>"), "{}", out.stderr);
+}
+
+#[test]
+fn dash_i_with_piped_input_prompts_on_stderr_and_keeps_no_history() {
+    let _g = serial::shared();
+    let dir = home("prompt_piped_i");
+    let script = dir.join("first.py");
+    std::fs::write(&script, "print('script' + 'ran')\n").unwrap();
+    let input = dir.join("input.txt");
+    std::fs::write(&input, "x = 1\nif x:\n  print('in' + 'block')\n\nx + 1\n").unwrap();
+    // run_with_deadline gives the command a null stdin: the shell redirects it.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "exec '{}' -i '{}' < '{}'",
+            procpy().display(),
+            script.display(),
+            input.display()
+        ))
+        .current_dir(&dir)
+        .env("HOME", &dir);
+    let out = run_with_deadline(cmd, DEADLINE);
+    assert_eq!(out.status, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "scriptran\ninblock\n2\n", "{}", out.stderr);
+    // python3's stderr exactly: a prompt per line read, and the newline at the end.
+    assert_eq!(out.stderr, ">>> >>> ... ... >>> >>> \n");
+    assert!(!dir.join(".procpy_history").exists(), "history written for piped input");
 }

@@ -67,3 +67,15 @@ if __name__ == "__main__":
     attempt("bad kind:", SemLock, 7, 0, 1, base + "-bad", True)
     attempt("negative value:", SemLock, SEMAPHORE, -1, 1, base + "-bad", True)
     attempt("name None:", SemLock, SEMAPHORE, 0, 1, None, True)
+    # sem_open refuses a name that is empty or more than one component after its slashes.
+    for bad in ["", "/", "//", base + "/sub", base + "-x/"]:
+        try:
+            SemLock(SEMAPHORE, 0, 1, bad, True)
+            print("bad name accepted:", bad.replace(base, "BASE"))
+        except OSError as e:
+            print("bad name:", repr(bad.replace(base, "BASE")), type(e).__name__, e)
+        try:
+            SemLock._rebuild(0, SEMAPHORE, 1, bad)
+            print("bad name rebuilt:", bad.replace(base, "BASE"))
+        except OSError as e:
+            print("bad name rebuild:", repr(bad.replace(base, "BASE")), type(e).__name__, e)

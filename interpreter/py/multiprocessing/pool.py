@@ -203,6 +203,13 @@ _STARTUP_FAILED = 'procpy-pool-worker-startup-failed'
 
 def _report_startup_error(exc, conn, *args, **kwds):
     '''Called in a spawn/forkserver worker whose preparation raised (spawn._run_child).'''
+    if not isinstance(exc, Exception):
+        # SystemExit or KeyboardInterrupt re-raised in the parent would end it quietly or
+        # pass for a Ctrl-C there: the parent gets an error naming it instead.
+        cause = exc
+        exc = RuntimeError('a pool worker could not start: preparing the main module raised '
+                           '%s' % ''.join(traceback.format_exception_only(type(exc), exc)).strip())
+        exc.__cause__ = cause
     try:
         data = _procpy.dumps((_STARTUP_FAILED, exc))
     except Exception:
@@ -794,7 +801,7 @@ class _Worker(object):
         self.conn = conn
         # A stand-in Process without one (CPython's tests use such fakes) is never watched.
         self.sentinel = getattr(process, 'sentinel', None)
-        self.task = None        # (result, index) of the task it is running
+        self.task = None        # the task it is running: (result, index, func, args, kwds)
         self.sent = 0           # tasks handed to it (maxtasksperchild)
         self.retired = False    # has its last task: it exits after that
         self.dead = False
@@ -851,9 +858,13 @@ class _ProcessCore(object):
         self._manager_done = threading.Lock()
         self._manager_done.acquire()
         self._manager = None
-        # Set when a worker could not even prepare the main module: the pool then stops
-        # starting workers (each would die the same way) and fails its work with it.
+        # A worker that could not prepare the main module is replaced, like any other, unless
+        # that keeps happening: after _startup_limit failures in a row with no result in
+        # between, workers evidently cannot start, and the pool stops starting them and fails
+        # its work with _startup_error (CPython respawns them for ever).
         self._startup_error = None
+        self._startup_failures = 0
+        self._startup_limit = max(self._size, 3)
         self._version = 0           # bumped whenever the set of workers to watch changes
         self._watch_version = -1
         try:
@@ -960,7 +971,7 @@ class _ProcessCore(object):
                 self._version += 1
                 self._pending.appendleft(task)
                 continue
-            w.task = (result, i)
+            w.task = task       # (result, index, ...): re-queued if the worker cannot start
             if type(result) is ApplyResult:
                 result._direct = (self, w)
             w.sent += 1
@@ -1063,6 +1074,7 @@ class _ProcessCore(object):
                 self._on_startup_failure(w, outcome[1])
             return
         with self._lock:
+            self._startup_failures = 0      # a worker prepared: start-up can succeed
             task, w.task = w.task, None
             if dispatch and not w.retired and not w.dead:
                 self._idle.append(w)
@@ -1074,14 +1086,16 @@ class _ProcessCore(object):
 
     def _on_startup_failure(self, w, exc):
         with self._lock:
-            self._startup_error = exc
-            w.dead = True       # its sentinel follows; it is not replaced
+            self._startup_failures += 1
+            if self._startup_failures >= self._startup_limit:
+                self._startup_error = exc
+            w.dead = True       # its sentinel follows; _on_exit replaces it
             self._version += 1
             if w in self._idle:
                 self._idle.remove(w)
             lost, w.task = w.task, None
             if lost is not None:
-                self._failed.append((lost[0], lost[1], (False, exc)))
+                self._pending.appendleft(lost)      # it never ran the task: another will
             self._dispatch_locked()
             failed = self._take_failed()
         self._report(failed)
@@ -1159,10 +1173,16 @@ class _ProcessCore(object):
                 self.state == CLOSE and (self._pending or self._feeders or lost
                                          or any(x.task for x in self.workers)))
             replace = replace and not util.is_exiting() and self._startup_error is None
+            if not replace:
+                # What waits must not wait for a worker that will not come.
+                self._dispatch_locked()
+                failed = self._take_failed()
         if lost is not None:
             _deliver(lost[0], lost[1],
                      (False, WorkerLostError(w.process.name, w.process.pid, exitcode)))
-        if replace:
+        if not replace:
+            self._report(failed)
+        else:
             try:
                 new = self._new_worker()
             except Exception as e:

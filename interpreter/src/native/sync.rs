@@ -287,9 +287,19 @@ fn segment_name(vm: &VirtualMachine, name: &str) -> PyResult<CString> {
         .map_err(|_| vm.new_value_error("embedded null character"))
 }
 
+/// sem_open's rule (glibc): past its leading slashes a name is one non-empty component.
+fn check_name(vm: &VirtualMachine, name: &str) -> PyResult<()> {
+    let bare = name.trim_start_matches('/');
+    if bare.is_empty() || bare.contains('/') {
+        return Err(os_err(vm, io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    Ok(())
+}
+
 /// The state of the named SemLock `name`: created exclusively (FileExistsError if the name is
 /// taken, as sem_open with O_EXCL) or opened.
 fn named_state(vm: &VirtualMachine, name: &str, create: bool) -> PyResult<SharedCounters> {
+    check_name(vm, name)?;
     let c = segment_name(vm, name)?;
     let flags =
         OFlag::O_RDWR | if create { OFlag::O_CREAT | OFlag::O_EXCL } else { OFlag::empty() };
@@ -335,6 +345,10 @@ impl Constructor for SemLock {
         }
         // A name unlinked at once is never opened by anyone: an anonymous memory file does,
         // and the lock has no name, as in CPython.
+        if let OptionalArg::Present(n) = &args.name {
+            // Checked even when unlinked at once: CPython opens the name first.
+            check_name(vm, n)?;
+        }
         let name = args.name.into_option().filter(|_| !args.unlink);
         let shared = match &name {
             Some(n) => named_state(vm, n, true)?,
