@@ -252,3 +252,43 @@ if __name__ == '__main__':
         );
     }
 }
+
+/// A `ThreadPool` cannot stop a thread that is running a task: after `terminate()`, `join()`
+/// leaves such a thread to finish on its own (the pool's threads are daemons) instead of
+/// waiting as long as the task runs. CPython's `join()` waits for it (its `terminate()` does
+/// not join threads either), so a task blocked for good hangs the program there; CPython's own
+/// `WithThreadsTestPool.test_terminate` passes only when no task has started yet. Here the task
+/// is released only after `join()` returned: a `join()` that waited would never return.
+#[test]
+fn thread_pool_join_after_terminate_leaves_a_running_task() {
+    let _serial = serial::shared();
+    let code = r#"
+import threading
+from multiprocessing.pool import ThreadPool
+
+started, release = threading.Event(), threading.Event()
+
+def task():
+    started.set()
+    release.wait()
+    return 'finished'
+
+p = ThreadPool(1)
+r = p.apply_async(task)
+queued = p.apply_async(task)
+started.wait()
+p.terminate()
+p.join()
+print('joined while the task runs:', not release.is_set())
+release.set()
+print(r.get(timeout=30))
+print('the queued task was dropped:', queued.ready(), queued.successful())
+"#;
+    let out = run_code(code, "fork");
+    assert_eq!(
+        out.stdout,
+        "joined while the task runs: True\nfinished\nthe queued task was dropped: True False\n",
+        "stderr: {}",
+        out.stderr
+    );
+}

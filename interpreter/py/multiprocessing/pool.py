@@ -1284,18 +1284,23 @@ class _ThreadCore(object):
         self._lock = threading.Lock()
         self._feeders = 0
         self.workers = []
+        # Threads running a task: after terminate(), join() leaves them to finish it.
+        self._busy = busy = set()
         queue_get = self._queue.get
 
         def worker(initializer, initargs):
             # Named `worker` so threads are called 'Thread-N (worker)', as in CPython.
+            me = threading.current_thread()
             if _tracing:
-                _trace.thread_name(threading.current_thread().name)
+                _trace.thread_name(me.name)
             if initializer is not None:
                 initializer(*initargs)
             while True:
+                busy.discard(me)
                 task = queue_get()
                 if task is None:
                     return
+                busy.add(me)
                 result, i, func, args, kwds = task
                 try:
                     if _tracing:
@@ -1372,4 +1377,9 @@ class _ThreadCore(object):
         for t in self.workers:
             # terminate() from a result callback runs in a worker thread: not itself.
             while t is not me and t.is_alive():
+                # A thread cannot be stopped: once terminated, one still running a task is
+                # left to finish it on its own (the pool's threads are daemons), as CPython's
+                # terminate() leaves them, instead of waiting as long as the task runs.
+                if self.state == TERMINATE and t in self._busy:
+                    break
                 t.join(_SIGNAL_POLL)
