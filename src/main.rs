@@ -56,6 +56,13 @@ fn run(mode: RunMode, argv: Vec<String>, features: &Features) -> u32 {
     switches.emulate_gil |= features.emulate_gil;
     switches.progress |= features.progress;
     if let Some(url) = &features.cluster {
+        if procpy_interpreter::cluster::mask_url(url) != *url {
+            // The command line is world-readable (/proc/PID/cmdline); the environment is not.
+            eprintln!(
+                "procpy: warning: the --cluster URL holds a password, which every local user \
+                 can read in the process list; give the URL in PROCPY_CLUSTER instead"
+            );
+        }
         switches.cluster = Some(url.clone());
     }
     if let Some(file) = &features.authkey_file {

@@ -205,6 +205,19 @@ try:
     c.Redis(url.replace(":pw@", ":wrong@"))
 except c.RedisError as e:
     print("auth:", "alice:***@" in str(e), "wrong" in str(e))
+# A user who may not MULTI: the transaction is refused with Redis's message, and the
+# connection stays usable (redis 1.8.2's own transaction path panicked here).
+r.call("ACL", "SETUSER", "nomulti", "on", ">pw", "~*", "+@all", "-multi")
+nm = c.Redis(sys.argv[1].replace("redis://", "redis://nomulti:pw@"))
+try:
+    nm.pipeline([("SET", "m", 1)], transaction=True)
+except c.RedisError as e:
+    print("multi refused:", "NOPERM" in str(e))
+print(nm.call("PING"))
+try:
+    nm.pipeline(["PING"])
+except TypeError as e:
+    print("typeerror:", e)
 "#;
     let out = run_at("cluster_native_errors", code, &server.url());
     assert_out(
@@ -216,7 +229,10 @@ except c.RedisError as e:
          aborted: EXECABORT\n\
          None\n\
          b'alice'\n\
-         auth: True False\n",
+         auth: True False\n\
+         multi refused: True\n\
+         PONG\n\
+         typeerror: each command must be a list of arguments, e.g. [['PING']]\n",
     );
 }
 
@@ -314,7 +330,7 @@ fn sign_and_verify_frame_their_parts() {
     let _g = serial::shared();
     let code = r#"
 import hmac, hashlib, struct, _procpy_cluster as c
-k = b"key"
+k = b"a-key-of-16-bytes"
 m = c.sign(k, b"task", b"J", b"payload")
 # The documented framing: each part prefixed by its u64 little-endian length.
 ref = hmac.new(k, b"".join(struct.pack("<Q", len(p)) + p for p in (b"task", b"J", b"payload")),
@@ -324,12 +340,21 @@ print(c.verify(k, m, b"task", b"J", b"payload"))
 flipped = bytes([m[0] ^ 1]) + m[1:]
 print(c.verify(k, flipped, b"task", b"J", b"payload"))
 print(c.verify(k, m, b"task", b"J", b"payloae"), c.verify(k, m, b"taskJ", b"", b"payload"))
-print(c.verify(b"other", m, b"task", b"J", b"payload"), c.verify(k, m[:-1], b"task", b"J", b"payload"))
+print(c.verify(b"another-key-16-bytes", m, b"task", b"J", b"payload"), c.verify(k, m[:-1], b"task", b"J", b"payload"))
 print(c.sign(k) == hmac.new(k, b"", hashlib.sha256).digest())
 print(isinstance(c.hostname(), str) and len(c.hostname()) > 0)
+# A short key protects nothing: refused on both sides, naming the fix.
+for f in (lambda: c.sign(b"short", b"x"), lambda: c.verify(b"", m, b"x")):
+    try:
+        f()
+    except ValueError as e:
+        print("refused", "at least 16" in str(e) and "urandom" in str(e))
 "#;
     let out = run("cluster_native_mac", code, &[], &[]);
-    assert_out(&out, "32 True\nTrue\nFalse\nFalse False\nFalse False\nTrue\nTrue\n");
+    assert_out(
+        &out,
+        "32 True\nTrue\nFalse\nFalse False\nFalse False\nTrue\nTrue\nrefused True\nrefused True\n",
+    );
 }
 
 #[test]
@@ -347,15 +372,15 @@ if __name__ == "__main__":
 "#;
     let dir = temp_script("cluster_native_key", "").parent().unwrap().to_owned();
     let key = dir.join("key");
-    std::fs::write(&key, b"s3cret\n").unwrap();
+    std::fs::write(&key, b"s3cret-long-enough\n").unwrap();
     let key = key.to_str().unwrap();
 
     let out = run("cluster_native_settings", code, &[], &[]);
     assert_out(&out, "{'url': None, 'key': None}\n[{'url': None, 'key': None}]\n");
 
-    let env = [("PROCPY_CLUSTER", "redis://e:1/0"), ("PROCPY_CLUSTER_KEY", "k1")];
+    let env = [("PROCPY_CLUSTER", "redis://e:1/0"), ("PROCPY_CLUSTER_KEY", "k1-long-enough-key")];
     let out = run("cluster_native_settings", code, &[], &env);
-    let line = "{'url': 'redis://e:1/0', 'key': b'k1'}";
+    let line = "{'url': 'redis://e:1/0', 'key': b'k1-long-enough-key'}";
     assert_out(&out, &format!("{line}\n[{line}]\n"));
 
     // The switches win over the environment; the key file loses one trailing newline.
@@ -365,11 +390,11 @@ if __name__ == "__main__":
         &["--cluster", "redis://s:2/1", "--authkey-file", key],
         &env,
     );
-    let line = "{'url': 'redis://s:2/1', 'key': b's3cret'}";
+    let line = "{'url': 'redis://s:2/1', 'key': b's3cret-long-enough'}";
     assert_out(&out, &format!("{line}\n[{line}]\n"));
 
     let out = run("cluster_native_settings", code, &[], &[("PROCPY_CLUSTER_KEY_FILE", key)]);
-    let line = "{'url': None, 'key': b's3cret'}";
+    let line = "{'url': None, 'key': b's3cret-long-enough'}";
     assert_out(&out, &format!("{line}\n[{line}]\n"));
 
     // A key file that is not there: settings() raises OSError naming it; the switch fails

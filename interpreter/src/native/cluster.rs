@@ -27,6 +27,8 @@ mod _procpy_cluster {
     /// How long connecting may take when no timeout is given: an unreachable host must not
     /// hang the caller forever (the read timeout stays None: XREAD BLOCK waits by design).
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The longest read timeout a Redis object takes (a day): longer is a mistake, not a wait.
+    const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 
     /// A Redis error reply (WRONGTYPE, NOGROUP, BUSYGROUP, ...); `str()` is Redis's message.
     #[pyattr(name = "RedisError", once)]
@@ -187,7 +189,17 @@ mod _procpy_cluster {
                         Err((connecting, e)) => return (None, Err((connecting, classify(e)))),
                     },
                 };
-                match f(&mut conn) {
+                // A panic inside the redis crate (a reply it did not expect) must not end the
+                // process: it becomes a lost connection, which is dropped.
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut conn)));
+                let result = match result {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return (None, Err((false, Failure::Io("unexpected reply".to_owned()))))
+                    }
+                };
+                match result {
                     Ok(v) => (Some(conn), Ok(v)),
                     Err(e) => match classify(e) {
                         // The stream is out of step or gone: drop it, reconnect next time.
@@ -228,11 +240,12 @@ mod _procpy_cluster {
                 Some(t) => {
                     let secs = t.into_float();
                     match Duration::try_from_secs_f64(secs) {
-                        Ok(d) if secs > 0.0 => Some(d),
+                        Ok(d) if d >= Duration::from_millis(1) && d <= MAX_TIMEOUT => Some(d),
                         _ => {
                             return Err(vm.new_value_error(format!(
-                                "timeout must be a positive number of seconds or None, not {secs}"
-                            )))
+                            "timeout must be None or between 0.001 and {} seconds, not {secs:.6}",
+                            MAX_TIMEOUT.as_secs()
+                        )))
                         }
                     }
                 }
@@ -387,6 +400,12 @@ mod _procpy_cluster {
             let cmds: Vec<PyObjectRef> = args.cmds.try_to_value(vm)?;
             let mut pipe = redis::pipe();
             for c in &cmds {
+                // A str or bytes is a sequence too, but of characters, not arguments.
+                if c.downcastable::<PyStr>() || c.downcastable::<PyBytes>() {
+                    return Err(vm.new_type_error(
+                        "each command must be a list of arguments, e.g. [['PING']]".to_owned(),
+                    ));
+                }
                 let parts: Vec<PyObjectRef> = c.try_to_value(vm)?;
                 pipe.add_command(command(&parts, vm)?);
             }
@@ -399,18 +418,30 @@ mod _procpy_cluster {
                 pipe.atomic();
             }
             let packed = pipe.get_packed_pipeline();
-            let mut replies = self.with_conn(vm, move |c| {
-                if transaction {
-                    // MULTI's +OK and the n +QUEUED replies are skipped; EXEC's is the result.
-                    c.req_packed_commands(&packed, n + 1, 1)
-                } else {
-                    c.req_packed_commands(&packed, 0, n)
-                }
-            })?;
+            // Every reply is read here, MULTI's and the +QUEUED ones included: the crate's own
+            // transaction path panics when MULTI itself is refused (redis 1.8.2, an ACL can do it).
+            let count = if transaction { n + 2 } else { n };
+            let mut replies =
+                self.with_conn(vm, move |c| c.req_packed_commands(&packed, 0, count))?;
             if transaction {
-                return match replies.pop() {
-                    Some(Value::ServerError(e)) => Err(redis_error_from(vm, server_message(&e))),
-                    Some(v) => to_py(v, vm),
+                let exec = replies.pop();
+                let mut refused = replies.into_iter().filter_map(|v| match v {
+                    Value::ServerError(e) => Some(server_message(&e)),
+                    _ => None,
+                });
+                return match exec {
+                    Some(Value::ServerError(e)) => {
+                        let mut msg = server_message(&e);
+                        if let Some(first) = refused.next() {
+                            msg = format!("{msg}: {first}");
+                        }
+                        Err(redis_error_from(vm, msg))
+                    }
+                    Some(v) => match refused.next() {
+                        // MULTI refused: the commands ran one by one and EXEC failed with it.
+                        Some(first) => Err(redis_error_from(vm, first)),
+                        None => to_py(v, vm),
+                    },
                     None => Err(redis_error_from(vm, "EXEC sent no reply".to_owned())),
                 };
             }
@@ -434,19 +465,35 @@ mod _procpy_cluster {
     /// `sign(key, *parts)`: HMAC-SHA256 under key over the parts, each prefixed by its length
     /// (u64, little-endian).
     #[pyfunction]
-    fn sign(key: ArgBytesLike, parts: PosArgs<ArgBytesLike>, vm: &VirtualMachine) -> PyObjectRef {
+    fn sign(
+        key: ArgBytesLike,
+        parts: PosArgs<ArgBytesLike>,
+        vm: &VirtualMachine,
+    ) -> PyResult<PyObjectRef> {
+        checked_key(&key, vm)?;
         let bufs: Vec<Vec<u8>> = parts.iter().map(|p| p.borrow_buf().to_vec()).collect();
         let refs: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
         let mac = cluster::sign(&key.borrow_buf(), &refs);
-        vm.ctx.new_bytes(mac.to_vec()).into()
+        Ok(vm.ctx.new_bytes(mac.to_vec()).into())
+    }
+
+    /// A MAC under a short key protects nothing: refuse it wherever the key came from.
+    fn checked_key(key: &ArgBytesLike, vm: &VirtualMachine) -> PyResult<()> {
+        cluster::check_key(&key.borrow_buf(), "the caller").map_err(|e| vm.new_value_error(e))
     }
 
     /// `verify(key, mac, *parts)`: whether mac is `sign(key, *parts)` (constant time).
     #[pyfunction]
-    fn verify(key: ArgBytesLike, mac: ArgBytesLike, parts: PosArgs<ArgBytesLike>) -> bool {
+    fn verify(
+        key: ArgBytesLike,
+        mac: ArgBytesLike,
+        parts: PosArgs<ArgBytesLike>,
+        vm: &VirtualMachine,
+    ) -> PyResult<bool> {
+        checked_key(&key, vm)?;
         let bufs: Vec<Vec<u8>> = parts.iter().map(|p| p.borrow_buf().to_vec()).collect();
         let refs: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
-        cluster::verify(&key.borrow_buf(), &mac.borrow_buf(), &refs)
+        Ok(cluster::verify(&key.borrow_buf(), &mac.borrow_buf(), &refs))
     }
 
     /// `settings()`: `{'url': str|None, 'key': bytes|None}` of this run: `--cluster` or
@@ -471,7 +518,9 @@ mod _procpy_cluster {
             None => match std::env::var_os(cluster::KEY_ENV).filter(|k| !k.is_empty()) {
                 Some(k) => {
                     use std::os::unix::ffi::OsStringExt;
-                    vm.ctx.new_bytes(k.into_vec()).into()
+                    let k = k.into_vec();
+                    cluster::check_key(&k, cluster::KEY_ENV).map_err(|e| vm.new_value_error(e))?;
+                    vm.ctx.new_bytes(k).into()
                 }
                 None => vm.ctx.none(),
             },
