@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import _thread
+from time import monotonic as _monotonic
 
 import _procpy
 
@@ -251,6 +252,7 @@ class _ClusterCore(object):
         self._lost = None                    # the exception every new task fails with
         self._stopped = False
         self._ended = False
+        self._unreachable_warned = False
         self._startup_failures = 0
         self._startup_limit = max(self._size, 3)
         self._done = _thread.allocate_lock()     # released when closed and all is delivered
@@ -364,18 +366,34 @@ class _ClusterCore(object):
         '''op(conn) until it succeeds; ConnectionError/TimeoutError -> backoff and again.
         Returns (reply, reconnected).'''
         delay = _BACKOFF_FIRST
-        failed = False
+        failed = None
         while True:
             if self._stopped:
                 raise _Stopped
             try:
-                return op(conn), failed
-            except (ConnectionError, TimeoutError, OSError):
-                failed = True
+                reply = op(conn)
+            except (ConnectionError, TimeoutError, OSError) as e:
+                if failed is None:
+                    failed = _monotonic()
+                elif _monotonic() - failed >= self._grace:
+                    self._warn_unreachable(e)
+            else:
+                if failed is not None:
+                    with self._lock:
+                        self._unreachable_warned = False
+                return reply, failed is not None
             if self._stop.acquire(True, delay):
                 self._stop.release()
                 raise _Stopped
             delay = min(delay * 2, _BACKOFF_MAX)
+
+    def _warn_unreachable(self, exc):
+        with self._lock:
+            if self._unreachable_warned:
+                return
+            self._unreachable_warned = True
+        _stderr('procpy: the cluster\'s Redis at %s is unreachable (%s); still trying'
+                % (self._masked_url(), exc))
 
     # -- handing out tasks
 
@@ -607,10 +625,8 @@ class _ClusterCore(object):
     # -- the watcher thread: TTL refresh, lost jobs, "no worker alive"
 
     def _watcher(self, conn):
-        import time
-        now = time.monotonic
         try:
-            self._watch_loop(conn, now)
+            self._watch_loop(conn, _monotonic)
         finally:
             conn.close()
 
