@@ -24,11 +24,14 @@ _BATCH = 16
 _MAX_DELIVERIES = 3
 # Pending entries younger than this are never claimed (two reclaimers racing: one wins).
 _CLAIM_MIN_IDLE_MS = 100
+# A process still busy this long after its job ended is killed.
+_ENDED_GRACE_S = 3.0
 # What a supervisor records about a dead process, and for how long.
 _DIED_TTL_S = 60
 
-_KEY_HELP = ('make a key with `head -c 32 /dev/urandom > key`, copy it to every machine and '
-             'pass --authkey-file key (or set PROCPY_CLUSTER_KEY) on the workers and the client')
+_KEY_HELP = ('make one with `head -c 32 /dev/urandom > key`, copy it to every machine, and pass '
+             '--authkey-file key to `procpy worker` and to `procpy --cluster` (or set '
+             'PROCPY_CLUSTER_KEY on both)')
 
 
 def _k_job(j):
@@ -178,9 +181,9 @@ def _read_key(parser, args):
         env = os.environ.get('PROCPY_CLUSTER_KEY')
         key = env.encode('utf-8') if env else None
     if not key:
-        parser.exit(2, 'procpy worker: no key: tasks carry code, so a worker only runs tasks '
-                    'signed with a secret key it shares with the clients.\n'
-                    'Pass --authkey-file FILE or set PROCPY_CLUSTER_KEY; %s.\n' % _KEY_HELP)
+        parser.exit(2, 'procpy worker: no key (--authkey-file FILE or PROCPY_CLUSTER_KEY). '
+                    'Tasks carry code, so a worker only runs tasks signed with a secret key it '
+                    'shares with its clients: %s.\n' % _KEY_HELP)
     return key
 
 
@@ -226,6 +229,8 @@ class _Job(object):
         self.done = 0
         self.fail_streak = 0    # start-ups that failed in a row: restarts back off
         self.retry_at = 0.0
+        self.ended_at = None
+        self.retry_at = 0.0
 
 
 class _Supervisor(object):
@@ -263,7 +268,15 @@ class _Supervisor(object):
         warned = False
         while True:
             try:
-                return fn()
+                result = fn()
+                if warned:
+                    _log('procpy worker %s: reconnected to Redis' % self.name)
+                    # A restarted server has forgotten this worker.
+                    try:
+                        self.r.call(*self._registration())
+                    except (ConnectionError, self.mod.RedisError):
+                        pass
+                return result
             except ConnectionError as e:
                 if self.stopping:
                     raise
@@ -334,11 +347,14 @@ class _Supervisor(object):
                 signal.signal(s, h)
         return 0
 
-    def _register(self):
+    def _registration(self):
         import json
         info = json.dumps({'name': self.name, 'host': self.host, 'pid': os.getpid(),
                            'processes': self.n})
-        self.call('SET', 'procpy:worker:' + self.name, info, 'PX', self.ttl_ms)
+        return ('SET', 'procpy:worker:' + self.name, info, 'PX', self.ttl_ms)
+
+    def _register(self):
+        self.call(*self._registration())
 
     def _scan_jobs(self):
         '''Join the jobs that started and did not end (newest announcements first); returns
@@ -379,10 +395,21 @@ class _Supervisor(object):
                 self.jobs[j].ended = True
 
     def _retire_jobs(self):
+        import time
+        now = time.monotonic()
         for j, job in list(self.jobs.items()):
             if job.ended:
+                if job.ended_at is None:
+                    job.ended_at = now
                 for c in job.children:
                     self._tell_leave(c)
+                    if now - job.ended_at > _ENDED_GRACE_S:
+                        # A task still running for a job that is over (cancelled, or its
+                        # client died) is wasted work: its slot goes to live jobs.
+                        try:
+                            c.popen.kill()
+                        except OSError:
+                            pass
                 if not job.children:
                     if job.joined:
                         self.say('left job %s (%d tasks done)' % (j, job.done))
@@ -548,9 +575,8 @@ class _Supervisor(object):
             job = self.jobs.get(c.job)
             if job is not None:
                 job.children.discard(c)
-            if c.done is None:
-                if job is not None:
-                    self._backoff(job)
+            if c.done is None and not (job is None or job.ended):
+                self._backoff(job)
                 # It died serving the job: its heartbeat goes now (its tasks are reclaimed at
                 # once, not 3 s later) and the cause goes where WorkerLostError finds it.
                 cause = _exit_cause(rc)
