@@ -9,7 +9,9 @@
 # stream as a member of a consumer group and sends results back. Every payload is checked
 # against its HMAC before it is decoded. The data model is in docs/cluster.md ("Protocol").
 import os
+import select
 import sys
+import time
 
 _GROUP = 'w'
 # Heartbeat of a job worker process: refreshed every second, gone 3 s after it stops.
@@ -289,7 +291,6 @@ class _Supervisor(object):
                 self._reap()
 
     def _sleep(self, seconds):
-        import time
         end = time.monotonic() + seconds
         while not self.stopping and time.monotonic() < end:
             time.sleep(min(0.05, max(0.0, end - time.monotonic())))
@@ -298,7 +299,6 @@ class _Supervisor(object):
 
     def run(self):
         import signal
-        import time
 
         def stop(signum, frame):
             self.stopping = True
@@ -395,7 +395,6 @@ class _Supervisor(object):
                 self.jobs[j].ended = True
 
     def _retire_jobs(self):
-        import time
         now = time.monotonic()
         for j, job in list(self.jobs.items()):
             if job.ended:
@@ -494,7 +493,6 @@ class _Supervisor(object):
         return q
 
     def _balance(self):
-        import time
         quotas = self._quotas()
         if not quotas:
             return
@@ -552,7 +550,6 @@ class _Supervisor(object):
     @staticmethod
     def _backoff(job):
         '''Processes of this job keep dying: start the next one a little later each time.'''
-        import time
         job.fail_streak += 1
         job.retry_at = time.monotonic() + min(0.25 * 2 ** (job.fail_streak - 1), 10.0)
 
@@ -593,7 +590,6 @@ class _Supervisor(object):
                     pass
 
     def _shutdown(self):
-        import time
         for c in self.children.values():
             try:
                 c.popen.terminate()
@@ -783,6 +779,9 @@ class _JobWorker(object):
         self.ttl = 30
         self.wrap = True
         self.maxtasks = None
+        import _procpy
+        from multiprocessing import pool
+        self.pool, self.dumps, self.loads = pool, _procpy.dumps, _procpy.loads
 
     # -- status to the supervisor
 
@@ -801,7 +800,6 @@ class _JobWorker(object):
     # -- Redis with reconnects
 
     def _retry(self, fn):
-        import time
         delay = 0.1
         while True:
             try:
@@ -825,7 +823,6 @@ class _JobWorker(object):
     # -- heartbeat (its own thread and connection: a long task keeps its claim)
 
     def _heartbeat(self):
-        import time
         r = None
         key = _k_hb(self.job, self.consumer)
         while not self.hb_stop:
@@ -929,7 +926,6 @@ class _JobWorker(object):
     # -- the task loop
 
     def _check_leave_request(self):
-        import select
         try:
             ready = select.select([sys.stdin], [], [], 0)[0]
         except (OSError, ValueError):
@@ -1015,7 +1011,6 @@ class _JobWorker(object):
         '''Run the entries, then send their results and acknowledge them in one MULTI.
         Returns how many tasks to read next time: a batch when tasks are quick, else one (a
         slow task must not hold a queue of others that idle workers could run).'''
-        import time
         start = time.monotonic()
         done_before = self.done
         cmds = []
@@ -1063,9 +1058,8 @@ class _JobWorker(object):
 
     def _execute(self, payload):
         '''Run one task exactly as multiprocessing.pool.worker does; the encoded outcome.'''
-        import _procpy
-        from multiprocessing import pool
-        dumps, loads = _procpy.dumps, _procpy.loads
+        pool = self.pool
+        dumps, loads = self.dumps, self.loads
         wrap = self.wrap
         try:
             task = loads(payload)
