@@ -232,7 +232,6 @@ class _Job(object):
         self.fail_streak = 0    # start-ups that failed in a row: restarts back off
         self.retry_at = 0.0
         self.ended_at = None
-        self.retry_at = 0.0
 
 
 class _Supervisor(object):
@@ -250,6 +249,8 @@ class _Supervisor(object):
         self.status_r, self.status_w = os.pipe()
         os.set_blocking(self.status_r, False)
         self.status_buf = b''
+        self.spare_failures = 0
+        self.spawn_at = 0.0
 
     # -- output
 
@@ -432,6 +433,8 @@ class _Supervisor(object):
         return c
 
     def _top_up(self):
+        if time.monotonic() < self.spawn_at:
+            return
         while len(self.children) < self.n and not self.stopping:
             try:
                 self._spawn()
@@ -532,6 +535,7 @@ class _Supervisor(object):
             c = self.children.get(pid)
             if c is None or c.job is None:
                 continue
+            self.spare_failures = 0     # a process booted and got to work
             job = self.jobs.get(c.job)
             if what == 'ran':
                 if job is not None:
@@ -568,6 +572,10 @@ class _Supervisor(object):
                 if not self.stopping:
                     _log('procpy worker %s: a spare worker process exited (%s)'
                          % (self.name, _exit_cause(rc)))
+                    # Whatever kills them at boot would otherwise kill them in a tight loop.
+                    self.spare_failures += 1
+                    self.spawn_at = time.monotonic() + min(
+                        0.25 * 2 ** (self.spare_failures - 1), 10.0)
                 continue
             job = self.jobs.get(c.job)
             if job is not None:
@@ -766,8 +774,9 @@ _bundles = {}
 class _JobWorker(object):
     '''One worker process's life in one job.'''
 
-    def __init__(self, url, key, job, consumer, status_fd):
+    def __init__(self, url, key, job, consumer, status_fd, ctl):
         import _procpy_cluster
+        self.ctl = ctl          # the supervisor's pipe (`leave`, or EOF when it is gone)
         self.mod = _procpy_cluster
         self.url, self.key, self.job, self.consumer = url, key, job, consumer
         self.jb = job.encode()
@@ -926,14 +935,11 @@ class _JobWorker(object):
     # -- the task loop
 
     def _check_leave_request(self):
-        try:
-            ready = select.select([sys.stdin], [], [], 0)[0]
-        except (OSError, ValueError):
-            ready = [sys.stdin]
-        if ready:
-            line = sys.stdin.buffer.readline()
-            # EOF: the supervisor is gone, and nobody would replace this process.
-            if not line or line.strip() == b'leave':
+        # The supervisor only ever says `leave` once a job runs; EOF means it is gone, and
+        # nobody would replace this process.
+        if select.select([self.ctl], [], [], 0)[0]:
+            data = os.read(self.ctl, 4096)
+            if not data or b'leave' in data:
                 raise _Leave('told to leave')
 
     def run(self):
@@ -1155,12 +1161,27 @@ def serve_stdin():
     import multiprocessing.pool  # noqa: F401
     import linecache  # noqa: F401
     import importlib.util  # noqa: F401
-    line = sys.stdin.buffer.readline()
-    if not line.strip() or line.strip() == b'leave':
+    # Unbuffered: what follows the job line (`leave`) must stay in the pipe for select().
+    line = b''
+    while not line.endswith(b'\n'):
+        data = os.read(0, 1)
+        if not data:
+            return
+        line += data
+    if line.strip() == b'leave':
         return
     msg = json.loads(line)
+    # Tasks get /dev/null as stdin, as pool workers do; the supervisor's pipe moves aside.
+    ctl = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    try:
+        sys.stdin = open(os.devnull)
+    except OSError:
+        pass
     w = _JobWorker(msg['url'], bytes.fromhex(msg['key']), msg['job'], msg['consumer'],
-                   msg.get('status_fd'))
+                   msg.get('status_fd'), ctl)
     code = w.run()
     try:
         sys.stdout.flush()
