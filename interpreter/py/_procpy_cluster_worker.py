@@ -24,8 +24,6 @@ _BLOCK_MS = 1000
 _BATCH = 16
 # A task whose worker died this many times fails with WorkerLostError instead of running again.
 _MAX_DELIVERIES = 3
-# Pending entries younger than this are never claimed (two reclaimers racing: one wins).
-_CLAIM_MIN_IDLE_MS = 100
 # A process still busy this long after its job ended is killed.
 _ENDED_GRACE_S = 3.0
 # What a supervisor records about a dead process, and for how long.
@@ -93,7 +91,29 @@ def _stream_entries(reply):
 def _gone(err):
     '''A Redis error saying the job's task stream (or its group) no longer exists.'''
     msg = str(err)
-    return msg.startswith('NOGROUP') or msg.startswith('UNBLOCKED')
+    return 'NOGROUP' in msg or msg.startswith('UNBLOCKED')
+
+
+# Claims one pending task of a consumer whose heartbeat key is gone, atomically: checking and
+# claiming in two steps could take a task another worker has just claimed (and count that as
+# a death). Returns {id, fields, deliveries so far, dead consumer, its recorded cause} or nil.
+_RECLAIM_LUA = '''
+local tasks, group, me, hb, died = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local alive = {}
+for _, e in ipairs(redis.call('XPENDING', tasks, group, '-', '+', 1000)) do
+  local c = e[2]
+  if c ~= me then
+    if alive[c] == nil then alive[c] = redis.call('EXISTS', hb .. c) == 1 end
+    if not alive[c] then
+      local got = redis.call('XCLAIM', tasks, group, me, 0, e[1])
+      if #got == 1 then
+        return {e[1], got[1][2] or {}, e[4], c, redis.call('GET', died .. c)}
+      end
+    end
+  end
+end
+return false
+'''
 
 
 def _log(msg):
@@ -309,7 +329,8 @@ class _Supervisor(object):
             # Announcements from here on are read from the stream; the jobs already live are
             # found by a scan (a worker started mid-job joins it).
             last_id = self._scan_jobs()
-            self.say('ready, %d processes, waiting for jobs on %s' % (self.n, self.r.url))
+            self.say('ready, %d process%s, waiting for jobs on %s'
+                     % (self.n, '' if self.n == 1 else 'es', self.r.url))
             next_register = time.monotonic() + self.ttl_ms / 3000.0
             next_check = time.monotonic() + 1.0
             while not self.stopping:
@@ -944,6 +965,9 @@ class _JobWorker(object):
 
     def run(self):
         import _thread
+        # Alive before it can own a task (the thread's first beat may come late): a consumer
+        # without a heartbeat key is dead to the others.
+        self.call('SET', _k_hb(self.job, self.consumer), str(os.getpid()), 'PX', _HB_MS)
         _thread.start_new_thread(self._heartbeat, ())
         try:
             try:
@@ -1094,47 +1118,41 @@ class _JobWorker(object):
     # -- taking over the tasks of dead consumers
 
     def _reclaim(self):
+        '''Take over, one at a time, the tasks of consumers whose heartbeat is gone.'''
+        while self._reclaim_one():
+            self._check_leave_request()
+
+    def _reclaim_one(self):
         tasks = _k_tasks(self.job)
         try:
-            pending = self.call('XPENDING', tasks, _GROUP, '-', '+', 100)
+            got = self.call('EVAL', _RECLAIM_LUA, 1, tasks, _GROUP, self.consumer,
+                            _k_hb(self.job, ''), _k_died(self.job, ''))
         except self.mod.RedisError as e:
             if _gone(e):
                 raise _Leave('its task stream is gone')
             raise
-        owners = sorted({_text(c) for _, c, _, _ in pending or []} - {self.consumer})
-        if not owners:
-            return
-        alive = self.pipeline([('EXISTS', _k_hb(self.job, c)) for c in owners])
-        dead = [c for c, a in zip(owners, alive) if not a]
-        if not dead:
-            return
-        causes = self.pipeline([('GET', _k_died(self.job, c)) for c in dead])
-        cause = {c: _text(v) if v else 'stopped sending heartbeats'
-                 for c, v in zip(dead, causes)}
-        for eid, c, _idle, count in pending:
-            c = _text(c)
-            if c not in cause:
-                continue
-            claimed = self.call('XCLAIM', tasks, _GROUP, self.consumer, _CLAIM_MIN_IDLE_MS,
-                                eid)
-            for ceid, flat in claimed or []:
-                f = _fields(flat or [])
-                t = f.get('t')
-                if t is None:
-                    # Deleted or trimmed meanwhile, or not a task: nothing to run.
-                    self._send([], [ceid])
-                    continue
-                lost = _k_lost(self.job, _text(t))
-                _, _, victims = self.pipeline([
-                    ('RPUSH', lost, '%s: %s' % (c, cause[c])),
-                    ('EXPIRE', lost, self.ttl),
-                    ('LRANGE', lost, 0, -1),
-                ])
-                # `count` deliveries, each one's worker died: that is enough.
-                if int(count) >= _MAX_DELIVERIES:
-                    self._fail_lost(ceid, f, [_text(v) for v in victims])
-                else:
-                    self._run_batch([(ceid, flat)])
+        if not got:
+            return False
+        eid, flat, count, dead, cause = got
+        f = _fields(flat or [])
+        t = f.get('t')
+        if t is None:
+            # Deleted meanwhile, or not a task: nothing to run.
+            self._send([], [eid])
+            return True
+        lost = _k_lost(self.job, _text(t))
+        _, _, victims = self.pipeline([
+            ('RPUSH', lost, '%s: %s' % (_text(dead),
+                                        _text(cause) if cause else 'stopped sending heartbeats')),
+            ('EXPIRE', lost, self.ttl),
+            ('LRANGE', lost, 0, -1),
+        ])
+        # Each of its `count` deliveries went to a worker that died: that is enough.
+        if int(count) >= _MAX_DELIVERIES:
+            self._fail_lost(eid, f, [_text(v) for v in victims])
+        else:
+            self._run_batch([(eid, flat)])
+        return True
 
     def _fail_lost(self, eid, f, victims):
         import _procpy
