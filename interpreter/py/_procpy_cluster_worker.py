@@ -216,14 +216,14 @@ def main(argv=None):
     key = _read_key(parser, args)
     import _procpy_cluster
     if args.url.startswith('rediss://'):
-        parser.exit(2, 'procpy worker: rediss:// (TLS) is not built into procpy; see '
-                    'docs/cluster.md for a TLS tunnel\n')
+        parser.exit(2, 'procpy worker: rediss:// (TLS) is not built into procpy; reach a '
+                    'TLS Redis through a tunnel (stunnel, ssh -L): see docs/cluster.md\n')
     host = _procpy_cluster.hostname()
     name = args.name or '%s:%d' % (host, os.getpid())
     n = args.processes or os.cpu_count() or 1
     try:
         sup = _Supervisor(args.url, key, name, host, n, args.ttl)
-    except ConnectionError as e:
+    except (OSError, _procpy_cluster.RedisError, ValueError) as e:
         parser.exit(1, 'procpy worker: cannot connect to Redis: %s\n' % e)
     return sup.run()
 
@@ -300,7 +300,7 @@ class _Supervisor(object):
                     except (ConnectionError, self.mod.RedisError):
                         pass
                 return result
-            except ConnectionError as e:
+            except (ConnectionError, TimeoutError) as e:
                 if self.stopping:
                     raise
                 if not warned:
@@ -338,7 +338,7 @@ class _Supervisor(object):
                 try:
                     reply = self.call('XREAD', 'COUNT', 100, 'BLOCK', 250,
                                       'STREAMS', 'procpy:jobs', last_id)
-                except ConnectionError:
+                except (ConnectionError, TimeoutError):
                     break
                 except self.mod.RedisError as e:
                     _log('procpy worker %s: reading procpy:jobs: %s' % (self.name, e))
@@ -834,14 +834,14 @@ class _JobWorker(object):
         while True:
             try:
                 return fn()
-            except ConnectionError:
+            except (ConnectionError, TimeoutError):
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 self._check_leave_request()
                 try:
                     if not self.r.call('EXISTS', _k_job(self.job)):
                         raise _Leave('its keys are gone after a reconnect')
-                except ConnectionError:
+                except (ConnectionError, TimeoutError):
                     pass
 
     def call(self, *args):
