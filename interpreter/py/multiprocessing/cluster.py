@@ -237,15 +237,19 @@ class _ClusterCore(object):
         self._size = pool._processes
         self._ttl = int(_env_number('PROCPY_CLUSTER_TTL', 30, int))
         self._grace = _env_number('PROCPY_CLUSTER_GRACE', 10.0)
-        # ProcessPoolExecutor: CPython's call queue holds max_workers + 1 calls; a future
-        # turns RUNNING when it enters it, so only that many are handed out at a time.
-        self._window = self._size + 1 if hasattr(pool, '_pool_workers') and \
-            not pool._pool_workers else None
+        # ProcessPoolExecutor(max_workers=N): CPython's call queue holds N + 1 calls and a
+        # future turns RUNNING when it enters it, so only that many are handed out at a time
+        # (cancel() works on the others). Without N the whole cluster may take the calls.
+        self._explicit = getattr(pool, '_cluster_processes', None)
+        self._window = None
+        if self._explicit is not None and getattr(pool, '_pool_workers', True) is False:
+            self._window = self._explicit + 1
         self.workers = []           # the cluster's workers are nobody's children
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self.state = RUN
-        self._queue = collections.deque()    # tasks not yet XADDed
+        self._queue = collections.deque()    # tasks without an id yet (window full)
+        self._ready = []                     # (id, task) to XADD
         self._outstanding = {}               # task id (bytes) -> (result, index)
         self._next_id = 1
         self._feeders = 0
@@ -314,7 +318,7 @@ class _ClusterCore(object):
             'maxtasksperchild': pool._maxtasksperchild,
             'wrap_exception': pool._wrap_exception,
             'ttl': self._ttl,
-            'processes': getattr(pool, '_cluster_processes', None),
+            'processes': self._explicit,
             'trace': bool(_pool._tracing),
         })
         try:
@@ -404,7 +408,7 @@ class _ClusterCore(object):
                 raise ValueError("Pool not running")
             for task in tasks:
                 self._queue_locked(task, failed)
-            self._wake.notify_all()
+            self._assign_locked()
         self._report(failed)
 
     def _queue_locked(self, task, failed):
@@ -428,7 +432,7 @@ class _ClusterCore(object):
                         if self.state == TERMINATE:
                             return
                         self._queue_locked(task, failed)
-                        self._wake.notify_all()
+                        self._assign_locked()
                     self._report(failed)
                     n = task[1] + 1
                 set_length(n)
@@ -478,25 +482,13 @@ class _ClusterCore(object):
         tk = tasks_key(job)
         tracing = _pool._tracing
         while True:
-            batch = []
             with self._lock:
-                while not self._stopped and not self._room_locked():
+                while not self._stopped and not self._ready:
                     self._wake.wait(0.5)
                 if self._stopped:
                     return
-                limit = _BATCH
-                if self._window is not None:
-                    limit = min(limit, self._window - len(self._outstanding))
-                while self._queue and len(batch) < limit:
-                    task = self._queue.popleft()
-                    start = getattr(task[0], '_start', None)
-                    if start is not None and not start():
-                        continue        # a cancelled future
-                    tid = str(self._next_id).encode('ascii')
-                    self._next_id += 1
-                    self._outstanding[tid] = (task[0], task[1])
-                    batch.append((tid, task))
-                self._check_done_locked()
+                batch = self._ready[:_BATCH]
+                del self._ready[:_BATCH]
             cmds, failed, sent = [], [], []
             for tid, (result, i, func, args, kwds) in batch:
                 try:
@@ -521,10 +513,24 @@ class _ClusterCore(object):
             for tid, outcome in failed:
                 self._settle(tid, outcome)
 
-    def _room_locked(self):
-        if not self._queue:
-            return False
-        return self._window is None or len(self._outstanding) < self._window
+    def _assign_locked(self):
+        '''Give queued tasks their ids (and futures their RUNNING state) while the window
+        has room; the flusher XADDs them.'''
+        queue, window, outstanding = self._queue, self._window, self._outstanding
+        moved = False
+        while queue and (window is None or len(outstanding) < window):
+            task = queue.popleft()
+            start = getattr(task[0], '_start', None)
+            if start is not None and not start():
+                continue        # a cancelled future
+            tid = str(self._next_id).encode('ascii')
+            self._next_id += 1
+            outstanding[tid] = (task[0], task[1])
+            self._ready.append((tid, task))
+            moved = True
+        if moved:
+            self._wake.notify_all()
+        self._check_done_locked()
 
     # -- the receiver thread: results stream -> _deliver
 
@@ -578,9 +584,9 @@ class _ClusterCore(object):
                 return
             if started:
                 self._startup_failures = 0
-            self._check_done_locked()
             if self._window is not None:
-                self._wake.notify_all()
+                self._assign_locked()
+            self._check_done_locked()
         _deliver(entry[0], entry[1], outcome)
 
     def _startup_failed(self, payload, worker):
@@ -595,6 +601,7 @@ class _ClusterCore(object):
             with self._lock:
                 self.state = TERMINATE
                 self._queue.clear()
+                del self._ready[:]
                 self._outstanding.clear()
             self._on_lost(_text(worker), None, 1)
             self._cancel_async()
@@ -613,6 +620,7 @@ class _ClusterCore(object):
             pending += [(t[0], t[1]) for t in self._queue]
             self._outstanding.clear()
             self._queue.clear()
+            del self._ready[:]
             self._check_done_locked()
         for result, i in pending:
             _deliver(result, i, (False, exc))
@@ -754,6 +762,7 @@ class _ClusterCore(object):
             already = self._ended
             self.state = TERMINATE
             self._queue.clear()
+            del self._ready[:]
             self._outstanding.clear()
             self._check_done_locked()
         self._end(cancel=True)
