@@ -264,8 +264,6 @@ class _ClusterCore(object):
         self._done_released = False
         self._stop = _thread.allocate_lock()     # released to wake the watcher when stopping
         self._stop.acquire()
-        self._threads_left = 0
-        self._threads_done = _thread.allocate_lock()
         self._job = os.urandom(16).hex().encode('ascii')
         self._digest = None
         conn = self._connect()
@@ -342,11 +340,6 @@ class _ClusterCore(object):
                                    % (self._masked_url(), reply))
 
     def _start_thread(self, fn, *args):
-        with self._lock:
-            if self._threads_left == 0:
-                self._threads_done.acquire()
-            self._threads_left += 1
-
         def run():
             try:
                 fn(*args)
@@ -356,13 +349,13 @@ class _ClusterCore(object):
                 # A bug here must not leave callers waiting for ever.
                 self._fail_all(RuntimeError('the cluster pool stopped: %s: %s'
                                             % (type(e).__name__, e)))
-            finally:
-                with self._lock:
-                    self._threads_left -= 1
-                    if self._threads_left == 0:
-                        self._threads_done.release()
 
         _thread.start_new_thread(run, ())
+
+    def _thread_connect(self, timeout):
+        '''A connection for a pool thread, retried with backoff (Redis may be restarting).'''
+        conn, _ = self._retry(None, lambda c: self._cluster.Redis(self._url, timeout))
+        return conn
 
     # -- Redis calls with reconnection
 
@@ -471,7 +464,7 @@ class _ClusterCore(object):
     # -- the flusher thread: queued tasks -> XADDs, one pipeline per wake-up
 
     def _flusher(self):
-        conn = self._connect()
+        conn = self._thread_connect(10.0)
         try:
             self._flush_loop(conn)
         finally:
@@ -536,7 +529,7 @@ class _ClusterCore(object):
 
     def _receiver(self):
         # BLOCK 1 s: the read timeout must outlast it.
-        conn = self._connect(timeout=15.0)
+        conn = self._thread_connect(15.0)
         try:
             self._receive_loop(conn)
         finally:
