@@ -227,6 +227,8 @@ def _stream_entries(reply):
 
 class _ClusterCore(object):
     '''The pool engine's core (see pool._ProcessCore's interface) over a Redis cluster.'''
+    # Ctrl-C while waiting for a result terminates the pool (see pool._interrupted).
+    cancel_on_interrupt = True
 
     def __init__(self, pool, on_lost=None):
         self.owner_pid = os.getpid()
