@@ -42,6 +42,7 @@ mod adversarial;
 mod bench_smoke;
 mod beyond_cpython;
 mod by_value;
+mod cluster_native;
 mod conformance;
 mod embed_calls;
 mod embed_host_fns;
