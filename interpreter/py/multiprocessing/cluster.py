@@ -598,6 +598,7 @@ class _ClusterCore(object):
                 self._queue.clear()
                 del self._ready[:]
                 self._outstanding.clear()
+                self._check_done_locked()
             self._on_lost(_text(worker), None, 1)
             self._cancel_async()
             return
