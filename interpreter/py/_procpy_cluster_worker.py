@@ -91,7 +91,7 @@ def _stream_entries(reply):
 def _gone(err):
     '''A Redis error saying the job's task stream (or its group) no longer exists.'''
     msg = str(err)
-    return 'NOGROUP' in msg or msg.startswith('UNBLOCKED')
+    return 'NOGROUP' in msg or 'UNBLOCKED' in msg
 
 
 # Claims one pending task of a consumer whose heartbeat key is gone, atomically: checking and
