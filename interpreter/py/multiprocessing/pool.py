@@ -137,6 +137,33 @@ def _spin(poll, *args):
     return False
 
 
+_routed = None
+
+
+def _cluster_routed():
+    '''procpy --cluster (or PROCPY_CLUSTER) is set: process pools run on the cluster.'''
+    global _routed
+    if _routed is None:
+        try:
+            import _procpy_cluster
+        except ImportError:
+            _routed = False
+        else:
+            try:
+                _routed = bool(_procpy_cluster.settings().get('url'))
+            except OSError:
+                # An unreadable key file: creating the cluster pool reports it.
+                _routed = True
+    return _routed
+
+
+def _interrupted(pool):
+    '''Ctrl-C while the main thread waits for a result: a cluster job is cancelled at once
+    (its queued tasks would otherwise keep remote workers busy).'''
+    if getattr(getattr(pool, '_core', None), 'cancel_on_interrupt', False):
+        pool.terminate()
+
+
 def _helper_reraises_exception(ex):
     raise ex
 
@@ -387,7 +414,11 @@ class ApplyResult(object):
                 return
             if deadline is not None:
                 timeout = max(0, deadline - _now())
-        self._event.wait(timeout)
+        try:
+            self._event.wait(timeout)
+        except KeyboardInterrupt:
+            _interrupted(self._pool)
+            raise
 
     def get(self, timeout=None):
         self.wait(timeout)
@@ -514,7 +545,11 @@ class IMapIterator(object):
                 if self._index == self._length:
                     self._pool = None
                     raise StopIteration from None
-                self._wait(timeout)
+                try:
+                    self._wait(timeout)
+                except KeyboardInterrupt:
+                    _interrupted(self._pool)
+                    raise
                 try:
                     item = self._items.popleft()
                 except IndexError:
@@ -648,6 +683,10 @@ class Pool(object):
         return [getattr(w, 'process', w) for w in self._core.workers]
 
     def _make_core(self):
+        if _cluster_routed():
+            # procpy --cluster: every process pool runs on the cluster's workers.
+            from .cluster import _ClusterCore
+            return _ClusterCore(self)
         return _ProcessCore(self)
 
     def _repopulate_pool(self):
