@@ -44,6 +44,7 @@ mod beyond_cpython;
 mod by_value;
 mod conformance;
 mod embed_calls;
+mod embed_cluster;
 mod embed_host_fns;
 mod embed_limits;
 mod embed_pool;
