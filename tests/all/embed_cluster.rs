@@ -4,127 +4,13 @@
 //! engine's modules reach it only with the job.
 
 use crate::common;
+use crate::common::redis::{RedisServer, Worker, KEY};
 use crate::common::serial;
-use crate::common::Running;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use procpy::{Builder, Error};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const KEY: &str = "embed-cluster-test-key";
-
-/// A `redis-server` on 127.0.0.1 and a free port, without persistence; stopped by pid on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let mut last = String::new();
-        for _ in 0..5 {
-            // A port free a moment ago; another process may take it first, then we try again.
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-                .args(["--appendonly", "no", "--daemonize", "no"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn();
-            let mut child = match child {
-                Ok(c) => c,
-                Err(e) => panic!(
-                    "cannot start redis-server ({e}): install it with `apt-get install -y redis-server`"
-                ),
-            };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    let mut out = String::new();
-                    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
-                    last = out;
-                    break;
-                }
-                if ping(port) {
-                    return Redis { child, port };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("redis-server did not start: {last}");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Whether a Redis server answers PING on the port.
-fn ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 7];
-    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-}
-
-/// `procpy worker URL` in an empty directory of its own (with TMPDIR there too), in its own
-/// process group: killed with all its processes on drop.
-struct Worker {
-    run: Running,
-    dir: PathBuf,
-}
-
-impl Worker {
-    fn start(redis: &Redis, name: &str) -> Worker {
-        use std::os::unix::process::CommandExt;
-        let dir =
-            std::env::temp_dir().join(format!("procpy-embed-worker-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = Command::new(common::procpy());
-        cmd.arg("worker")
-            .arg(redis.url())
-            .args(["--processes", "2", "--name", name])
-            .env("PROCPY_CLUSTER_KEY", KEY)
-            .env_remove("PROCPY_CLUSTER")
-            .env_remove("PROCPY_CLUSTER_KEY_FILE")
-            .env("TMPDIR", &dir)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .process_group(0);
-        Worker { run: Running::spawn(cmd), dir }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let group = Pid::from_raw(self.run.child.id() as i32);
-        // As a user stops it (it ends its processes), then nothing of it may stay.
-        let _ = killpg(group, Signal::SIGTERM);
-        let _ = self.run.wait_exit(Duration::from_secs(10));
-        let _ = killpg(group, Signal::SIGKILL);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn cluster_engine(redis: &Redis, workers: usize) -> Builder {
+fn cluster_engine(redis: &RedisServer, workers: usize) -> Builder {
     common::embed_builder(workers).cluster(&redis.url()).cluster_key(KEY)
 }
 
@@ -147,8 +33,8 @@ def uses_host():
 #[test]
 fn calls_submits_and_maps_run_on_the_workers() {
     let _g = serial::shared();
-    let redis = Redis::start();
-    let worker = Worker::start(&redis, "embed-a");
+    let redis = RedisServer::start();
+    let worker = Worker::start(&redis.url(), 2, "embed-a");
     let engine = cluster_engine(&redis, 2).source("remote_mod", REMOTE).build().unwrap();
     let local = engine.worker_pids();
     let (v, pid, cwd): (i64, u32, String) = engine.call("remote_mod:where", 21).unwrap();
@@ -167,8 +53,8 @@ fn calls_submits_and_maps_run_on_the_workers() {
 #[test]
 fn a_python_exception_keeps_its_type_message_and_remote_location() {
     let _g = serial::shared();
-    let redis = Redis::start();
-    let _worker = Worker::start(&redis, "embed-b");
+    let redis = RedisServer::start();
+    let _worker = Worker::start(&redis.url(), 2, "embed-b");
     // A module file the worker never sees: it is removed once the engine is built.
     let file = common::temp_script("embed_remote_errors", REMOTE);
     let engine = cluster_engine(&redis, 1).source_file("errs", &file).build().unwrap();
@@ -193,8 +79,8 @@ fn a_python_exception_keeps_its_type_message_and_remote_location() {
 #[test]
 fn module_path_modules_travel_and_host_functions_say_why_not() {
     let _g = serial::shared();
-    let redis = Redis::start();
-    let _worker = Worker::start(&redis, "embed-c");
+    let redis = RedisServer::start();
+    let _worker = Worker::start(&redis.url(), 2, "embed-c");
     let dir = common::temp_script("embed_pkg_init", "").parent().unwrap().join("mods");
     std::fs::create_dir_all(dir.join("pkg")).unwrap();
     std::fs::write(dir.join("pkg/__init__.py"), "BASE = 100\n").unwrap();
@@ -220,14 +106,33 @@ fn module_path_modules_travel_and_host_functions_say_why_not() {
 #[test]
 fn a_timed_out_call_is_abandoned_and_the_engine_serves_on() {
     let _g = serial::shared();
-    let redis = Redis::start();
-    let _worker = Worker::start(&redis, "embed-d");
+    let redis = RedisServer::start();
+    let _worker = Worker::start(&redis.url(), 2, "embed-d");
     let engine = cluster_engine(&redis, 1).build().unwrap();
     // Long enough to be running remotely when the timeout kills the engine's worker here.
     let err =
         engine.call_timeout::<_, ()>("time:sleep", 600, Duration::from_millis(1500)).unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     assert_eq!(engine.call::<_, i64>("builtins:abs", -9).unwrap(), 9);
+}
+
+#[test]
+fn a_call_that_kills_its_workers_fails_as_worker_lost_error() {
+    let _g = serial::shared();
+    let redis = RedisServer::start();
+    let _worker = Worker::start(&redis.url(), 2, "embed-e");
+    let engine = cluster_engine(&redis, 1).build().unwrap();
+    // Every worker process that takes it dies: after 3 deaths the cluster gives up on it.
+    let err = engine.call::<_, ()>("os:_exit", 3).unwrap_err();
+    match &err {
+        Error::Python { type_name, message, traceback } => {
+            assert!(type_name.ends_with("WorkerLostError"), "{err:?}");
+            assert!(message.contains("embed-e") || message.contains(':'), "{message}");
+            assert!(traceback.ends_with(&format!("{message}\n")), "{traceback}");
+        }
+        other => panic!("not a Python error: {other:?}"),
+    }
+    assert_eq!(engine.call::<_, i64>("builtins:abs", -2).unwrap(), 2);
 }
 
 #[test]
