@@ -66,11 +66,12 @@ def _host_function(name):
 
 
 def _cluster_host_function(name):
+    why = ("host function %s() cannot be called on a cluster worker: host functions run in the "
+           "host process, and this call runs on another machine; call it in the host and pass "
+           "its result as an argument" % name)
+
     def call(*args):
-        raise HostError(
-            "host function %s() cannot be called on a cluster worker: host functions run in the "
-            "host process, and this call runs on another machine; call it in the host and pass "
-            "its result as an argument" % name)
+        raise HostError(why)
     call.__name__ = call.__qualname__ = name
     call.__module__ = 'host'
     return call
