@@ -271,6 +271,30 @@ class ForkServerContext(BaseContext):
     Process = ForkServerProcess
 
 
+class ClusterProcess(process.BaseProcess):
+    _start_method = 'cluster'
+
+    def __init__(self, *args, **kwds):
+        raise ValueError('the "cluster" context runs pools only: use '
+                         'get_context("cluster").Pool() (or ProcessPoolExecutor under '
+                         '`procpy --cluster`); Process objects run on this machine with '
+                         'another context')
+
+
+class ClusterContext(BaseContext):
+    '''Pools whose tasks run on `procpy worker` processes reached through Redis (the URL
+    from --cluster or PROCPY_CLUSTER). Not a start method: get_all_start_methods() omits it.'''
+    _name = 'cluster'
+    Process = ClusterProcess
+
+    def Pool(self, processes=None, initializer=None, initargs=(),
+             maxtasksperchild=None):
+        '''Returns a pool whose workers are the cluster's'''
+        from .cluster import ClusterPool
+        return ClusterPool(processes, initializer, initargs, maxtasksperchild,
+                           context=self)
+
+
 # Default first, as CPython lists them. The default is forkserver (CPython 3.14's on Linux):
 # safe for multi-threaded parents, and cheap because the server has the script preloaded.
 _all_methods = ('forkserver', 'spawn', 'fork')
@@ -278,6 +302,7 @@ _concrete_contexts = {
     'fork': ForkContext(),
     'spawn': SpawnContext(),
     'forkserver': ForkServerContext(),
+    'cluster': ClusterContext(),
 }
 _default_context = DefaultContext(_concrete_contexts[os.environ.get('PROCPY_START_METHOD') or 'forkserver'])
 

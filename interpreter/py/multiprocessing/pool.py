@@ -137,6 +137,26 @@ def _spin(poll, *args):
     return False
 
 
+_routed = None
+
+
+def _cluster_routed():
+    '''procpy --cluster (or PROCPY_CLUSTER) is set: process pools run on the cluster.'''
+    global _routed
+    if _routed is None:
+        try:
+            import _procpy_cluster
+        except ImportError:
+            _routed = False
+        else:
+            try:
+                _routed = bool(_procpy_cluster.settings().get('url'))
+            except OSError:
+                # An unreadable key file: creating the cluster pool reports it.
+                _routed = True
+    return _routed
+
+
 def _helper_reraises_exception(ex):
     raise ex
 
@@ -648,6 +668,10 @@ class Pool(object):
         return [getattr(w, 'process', w) for w in self._core.workers]
 
     def _make_core(self):
+        if _cluster_routed():
+            # procpy --cluster: every process pool runs on the cluster's workers.
+            from .cluster import _ClusterCore
+            return _ClusterCore(self)
         return _ProcessCore(self)
 
     def _repopulate_pool(self):

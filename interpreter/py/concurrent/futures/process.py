@@ -229,11 +229,20 @@ class ProcessPoolExecutor(_base.Executor):
             return
         init = None
         initargs = ()
-        if self._initializer is not None:
+        cluster = _pool._cluster_routed()
+        if cluster:
+            # procpy --cluster: the calls run on the cluster's workers. A failing initializer
+            # is reported by the worker and breaks the executor, as a local worker's exit does.
+            init, initargs = self._initializer, self._initargs
+        elif self._initializer is not None:
             init, initargs = _init_worker, (self._initializer, self._initargs)
         owner = _CoreOwner(self._mp_context, self._max_workers, init, initargs,
                            self._max_tasks_per_child, self._cache)
-        self._core = _pool._ProcessCore(owner, on_lost=_weak_on_lost(self))
+        if cluster:
+            from multiprocessing.cluster import _ClusterCore
+            self._core = _ClusterCore(owner, on_lost=_weak_on_lost(self))
+        else:
+            self._core = _pool._ProcessCore(owner, on_lost=_weak_on_lost(self))
         _executors.add(self)
 
     @property
