@@ -701,3 +701,25 @@ fn a_password_in_the_url_authenticates() {
     assert_eq!(run_client(&script, &redis.url(), &[], &[]), "[0, -1, -2, -3]\n");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The cluster benchmark (tests/bench/cluster.py) runs end to end on a tiny size: it starts its
+/// own redis-server and worker, and every workload yields a number for both pools (timings are
+/// printed, never asserted).
+#[test]
+fn the_cluster_benchmark_runs_on_a_tiny_size() {
+    let _g = serial::shared();
+    let _one = one_at_a_time();
+    let mut cmd = Command::new("python3");
+    cmd.arg(root().join("tests/bench/cluster.py"))
+        .arg(procpy())
+        .args(["--runs", "1", "--scale", "0.01"]);
+    let out = crate::common::run_with_deadline(cmd, Duration::from_secs(600));
+    assert_eq!(out.status, Some(0), "benchmark failed:\n{}\n{}", out.stdout, out.stderr);
+    for label in
+        ["Pool.map trivial fn", "1,000 apply_async", "round trip", "broker overhead", "speedup"]
+    {
+        let row = out.stdout.lines().find(|l| l.contains(label));
+        let row = row.unwrap_or_else(|| panic!("no '{label}' row in:\n{}", out.stdout));
+        assert!(!row.contains(" - "), "a missing number in {row:?}");
+    }
+}
