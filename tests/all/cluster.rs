@@ -97,12 +97,12 @@ fn cluster(n: usize) -> (RedisServer, Vec<Worker>) {
 
 /// A worker's line saying it joined a job.
 fn joined(line: &str) -> bool {
-    line.contains("joined")
+    line.contains("joined job ")
 }
 
 /// A worker's line saying it left a job.
 fn left(line: &str) -> bool {
-    line.contains("left")
+    line.contains("left job ")
 }
 
 fn hostname() -> String {
