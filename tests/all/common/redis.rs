@@ -11,7 +11,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 /// The shared key the cluster tests give clients and workers (`PROCPY_CLUSTER_KEY`).
@@ -163,7 +163,11 @@ impl RedisServer {
             cmd.args(["-a", p, "--no-auth-warning"]);
         }
         let out = cmd.args(args).stdin(Stdio::null()).output().expect("run redis-cli");
-        assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "redis-cli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -231,148 +235,269 @@ fn ping(port: u16) -> bool {
     matches!(s.read(&mut buf), Ok(n) if n > 0 && (buf[0] == b'+' || buf[0] == b'-'))
 }
 
-/// A `procpy worker URL --processes N --name NAME` in a process group of its own, with the
-/// test key in `PROCPY_CLUSTER_KEY`, its working directory and TMPDIR an empty directory of its
-/// own (no copy of any script). Its stdout is read line by line on a thread.
-pub struct Worker {
+/// A process in a process group of its own whose stdout and stderr are read line by line on
+/// threads, so a test can wait for a line (with a deadline) while it runs. Dropping it SIGKILLs
+/// the group and reaps the process.
+pub struct Watched {
     pub child: Child,
-    pub name: String,
-    pub dir: PathBuf,
-    lines: Receiver<String>,
+    out: Receiver<String>,
+    err: Receiver<String>,
     /// The stdout lines read so far.
-    pub seen: Vec<String>,
-    stderr: Receiver<String>,
+    pub out_seen: Vec<String>,
+    /// The stderr lines read so far.
+    pub err_seen: Vec<String>,
+    /// What the failure messages call it.
+    pub label: String,
 }
 
-impl Worker {
-    pub fn start(url: &str, processes: usize, name: &str) -> Worker {
-        Worker::start_with(url, processes, name, &[], |_| {})
-    }
-
-    /// [`Worker::start`] with extra arguments and a hook to adjust the command (env, wrapper).
-    pub fn start_with(
-        url: &str,
-        processes: usize,
-        name: &str,
-        extra: &[&str],
-        adjust: impl FnOnce(&mut Command),
-    ) -> Worker {
-        use std::os::unix::process::CommandExt;
-        let dir = fresh_dir(&format!("procpy-worker-{name}"));
-        let mut cmd = Command::new(procpy());
-        cmd.args(["worker", url, "--processes", &processes.to_string(), "--name", name])
-            .args(extra)
-            .env("PROCPY_CLUSTER_KEY", KEY)
-            .env("TMPDIR", &dir)
-            .env_remove("PROCPY_CLUSTER")
-            .current_dir(&dir)
-            .process_group(0)
-            .stdin(Stdio::null());
-        adjust(&mut cmd);
-        Worker::spawn(cmd, name, dir)
-    }
-
-    /// Run an already-built command (for wrappers such as `unshare`) as the worker.
-    pub fn spawn(mut cmd: Command, name: &str, dir: PathBuf) -> Worker {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start procpy worker");
-        let out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
+fn line_reader(pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
             }
-        });
-        let (etx, stderr) = channel();
-        std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = err.read_to_end(&mut s);
-            let _ = etx.send(String::from_utf8_lossy(&s).into_owned());
-        });
-        Worker { child, name: name.to_owned(), dir, lines, seen: Vec::new(), stderr }
+        }
+    });
+    rx
+}
+
+/// Which of a process's two outputs to look at.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stream {
+    Out,
+    Err,
+}
+
+impl Watched {
+    /// Start `cmd` (in a new process group, stdin closed) and read its outputs.
+    pub fn spawn(mut cmd: Command, label: &str) -> Watched {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {label}: {e}"));
+        let out = line_reader(child.stdout.take().unwrap());
+        let err = line_reader(child.stderr.take().unwrap());
+        Watched { child, out, err, out_seen: Vec::new(), err_seen: Vec::new(), label: label.into() }
     }
 
-    /// Read stdout lines until one satisfies `pred` (lines already seen count); that line.
-    /// Panics after `limit` or when stdout closes first.
-    pub fn wait_line(&mut self, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
-        self.wait_count(limit, 1, pred)
+    fn pull(&mut self) {
+        while let Ok(l) = self.out.try_recv() {
+            self.out_seen.push(l);
+        }
+        while let Ok(l) = self.err.try_recv() {
+            self.err_seen.push(l);
+        }
     }
 
-    /// Read stdout lines until `n` of them satisfy `pred`; the last such line.
-    pub fn wait_count(&mut self, limit: Duration, n: usize, pred: impl Fn(&str) -> bool) -> String {
+    /// Read lines until `n` lines of `which` satisfy `pred` (lines already read count); the
+    /// n-th such line. Panics after `limit`, or when the process has exited without them.
+    pub fn wait_lines(
+        &mut self,
+        which: Stream,
+        limit: Duration,
+        n: usize,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + limit;
         loop {
-            let hits: Vec<&String> = self.seen.iter().filter(|l| pred(l)).collect();
+            self.pull();
+            let seen = if which == Stream::Out { &self.out_seen } else { &self.err_seen };
+            let hits: Vec<&String> = seen.iter().filter(|l| pred(l)).collect();
             if hits.len() >= n {
                 return hits[n - 1].clone();
             }
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => self.seen.push(line),
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "worker {}: no expected line within {limit:?}; stdout: {:?}",
-                        self.name, self.seen
-                    )
+            let exited = self.child.try_wait().ok().flatten();
+            if Instant::now() > deadline || exited.is_some() {
+                // The pipes may still hold the last lines of an exited process.
+                std::thread::sleep(Duration::from_millis(100));
+                self.pull();
+                let seen = if which == Stream::Out { &self.out_seen } else { &self.err_seen };
+                let hits: Vec<&String> = seen.iter().filter(|l| pred(l)).collect();
+                if hits.len() >= n {
+                    return hits[n - 1].clone();
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let err = self.stderr.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
-                    panic!("worker {}: stdout closed; stdout: {:?}\nstderr: {err}", self.name, self.seen)
-                }
+                panic!(
+                    "{}: expected {which:?} line not seen ({}){}\nstdout: {:#?}\nstderr: {:#?}",
+                    self.label,
+                    if exited.is_some() { "it exited" } else { "deadline passed" },
+                    exited.map(|s| format!(" ({s})")).unwrap_or_default(),
+                    self.out_seen,
+                    self.err_seen
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The first stdout line satisfying `pred`, waiting up to `limit`.
+    pub fn wait_out(&mut self, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_lines(Stream::Out, limit, 1, pred)
+    }
+
+    /// The first stderr line satisfying `pred`, waiting up to `limit`.
+    pub fn wait_err(&mut self, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_lines(Stream::Err, limit, 1, pred)
+    }
+
+    /// Wait for the process to exit (SIGKILLed at `limit`: a hang guard); its status (None
+    /// when it had to be killed) with all of stdout and stderr.
+    pub fn finish(
+        &mut self,
+        limit: Duration,
+    ) -> (Option<std::process::ExitStatus>, String, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                break Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // The readers end when every holder of the pipes closed them; a leftover grandchild
+        // holding one must not block the test, so read with a bound.
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut more = false;
+            if let Ok(l) = self.out.recv_timeout(Duration::from_millis(20)) {
+                self.out_seen.push(l);
+                more = true;
+            }
+            if let Ok(l) = self.err.try_recv() {
+                self.err_seen.push(l);
+                more = true;
+            }
+            let closed =
+                matches!(self.out.try_recv(), Err(std::sync::mpsc::TryRecvError::Disconnected))
+                    && matches!(
+                        self.err.try_recv(),
+                        Err(std::sync::mpsc::TryRecvError::Disconnected)
+                    );
+            if (!more && closed) || Instant::now() > until {
+                break;
             }
         }
+        self.pull();
+        (status, self.stdout(), self.stderr())
     }
 
-    /// The lines that arrived so far without waiting.
-    pub fn drain(&mut self) -> &[String] {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        &self.seen
+    /// stdout read so far, one line per line.
+    pub fn stdout(&self) -> String {
+        self.out_seen.iter().map(|l| format!("{l}\n")).collect()
     }
 
-    /// The supervisor's pid.
+    /// stderr read so far.
+    pub fn stderr(&self) -> String {
+        self.err_seen.iter().map(|l| format!("{l}\n")).collect()
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
-    /// The pids of the supervisor's children (its job worker processes and warm spares), read
-    /// from /proc/<pid>/task/*/children.
-    pub fn children(&self) -> Vec<i32> {
-        children_of(self.pid())
+    /// Has the process exited (reaped now if so)?
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// A `procpy worker URL --processes N --name NAME` with the test key in `PROCPY_CLUSTER_KEY`,
+/// its working directory and TMPDIR an empty directory of its own (no copy of any script).
+pub struct Worker {
+    pub proc: Watched,
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl Worker {
+    pub fn start(url: &str, processes: usize, name: &str) -> Worker {
+        Worker::start_with(url, processes, name, |_| {})
+    }
+
+    /// [`Worker::start`] with a hook that may adjust the command (env, extra arguments).
+    pub fn start_with(
+        url: &str,
+        processes: usize,
+        name: &str,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Worker {
+        let dir = fresh_dir(&format!("procpy-worker-{name}"));
+        let mut cmd = Command::new(procpy());
+        cmd.args(["worker", url, "--processes", &processes.to_string(), "--name", name]);
+        Worker::env(&mut cmd, &dir);
+        adjust(&mut cmd);
+        Worker { proc: Watched::spawn(cmd, &format!("worker {name}")), name: name.into(), dir }
+    }
+
+    /// The environment and directory every test worker gets.
+    pub fn env(cmd: &mut Command, dir: &Path) {
+        cmd.env("PROCPY_CLUSTER_KEY", KEY)
+            .env("TMPDIR", dir)
+            .env_remove("PROCPY_CLUSTER")
+            .env_remove("PROCPY_CLUSTER_KEY_FILE")
+            .current_dir(dir);
+    }
+
+    /// Run a prepared command (a wrapper such as `unshare` around `procpy worker`) as a worker.
+    pub fn spawn(cmd: Command, name: &str, dir: PathBuf) -> Worker {
+        Worker { proc: Watched::spawn(cmd, &format!("worker {name}")), name: name.into(), dir }
+    }
+
+    /// Wait for `n` stdout lines satisfying `pred` (see [`Watched::wait_lines`]).
+    pub fn wait_count(&mut self, limit: Duration, n: usize, pred: impl Fn(&str) -> bool) -> String {
+        self.proc.wait_lines(Stream::Out, limit, n, pred)
+    }
+
+    /// The supervisor's pid.
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+
+    /// Every live descendant of the supervisor (its job worker processes, warm spares and
+    /// whatever they started), from /proc/<pid>/task/*/children.
+    pub fn descendants(&self) -> Vec<i32> {
+        let mut all = Vec::new();
+        let mut todo = vec![self.pid()];
+        while let Some(p) = todo.pop() {
+            for c in children_of(p) {
+                all.push(c);
+                todo.push(c);
+            }
+        }
+        all
     }
 
     /// Stop the worker: SIGTERM to its group, SIGKILL to what is left after `grace`; reaped.
-    /// Its stderr (everything it wrote) is returned.
+    /// Returns its whole stderr.
     pub fn stop(&mut self, grace: Duration) -> String {
         let group = Pid::from_raw(self.pid());
-        if self.child.try_wait().ok().flatten().is_none() {
+        if !self.proc.exited() {
             let _ = killpg(group, Signal::SIGTERM);
-            let deadline = Instant::now() + grace;
-            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
         }
-        // Whatever is still in the group (a job worker the supervisor left) goes too.
+        let (_, _, err) = self.proc.finish(grace);
         let _ = killpg(group, Signal::SIGKILL);
-        let _ = self.child.wait();
-        self.stderr.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
+        err
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        let kids = self.children();
-        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
-        let _ = self.child.wait();
-        for pid in kids {
-            if !is_gone(pid) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+        // Descendants that left the group (none should) still go.
+        for pid in self.descendants() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
+        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
