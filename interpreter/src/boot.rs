@@ -63,12 +63,14 @@ pub fn builder(argv: Vec<String>) -> InterpreterBuilder {
     let ours = native::module_def(&builder.ctx);
     let gil = native::gil::module_def(&builder.ctx);
     let progress = native::progress::module_def(&builder.ctx);
+    let cluster = native::cluster::module_def(&builder.ctx);
     let trace = native::trace_module_def(&builder.ctx);
     builder
         .add_native_modules(&defs)
         .add_native_module(ours)
         .add_native_module(gil)
         .add_native_module(progress)
+        .add_native_module(cluster)
         .add_native_module(trace)
         .add_frozen_modules(
             rustpython_pylib::FROZEN_STDLIB.into_iter().filter(|(n, _)| !is_replaced(n)),

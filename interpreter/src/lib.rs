@@ -1,5 +1,6 @@
 //! procpy's VM room: everything that touches `rustpython-vm`.
 //!
+//! - [`cluster`] is the VM-free half of `_procpy_cluster` (URL masking, payload MACs);
 //! - [`boot`] builds an interpreter with the frozen stdlib and procpy's own `multiprocessing`;
 //! - [`wire`] is the VM-free wire model of the codec, [`codec`] maps Python objects onto it;
 //! - [`ipc`] is the VM-free OS plumbing (sockets, descriptor passing, pidfds, shared counters);
@@ -13,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod boot;
+pub mod cluster;
 pub mod codec;
 pub mod embed;
 pub mod forkserver;

@@ -1,4 +1,5 @@
-//! procpy's own switches (`--emulate-gil`, `--progress`, `--trace`) and how they reach every
+//! procpy's own switches (`--emulate-gil`, `--progress`, `--trace`, `--cluster`,
+//! `--authkey-file`) and how they reach every
 //! process of a run without anyone mutating the environment. No VM in here.
 //!
 //! The top-level procpy [`set`]s them before its interpreter (or any thread) exists; forked
@@ -14,6 +15,10 @@ use std::sync::OnceLock;
 pub const EMULATE_GIL_ENV: &str = "PROCPY_EMULATE_GIL";
 /// The environment variable that turns on `--progress` in an exec'd procpy (value `1`).
 pub const PROGRESS_ENV: &str = "PROCPY_PROGRESS";
+/// The environment variable naming the Redis URL of `--cluster` (a user may set it too).
+pub const CLUSTER_ENV: &str = "PROCPY_CLUSTER";
+/// The environment variable naming the key file of `--authkey-file`.
+pub const CLUSTER_KEY_FILE_ENV: &str = "PROCPY_CLUSTER_KEY_FILE";
 
 /// The switches of this run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,6 +29,10 @@ pub struct Switches {
     pub progress: bool,
     /// The `--trace` spool every process appends its events to (see [`crate::trace`]).
     pub trace_spool: Option<PathBuf>,
+    /// `--cluster URL`: process pools run on the workers of this Redis server.
+    pub cluster: Option<String>,
+    /// `--authkey-file FILE`: the key the cluster's payloads are signed with.
+    pub cluster_key_file: Option<PathBuf>,
 }
 
 static SWITCHES: OnceLock<Switches> = OnceLock::new();
@@ -36,6 +45,11 @@ impl Switches {
             emulate_gil: on(EMULATE_GIL_ENV),
             progress: on(PROGRESS_ENV),
             trace_spool: std::env::var_os(crate::trace::ENV).map(PathBuf::from),
+            // An empty value counts as unset, as for most variables a shell exports.
+            cluster: std::env::var(CLUSTER_ENV).ok().filter(|u| !u.is_empty()),
+            cluster_key_file: std::env::var_os(CLUSTER_KEY_FILE_ENV)
+                .filter(|f| !f.is_empty())
+                .map(PathBuf::from),
         }
     }
 
@@ -50,6 +64,12 @@ impl Switches {
         }
         if let Some(spool) = &self.trace_spool {
             env.push((crate::trace::ENV, spool.clone().into_os_string()));
+        }
+        if let Some(url) = &self.cluster {
+            env.push((CLUSTER_ENV, OsString::from(url)));
+        }
+        if let Some(file) = &self.cluster_key_file {
+            env.push((CLUSTER_KEY_FILE_ENV, file.clone().into_os_string()));
         }
         env
     }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use _procpy::module_def;
 
+pub(crate) mod cluster;
 mod connection;
 mod fds;
 pub(crate) mod gil;
