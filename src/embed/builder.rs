@@ -3,7 +3,7 @@
 use super::error::{Error, Result};
 use super::pool::{Engine, Inner, PoolState};
 use super::process::{self, HostFn, Output, Pids, Spawner, Worker};
-use procpy_interpreter::embed::Setup;
+use procpy_interpreter::embed::{masked_url, ClusterSpec, Setup};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -40,6 +40,14 @@ pub struct Builder {
     memory_limit: Option<u64>,
     cpu_limit: Option<u64>,
     chunksize: Option<usize>,
+    cluster: Option<String>,
+    cluster_key: Option<ClusterKey>,
+}
+
+/// Where a cluster engine's key comes from.
+enum ClusterKey {
+    Bytes(Vec<u8>),
+    File(PathBuf),
 }
 
 impl std::fmt::Debug for Builder {
@@ -61,6 +69,15 @@ impl std::fmt::Debug for Builder {
             .field("memory_limit", &self.memory_limit)
             .field("cpu_limit", &self.cpu_limit)
             .field("chunksize", &self.chunksize)
+            .field("cluster", &self.cluster.as_deref().map(masked_url))
+            .field(
+                "cluster_key",
+                &match &self.cluster_key {
+                    None => None,
+                    Some(ClusterKey::Bytes(_)) => Some("***".to_owned()),
+                    Some(ClusterKey::File(p)) => Some(p.display().to_string()),
+                },
+            )
             .finish()
     }
 }
@@ -94,6 +111,8 @@ impl Builder {
             memory_limit: None,
             cpu_limit: None,
             chunksize: None,
+            cluster: None,
+            cluster_key: None,
         }
     }
 
@@ -276,6 +295,61 @@ impl Builder {
         self
     }
 
+    /// Run every [`Engine::call`], [`Engine::submit`] and [`Engine::map`] on a cluster: the
+    /// `procpy worker`s reading the Redis server at `url` (`redis://[user:pass@]host:port/db`),
+    /// as `procpy --cluster URL` runs a script's pools there. The engine's own workers stay (they
+    /// forward the calls, one at a time each: [`Builder::workers`] is how many calls run on the
+    /// cluster at once) and [`Engine::run_script`] still runs here. The modules of
+    /// [`Builder::source`], [`Builder::source_file`] and [`Builder::module_path`] travel with the
+    /// calls; other targets must be importable on the workers. Host functions cannot run there:
+    /// calling one raises `host.HostError`. A call past its timeout is abandoned: its worker
+    /// here is killed, and the cluster's workers leave its job when the job's keys expire.
+    /// Needs the cluster's key: [`Builder::cluster_key`], [`Builder::cluster_key_file`], or
+    /// `PROCPY_CLUSTER_KEY` / `PROCPY_CLUSTER_KEY_FILE` in the environment.
+    ///
+    /// ```no_run
+    /// # procpy::init();
+    /// let engine = procpy::Builder::new()
+    ///     .workers(4)
+    ///     .cluster("redis://10.0.0.1:6379/0")
+    ///     .cluster_key_file("/etc/procpy/cluster.key")
+    ///     .source("stats", "def mean(xs):\n    return sum(xs) / len(xs)\n")
+    ///     .build()
+    ///     .unwrap();
+    /// let m: f64 = engine.call("stats:mean", (vec![1.0, 2.0, 6.0],)).unwrap();
+    /// assert_eq!(m, 3.0);
+    /// ```
+    pub fn cluster(mut self, url: &str) -> Self {
+        self.cluster = Some(url.to_owned());
+        self
+    }
+
+    /// The key shared with the cluster's workers (their `--authkey-file`'s bytes): every task and
+    /// result is signed with it.
+    ///
+    /// ```
+    /// # procpy::init();
+    /// let b = procpy::Builder::new().cluster("redis://127.0.0.1:6379/0").cluster_key(b"a long random secret");
+    /// # drop(b);
+    /// ```
+    pub fn cluster_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.cluster_key = Some(ClusterKey::Bytes(key.as_ref().to_vec()));
+        self
+    }
+
+    /// The key shared with the cluster's workers, read from a file by [`Builder::build`] (one
+    /// trailing newline is not part of it, as for `procpy worker --authkey-file`).
+    ///
+    /// ```
+    /// # procpy::init();
+    /// let b = procpy::Builder::new().cluster("redis://127.0.0.1:6379/0").cluster_key_file("cluster.key");
+    /// # drop(b);
+    /// ```
+    pub fn cluster_key_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.cluster_key = Some(ClusterKey::File(path.as_ref().to_owned()));
+        self
+    }
+
     /// Start the workers (in parallel) and return the engine.
     ///
     /// ```
@@ -302,6 +376,46 @@ impl Builder {
             })?;
             sources.push((name.clone(), code, path.to_string_lossy().into_owned()));
         }
+        let cluster = match self.cluster {
+            None => None,
+            Some(url) => {
+                let key = match self.cluster_key {
+                    Some(ClusterKey::Bytes(k)) => Some(k),
+                    Some(ClusterKey::File(path)) => {
+                        let mut k = std::fs::read(&path).map_err(|e| {
+                            Error::Invalid(format!(
+                                "cannot read the cluster key from {}: {e}",
+                                path.display()
+                            ))
+                        })?;
+                        if k.last() == Some(&b'\n') {
+                            k.pop();
+                        }
+                        Some(k)
+                    }
+                    // The workers' environment may hold it (they inherit ours, plus `env`).
+                    None => None,
+                };
+                let in_env = |name: &str| {
+                    self.env.iter().any(|(k, _)| k == name) || std::env::var_os(name).is_some()
+                };
+                if key.is_none()
+                    && !in_env("PROCPY_CLUSTER_KEY")
+                    && !in_env("PROCPY_CLUSTER_KEY_FILE")
+                {
+                    return Err(Error::Invalid(
+                        "a cluster engine needs the key its workers were started with: \
+                         Builder::cluster_key or Builder::cluster_key_file (or \
+                         PROCPY_CLUSTER_KEY / PROCPY_CLUSTER_KEY_FILE in the environment)"
+                            .to_owned(),
+                    ));
+                }
+                if key.as_ref().is_some_and(|k| k.is_empty()) {
+                    return Err(Error::Invalid("the cluster key is empty".to_owned()));
+                }
+                Some(ClusterSpec { url, key })
+            }
+        };
         let mut host_names: Vec<String> = self.host_fns.keys().cloned().collect();
         host_names.sort();
         let setup = Setup {
@@ -311,6 +425,7 @@ impl Builder {
             memory_limit: self.memory_limit,
             cpu_limit: self.cpu_limit,
             script: None,
+            cluster,
         };
         let spawner = Spawner {
             program,

@@ -20,6 +20,8 @@ impl Engine {
     /// ```
     pub fn run_script(&self, script: Script) -> Result<ScriptOutput> {
         let mut setup = self.inner.spawner.setup.clone();
+        // Scripts run here, on a cluster engine too (its pools are the script's business).
+        setup.cluster = None;
         let argv0 = script
             .path
             .as_ref()

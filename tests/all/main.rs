@@ -32,6 +32,9 @@
 //!   a_manager_out_of_threads_serves_again}` and
 //!   `adversarial::forkserver::another_user_cannot_make_the_server_run_code`.
 //!
+//! The cluster tests (`cluster::*`) also take a lock of their own module, one at a time: each
+//! starts a redis-server and several worker processes.
+//!
 //! Tests that need a host process of their own (`embed_limits::workers_die_with_their_host`,
 //! `adversarial::embed::host_in_child`) run an `#[ignore]`d test of this binary in a child
 //! process, by its full name (`common::test_name`).
@@ -42,9 +45,11 @@ mod adversarial;
 mod bench_smoke;
 mod beyond_cpython;
 mod by_value;
+mod cluster;
 mod cluster_native;
 mod conformance;
 mod embed_calls;
+mod embed_cluster;
 mod embed_host_fns;
 mod embed_limits;
 mod embed_pool;

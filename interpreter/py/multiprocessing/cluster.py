@@ -67,10 +67,11 @@ def _native():
     return _procpy_cluster
 
 
-def settings():
-    '''(url, key) of this run, with clear errors when either is missing.'''
+def settings(url=None, key=None):
+    '''(url, key) of this run, with clear errors when either is missing. Given values (an
+    embedding engine's) win over the run's.'''
     s = _native().settings()
-    url, key = s.get('url'), s.get('key')
+    url, key = url or s.get('url'), key or s.get('key')
     if not url:
         raise ValueError('no cluster to run the pool on: start the script with '
                          '`procpy --cluster redis://HOST:PORT/DB script.py` or set '
@@ -233,7 +234,8 @@ class _ClusterCore(object):
     def __init__(self, pool, on_lost=None):
         self.owner_pid = os.getpid()
         self._on_lost = on_lost
-        self._url, self._key = settings()
+        self._url, self._key = settings(getattr(pool, '_cluster_url', None),
+                                        getattr(pool, '_cluster_key', None))
         self._cluster = _native()
         self._cache = pool._cache
         self._size = pool._processes
@@ -783,8 +785,10 @@ class ClusterPool(Pool):
     reached through Redis. `_pool` is empty: the workers are not this process's children.'''
 
     def __init__(self, processes=None, initializer=None, initargs=(),
-                 maxtasksperchild=None, context=None):
+                 maxtasksperchild=None, context=None, *, url=None, key=None):
         self._cluster_processes = processes
+        # An embedding engine's cluster (Builder::cluster), else the run's (--cluster).
+        self._cluster_url, self._cluster_key = url, key
         Pool.__init__(self, processes, initializer, initargs, maxtasksperchild, context)
 
     def _make_core(self):

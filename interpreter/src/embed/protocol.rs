@@ -162,6 +162,38 @@ pub struct Setup {
     pub cpu_limit: Option<u64>,
     /// Run this script as `__main__` and exit with its status instead of serving calls.
     pub script: Option<ScriptSpec>,
+    /// Forward every call to a pool on this cluster instead of running it here.
+    pub cluster: Option<ClusterSpec>,
+}
+
+/// The cluster an engine's calls run on: `procpy worker`s reading a Redis server.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterSpec {
+    /// `redis://[user:pass@]host:port/db`.
+    pub url: String,
+    /// The key shared with the workers; `None`: the worker's environment's
+    /// (`PROCPY_CLUSTER_KEY`, `PROCPY_CLUSTER_KEY_FILE`).
+    pub key: Option<Vec<u8>>,
+}
+
+// By hand: a frame's debug text must not show the key.
+impl std::fmt::Debug for ClusterSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSpec")
+            .field("url", &masked_url(&self.url))
+            .field("key", &self.key.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// The url with the password of its user part (`user:pass@`) shown as `***`.
+pub fn masked_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((user, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match user.split_once(':') {
+        Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
+        None => url.to_owned(),
+    }
 }
 
 /// A script a worker runs as `__main__`.
@@ -283,6 +315,16 @@ mod tests {
         let e = PyError { type_name: "E".into(), message: "m".into(), traceback: "t".into() };
         let f = Frame::Reply { id: 4, outcome: Err(e) };
         assert_eq!(postcard::from_bytes::<Frame>(&postcard::to_allocvec(&f).unwrap()).unwrap(), f);
+    }
+
+    #[test]
+    fn a_cluster_spec_hides_its_password_and_key() {
+        let c = ClusterSpec { url: "redis://u:secret@h:6379/0".into(), key: Some(b"k3y".to_vec()) };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("redis://u:***@h:6379/0"), "{shown}");
+        assert!(!shown.contains("secret") && !shown.contains("107, 51"), "{shown}");
+        assert_eq!(masked_url("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(masked_url("redis://:pw@h/0"), "redis://:***@h/0");
     }
 
     #[test]

@@ -278,8 +278,18 @@ fn prepare(vm: &VirtualMachine, setup: &Setup) -> PyResult<()> {
         setup.sys_path.iter().map(|p| vm.new_pyobj(p.clone())).collect();
     let host_fns: Vec<PyObjectRef> =
         setup.host_fns.iter().map(|p| vm.new_pyobj(p.clone())).collect();
+    let cluster = match &setup.cluster {
+        None => vm.ctx.none(),
+        Some(c) => {
+            let key = match &c.key {
+                Some(k) => vm.ctx.new_bytes(k.clone()).into(),
+                None => vm.ctx.none(),
+            };
+            vm.new_tuple((c.url.clone(), key)).into()
+        }
+    };
     glue(vm, "_setup")?.call(
-        (vm.ctx.new_list(sys_path), vm.ctx.new_list(sources), vm.ctx.new_list(host_fns)),
+        (vm.ctx.new_list(sys_path), vm.ctx.new_list(sources), vm.ctx.new_list(host_fns), cluster),
         vm,
     )?;
     // Limits come after the boot, so the interpreter itself always starts; they bind the user's code.

@@ -282,6 +282,7 @@ fn frames() -> std::io::Result<Vec<(&'static str, Vec<u8>)>> {
             source: Some("print(1)".into()),
             argv: vec!["-".into()],
         }),
+        cluster: None,
     };
     let list: Vec<(&str, u8, Frame)> = vec![
         ("frame-setup", 1, Frame::Setup(setup)),
