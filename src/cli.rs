@@ -37,6 +37,10 @@ pub struct Features {
     pub inspect: bool,
     /// `-q`: no banner at the interactive prompt.
     pub quiet: bool,
+    /// `--cluster URL`: process pools run on the `procpy worker`s of this Redis server.
+    pub cluster: Option<String>,
+    /// `--authkey-file FILE`: the key cluster tasks and results are signed with.
+    pub authkey_file: Option<String>,
 }
 
 /// A parsed command line: procpy's switches and what to run.
@@ -51,8 +55,14 @@ pub struct Parsed {
 /// The demos `--demo NAME` runs (each a frozen module `_procpy_demo_NAME`).
 pub const DEMOS: &[(&str, &str)] = &[("gil", "the same CPU-bound job serially, in threads (with and without an emulated GIL) and in processes, with a timeline picture")];
 
+/// The code `procpy worker ...` runs: the frozen supervisor's `main` with the arguments after
+/// `worker` (its argparse names itself after `sys.argv[0]`, "procpy worker").
+pub const WORKER_CODE: &str =
+    "import sys, _procpy_cluster_worker as w\nraise SystemExit(w.main(sys.argv[1:]))";
+
 /// Usage text.
 pub const USAGE: &str = "usage: procpy [option] ... [-c cmd | -m mod | file | -] [arg] ...
+       procpy worker URL [--processes N] [--name NAME] [--authkey-file FILE] [--ttl SECS]
 Runs Python 3 code on RustPython, with a native multi-process `multiprocessing`.
 Options:
   -c cmd   program passed in as string (terminates option list)
@@ -69,13 +79,18 @@ procpy's own options (before the script):
                   (sys.setswitchinterval sets the hand-over interval)
   --progress      show tasks done/total, rate and ETA of long Pool.map/imap runs on a terminal
   --demo NAME [arg ...]   run a teaching demo: gil (try `procpy --demo gil --help`)
+  --cluster URL   run the script's process pools (Pool, ProcessPoolExecutor) on the
+                  `procpy worker`s of this Redis server: redis://[user:pass@]host:port/db
+  --authkey-file FILE   the secret key cluster tasks and results are signed with
+                  (the same on the workers; else PROCPY_CLUSTER_KEY)
+procpy worker URL ...   serve cluster pools from this machine (`procpy worker --help`)
 file       program read from script file, a directory or zip archive with a __main__.py,
            or a .pyc compiled by procpy
 -          program read from stdin (default; the interactive prompt when stdin is a terminal)
 arg ...    arguments passed to program in sys.argv[1:]
 Environment: PYTHONPATH (extra module search path), PYTHONSTARTUP (a file run before the first
 prompt), PROCPY_START_METHOD (default start method:
-forkserver, spawn or fork).";
+forkserver, spawn or fork), PROCPY_CLUSTER (as --cluster), PROCPY_CLUSTER_KEY (the cluster key).";
 
 /// Parse `args` (without the program name).
 pub fn parse(args: &[String]) -> Parsed {
@@ -85,6 +100,13 @@ pub fn parse(args: &[String]) -> Parsed {
 }
 
 fn parse_into(args: &[String], features: &mut Features) -> Invocation {
+    // `procpy worker ...`: only as the very first argument, like the internal flags, so a
+    // script named `worker` still runs after any option (`procpy -- worker`).
+    if args.first().is_some_and(|a| a == "worker") {
+        let mut argv = vec!["procpy worker".to_owned()];
+        argv.extend_from_slice(&args[1..]);
+        return Invocation::Run { mode: RunMode::Command(WORKER_CODE.to_owned()), argv };
+    }
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
@@ -108,6 +130,27 @@ fn parse_into(args: &[String], features: &mut Features) -> Invocation {
                     )
                 }
             },
+            "--cluster" | "--authkey-file" => match args.get(i + 1) {
+                Some(value) => {
+                    set_cluster_option(features, a, value.clone());
+                    i += 2
+                }
+                None => {
+                    let what = if a == "--cluster" {
+                        "the Redis URL, e.g. redis://host:6379/0"
+                    } else {
+                        "the key file"
+                    };
+                    return Invocation::Usage(format!(
+                        "Argument expected for the {a} option ({what})"
+                    ));
+                }
+            },
+            _ if a.starts_with("--cluster=") || a.starts_with("--authkey-file=") => {
+                let (name, value) = a.split_once('=').unwrap_or((a, ""));
+                set_cluster_option(features, name, value.to_owned());
+                i += 1
+            }
             _ if a.starts_with("--trace=") => {
                 features.trace = Some(a["--trace=".len()..].to_owned());
                 i += 1
@@ -205,6 +248,14 @@ fn parse_into(args: &[String], features: &mut Features) -> Invocation {
             Invocation::Run { mode: RunMode::Script(script.clone()), argv: args[i..].to_vec() }
         }
         None => Invocation::Run { mode: stdin_mode(features), argv: vec![String::new()] },
+    }
+}
+
+fn set_cluster_option(features: &mut Features, name: &str, value: String) {
+    if name == "--cluster" {
+        features.cluster = Some(value);
+    } else {
+        features.authkey_file = Some(value);
     }
 }
 
@@ -339,6 +390,71 @@ mod tests {
         let p = super::parse(&v(&["-qi"]));
         assert!(p.features.inspect && p.features.quiet);
         assert_eq!(p.invocation, Invocation::Run { mode: RunMode::Prompt, argv: v(&[""]) });
+    }
+
+    #[test]
+    fn cluster_switches_come_before_the_script() {
+        let p = super::parse(&v(&[
+            "--cluster",
+            "redis://h:6379/0",
+            "--authkey-file=k.txt",
+            "s.py",
+            "--cluster",
+            "x",
+        ]));
+        assert_eq!(p.features.cluster.as_deref(), Some("redis://h:6379/0"));
+        assert_eq!(p.features.authkey_file.as_deref(), Some("k.txt"));
+        assert_eq!(
+            p.invocation,
+            Invocation::Run {
+                mode: RunMode::Script("s.py".into()),
+                argv: v(&["s.py", "--cluster", "x"])
+            }
+        );
+        let p = super::parse(&v(&["--cluster=redis://a/1", "--authkey-file", "f", "-c", "1"]));
+        assert_eq!(p.features.cluster.as_deref(), Some("redis://a/1"));
+        assert_eq!(p.features.authkey_file.as_deref(), Some("f"));
+        assert!(
+            matches!(parse(&v(&["--cluster"])), Invocation::Usage(m) if m.contains("--cluster") && m.contains("redis://"))
+        );
+        assert!(
+            matches!(parse(&v(&["--authkey-file"])), Invocation::Usage(m) if m.contains("--authkey-file"))
+        );
+    }
+
+    #[test]
+    fn worker_runs_the_frozen_supervisor_with_the_rest() {
+        assert_eq!(
+            parse(&v(&["worker", "redis://h/0", "--processes", "2", "--help"])),
+            Invocation::Run {
+                mode: RunMode::Command(WORKER_CODE.into()),
+                argv: v(&["procpy worker", "redis://h/0", "--processes", "2", "--help"])
+            }
+        );
+        assert_eq!(
+            parse(&v(&["worker"])),
+            Invocation::Run {
+                mode: RunMode::Command(WORKER_CODE.into()),
+                argv: v(&["procpy worker"])
+            }
+        );
+        // Elsewhere `worker` is a script's name or a script's argument.
+        assert_eq!(
+            parse(&v(&["--", "worker", "a"])),
+            Invocation::Run { mode: RunMode::Script("worker".into()), argv: v(&["worker", "a"]) }
+        );
+        assert_eq!(
+            parse(&v(&["s.py", "worker"])),
+            Invocation::Run { mode: RunMode::Script("s.py".into()), argv: v(&["s.py", "worker"]) }
+        );
+    }
+
+    #[test]
+    fn usage_names_the_cluster_options() {
+        for word in ["--cluster URL", "--authkey-file FILE", "procpy worker URL", "PROCPY_CLUSTER"]
+        {
+            assert!(USAGE.contains(word), "{word}");
+        }
     }
 
     #[test]

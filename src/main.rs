@@ -55,6 +55,19 @@ fn run(mode: RunMode, argv: Vec<String>, features: &Features) -> u32 {
     let mut switches = Switches::from_env();
     switches.emulate_gil |= features.emulate_gil;
     switches.progress |= features.progress;
+    if let Some(url) = &features.cluster {
+        switches.cluster = Some(url.clone());
+    }
+    if let Some(file) = &features.authkey_file {
+        // Read now so a wrong path fails at once, not when the first pool starts; absolute so
+        // an exec'd child in another directory finds it.
+        let path = std::path::Path::new(file);
+        if let Err(e) = procpy_interpreter::cluster::key_from_file(path) {
+            eprintln!("procpy: cannot read the --authkey-file '{file}': {e}");
+            return 2;
+        }
+        switches.cluster_key_file = Some(std::path::absolute(path).unwrap_or_else(|_| path.into()));
+    }
     // --trace: every procpy process appends to a spool; this run, the top level, turns it into
     // the trace file at the end (interpreter/src/trace.rs).
     let spool = match features.trace.as_deref().map(|out| (out, trace::create_spool(out.as_ref())))

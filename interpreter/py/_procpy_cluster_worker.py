@@ -9,7 +9,9 @@
 # stream as a member of a consumer group and sends results back. Every payload is checked
 # against its HMAC before it is decoded. The data model is in docs/cluster.md ("Protocol").
 import os
+import select
 import sys
+import time
 
 _GROUP = 'w'
 # Heartbeat of a job worker process: refreshed every second, gone 3 s after it stops.
@@ -22,13 +24,14 @@ _BLOCK_MS = 1000
 _BATCH = 16
 # A task whose worker died this many times fails with WorkerLostError instead of running again.
 _MAX_DELIVERIES = 3
-# Pending entries younger than this are never claimed (two reclaimers racing: one wins).
-_CLAIM_MIN_IDLE_MS = 100
+# A process still busy this long after its job ended is killed.
+_ENDED_GRACE_S = 3.0
 # What a supervisor records about a dead process, and for how long.
 _DIED_TTL_S = 60
 
-_KEY_HELP = ('make a key with `head -c 32 /dev/urandom > key`, copy it to every machine and '
-             'pass --authkey-file key (or set PROCPY_CLUSTER_KEY) on the workers and the client')
+_KEY_HELP = ('make one with `head -c 32 /dev/urandom > key`, copy it to every machine, and pass '
+             '--authkey-file key to `procpy worker` and to `procpy --cluster` (or set '
+             'PROCPY_CLUSTER_KEY on both)')
 
 
 def _k_job(j):
@@ -88,7 +91,29 @@ def _stream_entries(reply):
 def _gone(err):
     '''A Redis error saying the job's task stream (or its group) no longer exists.'''
     msg = str(err)
-    return msg.startswith('NOGROUP') or msg.startswith('UNBLOCKED')
+    return 'NOGROUP' in msg or msg.startswith('UNBLOCKED')
+
+
+# Claims one pending task of a consumer whose heartbeat key is gone, atomically: checking and
+# claiming in two steps could take a task another worker has just claimed (and count that as
+# a death). Returns {id, fields, deliveries so far, dead consumer, its recorded cause} or nil.
+_RECLAIM_LUA = '''
+local tasks, group, me, hb, died = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local alive = {}
+for _, e in ipairs(redis.call('XPENDING', tasks, group, '-', '+', 1000)) do
+  local c = e[2]
+  if c ~= me then
+    if alive[c] == nil then alive[c] = redis.call('EXISTS', hb .. c) == 1 end
+    if not alive[c] then
+      local got = redis.call('XCLAIM', tasks, group, me, 0, e[1])
+      if #got == 1 then
+        return {e[1], got[1][2] or {}, e[4], c, redis.call('GET', died .. c)}
+      end
+    end
+  end
+end
+return false
+'''
 
 
 def _log(msg):
@@ -178,9 +203,9 @@ def _read_key(parser, args):
         env = os.environ.get('PROCPY_CLUSTER_KEY')
         key = env.encode('utf-8') if env else None
     if not key:
-        parser.exit(2, 'procpy worker: no key: tasks carry code, so a worker only runs tasks '
-                    'signed with a secret key it shares with the clients.\n'
-                    'Pass --authkey-file FILE or set PROCPY_CLUSTER_KEY; %s.\n' % _KEY_HELP)
+        parser.exit(2, 'procpy worker: no key (--authkey-file FILE or PROCPY_CLUSTER_KEY). '
+                    'Tasks carry code, so a worker only runs tasks signed with a secret key it '
+                    'shares with its clients: %s.\n' % _KEY_HELP)
     return key
 
 
@@ -191,14 +216,14 @@ def main(argv=None):
     key = _read_key(parser, args)
     import _procpy_cluster
     if args.url.startswith('rediss://'):
-        parser.exit(2, 'procpy worker: rediss:// (TLS) is not built into procpy; see '
-                    'docs/cluster.md for a TLS tunnel\n')
+        parser.exit(2, 'procpy worker: rediss:// (TLS) is not built into procpy; reach a '
+                    'TLS Redis through a tunnel (stunnel, ssh -L): see docs/cluster.md\n')
     host = _procpy_cluster.hostname()
     name = args.name or '%s:%d' % (host, os.getpid())
     n = args.processes or os.cpu_count() or 1
     try:
         sup = _Supervisor(args.url, key, name, host, n, args.ttl)
-    except ConnectionError as e:
+    except (OSError, _procpy_cluster.RedisError, ValueError) as e:
         parser.exit(1, 'procpy worker: cannot connect to Redis: %s\n' % e)
     return sup.run()
 
@@ -226,6 +251,7 @@ class _Job(object):
         self.done = 0
         self.fail_streak = 0    # start-ups that failed in a row: restarts back off
         self.retry_at = 0.0
+        self.ended_at = None
 
 
 class _Supervisor(object):
@@ -243,6 +269,8 @@ class _Supervisor(object):
         self.status_r, self.status_w = os.pipe()
         os.set_blocking(self.status_r, False)
         self.status_buf = b''
+        self.spare_failures = 0
+        self.spawn_at = 0.0
 
     # -- output
 
@@ -263,8 +291,16 @@ class _Supervisor(object):
         warned = False
         while True:
             try:
-                return fn()
-            except ConnectionError as e:
+                result = fn()
+                if warned:
+                    _log('procpy worker %s: reconnected to Redis' % self.name)
+                    # A restarted server has forgotten this worker.
+                    try:
+                        self.r.call(*self._registration())
+                    except (ConnectionError, self.mod.RedisError):
+                        pass
+                return result
+            except (ConnectionError, TimeoutError) as e:
                 if self.stopping:
                     raise
                 if not warned:
@@ -276,7 +312,6 @@ class _Supervisor(object):
                 self._reap()
 
     def _sleep(self, seconds):
-        import time
         end = time.monotonic() + seconds
         while not self.stopping and time.monotonic() < end:
             time.sleep(min(0.05, max(0.0, end - time.monotonic())))
@@ -285,7 +320,6 @@ class _Supervisor(object):
 
     def run(self):
         import signal
-        import time
 
         def stop(signum, frame):
             self.stopping = True
@@ -295,7 +329,8 @@ class _Supervisor(object):
             # Announcements from here on are read from the stream; the jobs already live are
             # found by a scan (a worker started mid-job joins it).
             last_id = self._scan_jobs()
-            self.say('ready, %d processes, waiting for jobs on %s' % (self.n, self.r.url))
+            self.say('ready, %d process%s, waiting for jobs on %s'
+                     % (self.n, '' if self.n == 1 else 'es', self.r.url))
             next_register = time.monotonic() + self.ttl_ms / 3000.0
             next_check = time.monotonic() + 1.0
             while not self.stopping:
@@ -303,7 +338,7 @@ class _Supervisor(object):
                 try:
                     reply = self.call('XREAD', 'COUNT', 100, 'BLOCK', 250,
                                       'STREAMS', 'procpy:jobs', last_id)
-                except ConnectionError:
+                except (ConnectionError, TimeoutError):
                     break
                 except self.mod.RedisError as e:
                     _log('procpy worker %s: reading procpy:jobs: %s' % (self.name, e))
@@ -334,11 +369,14 @@ class _Supervisor(object):
                 signal.signal(s, h)
         return 0
 
-    def _register(self):
+    def _registration(self):
         import json
         info = json.dumps({'name': self.name, 'host': self.host, 'pid': os.getpid(),
                            'processes': self.n})
-        self.call('SET', 'procpy:worker:' + self.name, info, 'PX', self.ttl_ms)
+        return ('SET', 'procpy:worker:' + self.name, info, 'PX', self.ttl_ms)
+
+    def _register(self):
+        self.call(*self._registration())
 
     def _scan_jobs(self):
         '''Join the jobs that started and did not end (newest announcements first); returns
@@ -379,10 +417,20 @@ class _Supervisor(object):
                 self.jobs[j].ended = True
 
     def _retire_jobs(self):
+        now = time.monotonic()
         for j, job in list(self.jobs.items()):
             if job.ended:
+                if job.ended_at is None:
+                    job.ended_at = now
                 for c in job.children:
                     self._tell_leave(c)
+                    if now - job.ended_at > _ENDED_GRACE_S:
+                        # A task still running for a job that is over (cancelled, or its
+                        # client died) is wasted work: its slot goes to live jobs.
+                        try:
+                            c.popen.kill()
+                        except OSError:
+                            pass
                 if not job.children:
                     if job.joined:
                         self.say('left job %s (%d tasks done)' % (j, job.done))
@@ -406,6 +454,8 @@ class _Supervisor(object):
         return c
 
     def _top_up(self):
+        if time.monotonic() < self.spawn_at:
+            return
         while len(self.children) < self.n and not self.stopping:
             try:
                 self._spawn()
@@ -467,7 +517,6 @@ class _Supervisor(object):
         return q
 
     def _balance(self):
-        import time
         quotas = self._quotas()
         if not quotas:
             return
@@ -507,6 +556,7 @@ class _Supervisor(object):
             c = self.children.get(pid)
             if c is None or c.job is None:
                 continue
+            self.spare_failures = 0     # a process booted and got to work
             job = self.jobs.get(c.job)
             if what == 'ran':
                 if job is not None:
@@ -525,7 +575,6 @@ class _Supervisor(object):
     @staticmethod
     def _backoff(job):
         '''Processes of this job keep dying: start the next one a little later each time.'''
-        import time
         job.fail_streak += 1
         job.retry_at = time.monotonic() + min(0.25 * 2 ** (job.fail_streak - 1), 10.0)
 
@@ -544,13 +593,16 @@ class _Supervisor(object):
                 if not self.stopping:
                     _log('procpy worker %s: a spare worker process exited (%s)'
                          % (self.name, _exit_cause(rc)))
+                    # Whatever kills them at boot would otherwise kill them in a tight loop.
+                    self.spare_failures += 1
+                    self.spawn_at = time.monotonic() + min(
+                        0.25 * 2 ** (self.spare_failures - 1), 10.0)
                 continue
             job = self.jobs.get(c.job)
             if job is not None:
                 job.children.discard(c)
-            if c.done is None:
-                if job is not None:
-                    self._backoff(job)
+            if c.done is None and not (job is None or job.ended):
+                self._backoff(job)
                 # It died serving the job: its heartbeat goes now (its tasks are reclaimed at
                 # once, not 3 s later) and the cause goes where WorkerLostError finds it.
                 cause = _exit_cause(rc)
@@ -567,7 +619,6 @@ class _Supervisor(object):
                     pass
 
     def _shutdown(self):
-        import time
         for c in self.children.values():
             try:
                 c.popen.terminate()
@@ -744,8 +795,9 @@ _bundles = {}
 class _JobWorker(object):
     '''One worker process's life in one job.'''
 
-    def __init__(self, url, key, job, consumer, status_fd):
+    def __init__(self, url, key, job, consumer, status_fd, ctl):
         import _procpy_cluster
+        self.ctl = ctl          # the supervisor's pipe (`leave`, or EOF when it is gone)
         self.mod = _procpy_cluster
         self.url, self.key, self.job, self.consumer = url, key, job, consumer
         self.jb = job.encode()
@@ -757,6 +809,9 @@ class _JobWorker(object):
         self.ttl = 30
         self.wrap = True
         self.maxtasks = None
+        import _procpy
+        from multiprocessing import pool
+        self.pool, self.dumps, self.loads = pool, _procpy.dumps, _procpy.loads
 
     # -- status to the supervisor
 
@@ -775,19 +830,18 @@ class _JobWorker(object):
     # -- Redis with reconnects
 
     def _retry(self, fn):
-        import time
         delay = 0.1
         while True:
             try:
                 return fn()
-            except ConnectionError:
+            except (ConnectionError, TimeoutError):
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 self._check_leave_request()
                 try:
                     if not self.r.call('EXISTS', _k_job(self.job)):
                         raise _Leave('its keys are gone after a reconnect')
-                except ConnectionError:
+                except (ConnectionError, TimeoutError):
                     pass
 
     def call(self, *args):
@@ -799,7 +853,6 @@ class _JobWorker(object):
     # -- heartbeat (its own thread and connection: a long task keeps its claim)
 
     def _heartbeat(self):
-        import time
         r = None
         key = _k_hb(self.job, self.consumer)
         while not self.hb_stop:
@@ -903,19 +956,18 @@ class _JobWorker(object):
     # -- the task loop
 
     def _check_leave_request(self):
-        import select
-        try:
-            ready = select.select([sys.stdin], [], [], 0)[0]
-        except (OSError, ValueError):
-            ready = [sys.stdin]
-        if ready:
-            line = sys.stdin.buffer.readline()
-            # EOF: the supervisor is gone, and nobody would replace this process.
-            if not line or line.strip() == b'leave':
+        # The supervisor only ever says `leave` once a job runs; EOF means it is gone, and
+        # nobody would replace this process.
+        if select.select([self.ctl], [], [], 0)[0]:
+            data = os.read(self.ctl, 4096)
+            if not data or b'leave' in data:
                 raise _Leave('told to leave')
 
     def run(self):
         import _thread
+        # Alive before it can own a task (the thread's first beat may come late): a consumer
+        # without a heartbeat key is dead to the others.
+        self.call('SET', _k_hb(self.job, self.consumer), str(os.getpid()), 'PX', _HB_MS)
         _thread.start_new_thread(self._heartbeat, ())
         try:
             try:
@@ -989,7 +1041,6 @@ class _JobWorker(object):
         '''Run the entries, then send their results and acknowledge them in one MULTI.
         Returns how many tasks to read next time: a batch when tasks are quick, else one (a
         slow task must not hold a queue of others that idle workers could run).'''
-        import time
         start = time.monotonic()
         done_before = self.done
         cmds = []
@@ -1037,9 +1088,8 @@ class _JobWorker(object):
 
     def _execute(self, payload):
         '''Run one task exactly as multiprocessing.pool.worker does; the encoded outcome.'''
-        import _procpy
-        from multiprocessing import pool
-        dumps, loads = _procpy.dumps, _procpy.loads
+        pool = self.pool
+        dumps, loads = self.dumps, self.loads
         wrap = self.wrap
         try:
             task = loads(payload)
@@ -1068,47 +1118,41 @@ class _JobWorker(object):
     # -- taking over the tasks of dead consumers
 
     def _reclaim(self):
+        '''Take over, one at a time, the tasks of consumers whose heartbeat is gone.'''
+        while self._reclaim_one():
+            self._check_leave_request()
+
+    def _reclaim_one(self):
         tasks = _k_tasks(self.job)
         try:
-            pending = self.call('XPENDING', tasks, _GROUP, '-', '+', 100)
+            got = self.call('EVAL', _RECLAIM_LUA, 1, tasks, _GROUP, self.consumer,
+                            _k_hb(self.job, ''), _k_died(self.job, ''))
         except self.mod.RedisError as e:
             if _gone(e):
                 raise _Leave('its task stream is gone')
             raise
-        owners = sorted({_text(c) for _, c, _, _ in pending or []} - {self.consumer})
-        if not owners:
-            return
-        alive = self.pipeline([('EXISTS', _k_hb(self.job, c)) for c in owners])
-        dead = [c for c, a in zip(owners, alive) if not a]
-        if not dead:
-            return
-        causes = self.pipeline([('GET', _k_died(self.job, c)) for c in dead])
-        cause = {c: _text(v) if v else 'stopped sending heartbeats'
-                 for c, v in zip(dead, causes)}
-        for eid, c, _idle, count in pending:
-            c = _text(c)
-            if c not in cause:
-                continue
-            claimed = self.call('XCLAIM', tasks, _GROUP, self.consumer, _CLAIM_MIN_IDLE_MS,
-                                eid)
-            for ceid, flat in claimed or []:
-                f = _fields(flat or [])
-                t = f.get('t')
-                if t is None:
-                    # Deleted or trimmed meanwhile, or not a task: nothing to run.
-                    self._send([], [ceid])
-                    continue
-                lost = _k_lost(self.job, _text(t))
-                _, _, victims = self.pipeline([
-                    ('RPUSH', lost, '%s: %s' % (c, cause[c])),
-                    ('EXPIRE', lost, self.ttl),
-                    ('LRANGE', lost, 0, -1),
-                ])
-                # `count` deliveries, each one's worker died: that is enough.
-                if int(count) >= _MAX_DELIVERIES:
-                    self._fail_lost(ceid, f, [_text(v) for v in victims])
-                else:
-                    self._run_batch([(ceid, flat)])
+        if not got:
+            return False
+        eid, flat, count, dead, cause = got
+        f = _fields(flat or [])
+        t = f.get('t')
+        if t is None:
+            # Deleted meanwhile, or not a task: nothing to run.
+            self._send([], [eid])
+            return True
+        lost = _k_lost(self.job, _text(t))
+        _, _, victims = self.pipeline([
+            ('RPUSH', lost, '%s: %s' % (_text(dead),
+                                        _text(cause) if cause else 'stopped sending heartbeats')),
+            ('EXPIRE', lost, self.ttl),
+            ('LRANGE', lost, 0, -1),
+        ])
+        # Each of its `count` deliveries went to a worker that died: that is enough.
+        if int(count) >= _MAX_DELIVERIES:
+            self._fail_lost(eid, f, [_text(v) for v in victims])
+        else:
+            self._run_batch([(eid, flat)])
+        return True
 
     def _fail_lost(self, eid, f, victims):
         import _procpy
@@ -1135,12 +1179,27 @@ def serve_stdin():
     import multiprocessing.pool  # noqa: F401
     import linecache  # noqa: F401
     import importlib.util  # noqa: F401
-    line = sys.stdin.buffer.readline()
-    if not line.strip() or line.strip() == b'leave':
+    # Unbuffered: what follows the job line (`leave`) must stay in the pipe for select().
+    line = b''
+    while not line.endswith(b'\n'):
+        data = os.read(0, 1)
+        if not data:
+            return
+        line += data
+    if line.strip() == b'leave':
         return
     msg = json.loads(line)
+    # Tasks get /dev/null as stdin, as pool workers do; the supervisor's pipe moves aside.
+    ctl = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    try:
+        sys.stdin = open(os.devnull)
+    except OSError:
+        pass
     w = _JobWorker(msg['url'], bytes.fromhex(msg['key']), msg['job'], msg['consumer'],
-                   msg.get('status_fd'))
+                   msg.get('status_fd'), ctl)
     code = w.run()
     try:
         sys.stdout.flush()

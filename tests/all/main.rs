@@ -46,6 +46,7 @@ mod bench_smoke;
 mod beyond_cpython;
 mod by_value;
 mod cluster;
+mod cluster_native;
 mod conformance;
 mod embed_calls;
 mod embed_host_fns;

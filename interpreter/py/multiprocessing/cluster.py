@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import _thread
+from time import monotonic as _monotonic
 
 import _procpy
 
@@ -226,6 +227,8 @@ def _stream_entries(reply):
 
 class _ClusterCore(object):
     '''The pool engine's core (see pool._ProcessCore's interface) over a Redis cluster.'''
+    # Ctrl-C while waiting for a result terminates the pool (see pool._interrupted).
+    cancel_on_interrupt = True
 
     def __init__(self, pool, on_lost=None):
         self.owner_pid = os.getpid()
@@ -236,21 +239,26 @@ class _ClusterCore(object):
         self._size = pool._processes
         self._ttl = int(_env_number('PROCPY_CLUSTER_TTL', 30, int))
         self._grace = _env_number('PROCPY_CLUSTER_GRACE', 10.0)
-        # ProcessPoolExecutor: CPython's call queue holds max_workers + 1 calls; a future
-        # turns RUNNING when it enters it, so only that many are handed out at a time.
-        self._window = self._size + 1 if hasattr(pool, '_pool_workers') and \
-            not pool._pool_workers else None
+        # ProcessPoolExecutor(max_workers=N): CPython's call queue holds N + 1 calls and a
+        # future turns RUNNING when it enters it, so only that many are handed out at a time
+        # (cancel() works on the others). Without N the whole cluster may take the calls.
+        self._explicit = getattr(pool, '_cluster_processes', None)
+        self._window = None
+        if self._explicit is not None and getattr(pool, '_pool_workers', True) is False:
+            self._window = self._explicit + 1
         self.workers = []           # the cluster's workers are nobody's children
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self.state = RUN
-        self._queue = collections.deque()    # tasks not yet XADDed
+        self._queue = collections.deque()    # tasks without an id yet (window full)
+        self._ready = []                     # (id, task) to XADD
         self._outstanding = {}               # task id (bytes) -> (result, index)
         self._next_id = 1
         self._feeders = 0
         self._lost = None                    # the exception every new task fails with
         self._stopped = False
         self._ended = False
+        self._unreachable_warned = False
         self._startup_failures = 0
         self._startup_limit = max(self._size, 3)
         self._done = _thread.allocate_lock()     # released when closed and all is delivered
@@ -258,8 +266,6 @@ class _ClusterCore(object):
         self._done_released = False
         self._stop = _thread.allocate_lock()     # released to wake the watcher when stopping
         self._stop.acquire()
-        self._threads_left = 0
-        self._threads_done = _thread.allocate_lock()
         self._job = os.urandom(16).hex().encode('ascii')
         self._digest = None
         conn = self._connect()
@@ -312,7 +318,7 @@ class _ClusterCore(object):
             'maxtasksperchild': pool._maxtasksperchild,
             'wrap_exception': pool._wrap_exception,
             'ttl': self._ttl,
-            'processes': getattr(pool, '_cluster_processes', None),
+            'processes': self._explicit,
             'trace': bool(_pool._tracing),
         })
         try:
@@ -336,11 +342,6 @@ class _ClusterCore(object):
                                    % (self._masked_url(), reply))
 
     def _start_thread(self, fn, *args):
-        with self._lock:
-            if self._threads_left == 0:
-                self._threads_done.acquire()
-            self._threads_left += 1
-
         def run():
             try:
                 fn(*args)
@@ -350,13 +351,13 @@ class _ClusterCore(object):
                 # A bug here must not leave callers waiting for ever.
                 self._fail_all(RuntimeError('the cluster pool stopped: %s: %s'
                                             % (type(e).__name__, e)))
-            finally:
-                with self._lock:
-                    self._threads_left -= 1
-                    if self._threads_left == 0:
-                        self._threads_done.release()
 
         _thread.start_new_thread(run, ())
+
+    def _thread_connect(self, timeout):
+        '''A connection for a pool thread, retried with backoff (Redis may be restarting).'''
+        conn, _ = self._retry(None, lambda c: self._cluster.Redis(self._url, timeout))
+        return conn
 
     # -- Redis calls with reconnection
 
@@ -364,18 +365,34 @@ class _ClusterCore(object):
         '''op(conn) until it succeeds; ConnectionError/TimeoutError -> backoff and again.
         Returns (reply, reconnected).'''
         delay = _BACKOFF_FIRST
-        failed = False
+        failed = None
         while True:
             if self._stopped:
                 raise _Stopped
             try:
-                return op(conn), failed
-            except (ConnectionError, TimeoutError, OSError):
-                failed = True
+                reply = op(conn)
+            except (ConnectionError, TimeoutError, OSError) as e:
+                if failed is None:
+                    failed = _monotonic()
+                elif _monotonic() - failed >= self._grace:
+                    self._warn_unreachable(e)
+            else:
+                if failed is not None:
+                    with self._lock:
+                        self._unreachable_warned = False
+                return reply, failed is not None
             if self._stop.acquire(True, delay):
                 self._stop.release()
                 raise _Stopped
             delay = min(delay * 2, _BACKOFF_MAX)
+
+    def _warn_unreachable(self, exc):
+        with self._lock:
+            if self._unreachable_warned:
+                return
+            self._unreachable_warned = True
+        _stderr('procpy: the cluster\'s Redis at %s is unreachable (%s); still trying'
+                % (self._masked_url(), exc))
 
     # -- handing out tasks
 
@@ -386,7 +403,7 @@ class _ClusterCore(object):
                 raise ValueError("Pool not running")
             for task in tasks:
                 self._queue_locked(task, failed)
-            self._wake.notify_all()
+            self._assign_locked()
         self._report(failed)
 
     def _queue_locked(self, task, failed):
@@ -410,7 +427,7 @@ class _ClusterCore(object):
                         if self.state == TERMINATE:
                             return
                         self._queue_locked(task, failed)
-                        self._wake.notify_all()
+                        self._assign_locked()
                     self._report(failed)
                     n = task[1] + 1
                 set_length(n)
@@ -449,7 +466,7 @@ class _ClusterCore(object):
     # -- the flusher thread: queued tasks -> XADDs, one pipeline per wake-up
 
     def _flusher(self):
-        conn = self._connect()
+        conn = self._thread_connect(10.0)
         try:
             self._flush_loop(conn)
         finally:
@@ -460,25 +477,13 @@ class _ClusterCore(object):
         tk = tasks_key(job)
         tracing = _pool._tracing
         while True:
-            batch = []
             with self._lock:
-                while not self._stopped and not self._room_locked():
+                while not self._stopped and not self._ready:
                     self._wake.wait(0.5)
                 if self._stopped:
                     return
-                limit = _BATCH
-                if self._window is not None:
-                    limit = min(limit, self._window - len(self._outstanding))
-                while self._queue and len(batch) < limit:
-                    task = self._queue.popleft()
-                    start = getattr(task[0], '_start', None)
-                    if start is not None and not start():
-                        continue        # a cancelled future
-                    tid = str(self._next_id).encode('ascii')
-                    self._next_id += 1
-                    self._outstanding[tid] = (task[0], task[1])
-                    batch.append((tid, task))
-                self._check_done_locked()
+                batch = self._ready[:_BATCH]
+                del self._ready[:_BATCH]
             cmds, failed, sent = [], [], []
             for tid, (result, i, func, args, kwds) in batch:
                 try:
@@ -503,16 +508,30 @@ class _ClusterCore(object):
             for tid, outcome in failed:
                 self._settle(tid, outcome)
 
-    def _room_locked(self):
-        if not self._queue:
-            return False
-        return self._window is None or len(self._outstanding) < self._window
+    def _assign_locked(self):
+        '''Give queued tasks their ids (and futures their RUNNING state) while the window
+        has room; the flusher XADDs them.'''
+        queue, window, outstanding = self._queue, self._window, self._outstanding
+        moved = False
+        while queue and (window is None or len(outstanding) < window):
+            task = queue.popleft()
+            start = getattr(task[0], '_start', None)
+            if start is not None and not start():
+                continue        # a cancelled future
+            tid = str(self._next_id).encode('ascii')
+            self._next_id += 1
+            outstanding[tid] = (task[0], task[1])
+            self._ready.append((tid, task))
+            moved = True
+        if moved:
+            self._wake.notify_all()
+        self._check_done_locked()
 
     # -- the receiver thread: results stream -> _deliver
 
     def _receiver(self):
         # BLOCK 1 s: the read timeout must outlast it.
-        conn = self._connect(timeout=15.0)
+        conn = self._thread_connect(15.0)
         try:
             self._receive_loop(conn)
         finally:
@@ -560,9 +579,9 @@ class _ClusterCore(object):
                 return
             if started:
                 self._startup_failures = 0
-            self._check_done_locked()
             if self._window is not None:
-                self._wake.notify_all()
+                self._assign_locked()
+            self._check_done_locked()
         _deliver(entry[0], entry[1], outcome)
 
     def _startup_failed(self, payload, worker):
@@ -577,6 +596,7 @@ class _ClusterCore(object):
             with self._lock:
                 self.state = TERMINATE
                 self._queue.clear()
+                del self._ready[:]
                 self._outstanding.clear()
             self._on_lost(_text(worker), None, 1)
             self._cancel_async()
@@ -595,6 +615,7 @@ class _ClusterCore(object):
             pending += [(t[0], t[1]) for t in self._queue]
             self._outstanding.clear()
             self._queue.clear()
+            del self._ready[:]
             self._check_done_locked()
         for result, i in pending:
             _deliver(result, i, (False, exc))
@@ -607,10 +628,8 @@ class _ClusterCore(object):
     # -- the watcher thread: TTL refresh, lost jobs, "no worker alive"
 
     def _watcher(self, conn):
-        import time
-        now = time.monotonic
         try:
-            self._watch_loop(conn, now)
+            self._watch_loop(conn, _monotonic)
         finally:
             conn.close()
 
@@ -738,6 +757,7 @@ class _ClusterCore(object):
             already = self._ended
             self.state = TERMINATE
             self._queue.clear()
+            del self._ready[:]
             self._outstanding.clear()
             self._check_done_locked()
         self._end(cancel=True)

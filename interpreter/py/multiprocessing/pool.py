@@ -157,6 +157,13 @@ def _cluster_routed():
     return _routed
 
 
+def _interrupted(pool):
+    '''Ctrl-C while the main thread waits for a result: a cluster job is cancelled at once
+    (its queued tasks would otherwise keep remote workers busy).'''
+    if getattr(getattr(pool, '_core', None), 'cancel_on_interrupt', False):
+        pool.terminate()
+
+
 def _helper_reraises_exception(ex):
     raise ex
 
@@ -407,7 +414,11 @@ class ApplyResult(object):
                 return
             if deadline is not None:
                 timeout = max(0, deadline - _now())
-        self._event.wait(timeout)
+        try:
+            self._event.wait(timeout)
+        except KeyboardInterrupt:
+            _interrupted(self._pool)
+            raise
 
     def get(self, timeout=None):
         self.wait(timeout)
@@ -534,7 +545,11 @@ class IMapIterator(object):
                 if self._index == self._length:
                     self._pool = None
                     raise StopIteration from None
-                self._wait(timeout)
+                try:
+                    self._wait(timeout)
+                except KeyboardInterrupt:
+                    _interrupted(self._pool)
+                    raise
                 try:
                     item = self._items.popleft()
                 except IndexError:

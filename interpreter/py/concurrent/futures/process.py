@@ -187,6 +187,7 @@ class ProcessPoolExecutor(_base.Executor):
                 worker process.
         """
         self._core = None
+        self._max_workers_given = max_workers
         if max_workers is None:
             self._max_workers = os.cpu_count() or 1
         else:
@@ -240,6 +241,9 @@ class ProcessPoolExecutor(_base.Executor):
                            self._max_tasks_per_child, self._cache)
         if cluster:
             from multiprocessing.cluster import _ClusterCore
+            # max_workers given: at most that many calls (+1, CPython's call queue) are out
+            # at once; None: the whole cluster may work on the calls.
+            owner._cluster_processes = self._max_workers_given
             self._core = _ClusterCore(owner, on_lost=_weak_on_lost(self))
         else:
             self._core = _pool._ProcessCore(owner, on_lost=_weak_on_lost(self))
