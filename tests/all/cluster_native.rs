@@ -196,6 +196,15 @@ try:
 except c.RedisError as e:
     print("aborted:", str(e).split()[0])
 print(r.call("GET", "b"))
+# Redis AUTH: an ACL user in the URL; a wrong password is a RedisError (retrying cannot help),
+# with the password masked.
+r.call("ACL", "SETUSER", "alice", "on", ">pw", "~*", "+@all")
+url = sys.argv[1].replace("redis://", "redis://alice:pw@")
+print(c.Redis(url).call("ACL", "WHOAMI"))
+try:
+    c.Redis(url.replace(":pw@", ":wrong@"))
+except c.RedisError as e:
+    print("auth:", "alice:***@" in str(e), "wrong" in str(e))
 "#;
     let out = run_at("cluster_native_errors", code, &server.url());
     assert_out(
@@ -205,7 +214,9 @@ print(r.call("GET", "b"))
          raised: BUSYGROUP Consumer Group name already exists\n\
          OK RedisError WRONGTYPE b'1'\n\
          aborted: EXECABORT\n\
-         None\n",
+         None\n\
+         b'alice'\n\
+         auth: True False\n",
     );
 }
 
@@ -214,7 +225,7 @@ fn io_failures_raise_connection_and_timeout_errors_then_reconnect() {
     let _g = serial::shared();
     let server = RedisServer::start();
     let code = r#"
-import sys, socket, _procpy_cluster as c
+import os, sys, socket, _procpy_cluster as c
 url = sys.argv[1]
 # A port bound but not listening refuses connections, always.
 s = socket.socket()
@@ -245,6 +256,14 @@ try:
 except ConnectionError as e:
     print("dropped:", url in str(e))
 print(r.call("PING"))
+# A forked child connects its own: the parent's connection stays in step.
+r.call("SET", "who", "parent")
+mine = r.call("CLIENT", "ID")
+pid = os.fork()
+if pid == 0:
+    r.call("SET", "who", "child")
+    os._exit(0 if r.call("CLIENT", "ID") != mine else 1)
+print("child:", os.waitpid(pid, 0)[1], r.call("GET", "who"), r.call("CLIENT", "ID") == mine)
 "#;
     let out = run_at("cluster_native_io", code, &server.url());
     assert_out(
@@ -255,7 +274,8 @@ print(r.call("PING"))
          PONG\n\
          True\n\
          dropped: True\n\
-         PONG\n",
+         PONG\n\
+         child: 0 b'child' True\n",
     );
 }
 

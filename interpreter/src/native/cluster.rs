@@ -74,9 +74,10 @@ mod _procpy_cluster {
         /// The URL with its password masked, for messages and `.url`.
         shown: String,
         timeout: Option<Duration>,
-        /// The live connection; taken out while a call uses it, so the VM can be left while
-        /// blocking without holding a lock (a second thread would connect its own).
-        conn: PyMutex<Option<redis::Connection>>,
+        /// The live connection and the pid of the process that made it; taken out while a
+        /// call uses it, so the VM can be left while blocking without holding a lock (a
+        /// second thread would connect its own).
+        conn: PyMutex<Option<(u32, redis::Connection)>>,
         closed: AtomicBool,
     }
 
@@ -172,7 +173,10 @@ mod _procpy_cluster {
                     vm.new_value_error(format!("Redis connection to {} is closed", self.shown))
                 );
             }
-            let taken = self.conn.lock().take();
+            // A forked child must not talk on its parent's socket: it connects its own (the
+            // inherited one is only closed here, never shut down, so the parent keeps it).
+            let pid = std::process::id();
+            let taken = self.conn.lock().take().filter(|(owner, _)| *owner == pid).map(|(_, c)| c);
             let client = &self.client;
             let timeout = self.timeout;
             let outcome = vm.allow_threads(move || {
@@ -197,7 +201,7 @@ mod _procpy_cluster {
                 if !self.closed.load(Ordering::Acquire) {
                     let mut slot = self.conn.lock();
                     if slot.is_none() {
-                        *slot = Some(conn);
+                        *slot = Some((pid, conn));
                     }
                 }
             }
@@ -252,7 +256,7 @@ mod _procpy_cluster {
                 client,
                 shown,
                 timeout,
-                conn: PyMutex::new(Some(conn)),
+                conn: PyMutex::new(Some((std::process::id(), conn))),
                 closed: AtomicBool::new(false),
             })
         }
