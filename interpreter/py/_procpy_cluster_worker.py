@@ -252,6 +252,7 @@ class _Job(object):
         self.fail_streak = 0    # start-ups that failed in a row: restarts back off
         self.retry_at = 0.0
         self.ended_at = None
+        self.queued = 1         # entries in its tasks stream (waiting or running): its demand
 
 
 class _Supervisor(object):
@@ -411,10 +412,16 @@ class _Supervisor(object):
         live = [j for j, job in self.jobs.items() if not job.ended]
         if not live:
             return
-        exists = self.pipeline([('EXISTS', _k_job(j)) for j in live])
-        for j, e in zip(live, exists):
+        cmds = []
+        for j in live:
+            cmds += [('EXISTS', _k_job(j)), ('XLEN', _k_job(j) + ':tasks')]
+        replies = self.pipeline(cmds)
+        for i, j in enumerate(live):
+            e, n = replies[2 * i], replies[2 * i + 1]
             if e == 0:
                 self.jobs[j].ended = True
+            # Done tasks are XDEL'd: the length is what waits or runs.
+            self.jobs[j].queued = n if isinstance(n, int) else 1
 
     def _retire_jobs(self):
         now = time.monotonic()
@@ -503,6 +510,14 @@ class _Supervisor(object):
         live = self._live()
         for job in live:
             q[job.id] = 0
+        if self.n < len(live):
+            # Fewer slots than jobs: jobs with work first (an idle job must not hold the only
+            # slot another job waits for), and machines start the round at different jobs
+            # (by their name) so that together they serve several jobs at once.
+            import zlib
+            k = zlib.crc32(self.name.encode()) % len(live)
+            live = live[k:] + live[:k]
+            live.sort(key=lambda x: x.queued == 0)
         left = self.n
         while left and live:
             for job in list(live):
@@ -888,6 +903,9 @@ class _JobWorker(object):
             sys.meta_path.insert(0, _BundleFinder(files, roots, root))
         import gc
         gc.enable()
+        argv = meta.get('argv')
+        if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
+            sys.argv[:] = argv       # spawn's preparation does the same
         run_name = main.get('run_name') or '__mp_main__'
         if main.get('module'):
             self._run_main_module(main['module'], run_name)

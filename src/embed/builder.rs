@@ -382,16 +382,14 @@ impl Builder {
                 let key = match self.cluster_key {
                     Some(ClusterKey::Bytes(k)) => Some(k),
                     Some(ClusterKey::File(path)) => {
-                        let mut k = std::fs::read(&path).map_err(|e| {
+                        // The same rules as `--authkey-file`: a regular file, a size cap, one
+                        // trailing newline dropped, at least 16 bytes.
+                        Some(procpy_interpreter::cluster::key_from_file(&path).map_err(|e| {
                             Error::Invalid(format!(
                                 "cannot read the cluster key from {}: {e}",
                                 path.display()
                             ))
-                        })?;
-                        if k.last() == Some(&b'\n') {
-                            k.pop();
-                        }
-                        Some(k)
+                        })?)
                     }
                     // The workers' environment may hold it (they inherit ours, plus `env`).
                     None => None,
@@ -410,8 +408,9 @@ impl Builder {
                             .to_owned(),
                     ));
                 }
-                if key.as_ref().is_some_and(|k| k.is_empty()) {
-                    return Err(Error::Invalid("the cluster key is empty".to_owned()));
+                if let Some(k) = &key {
+                    procpy_interpreter::cluster::check_key(k, "Builder::cluster_key")
+                        .map_err(Error::Invalid)?;
                 }
                 Some(ClusterSpec { url, key })
             }

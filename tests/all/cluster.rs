@@ -625,7 +625,7 @@ job = stream.split(b':')[2]
 payload = _procpy.dumps((Evil(marker), (), {}))
 # The payload is live: decoded here (with another path) it does run.
 _procpy.loads(_procpy.dumps(Evil(control)))
-wrong = _procpy_cluster.sign(b'not the key', b'task', job, b'999999', payload)
+wrong = _procpy_cluster.sign(b'not the right key at all', b'task', job, b'999999', payload)
 r.call('XADD', stream, '*', 't', '999999', 'p', payload, 'm', wrong)
 r.call('XADD', stream, '*', 't', '999998', 'p', payload)
 print('forged', job.decode())

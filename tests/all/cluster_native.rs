@@ -362,13 +362,18 @@ fn settings_come_from_the_switches_or_the_environment() {
     let _g = serial::shared();
     let code = r#"
 import sys, multiprocessing as mp, _procpy_cluster as c
-def child(_):
-    return c.settings()
+def child(q):
+    q.put([c.settings()])
 if __name__ == "__main__":
     print(c.settings())
-    # A spawned child (an exec'd procpy) sees the same.
-    with mp.get_context("spawn").Pool(1) as p:
-        print(p.map(child, [0]))
+    # A spawned child (an exec'd procpy) sees the same. (A Process, not a Pool: with
+    # --cluster every process pool would run on the cluster.)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=child, args=(q,))
+    p.start()
+    print(q.get())
+    p.join()
 "#;
     let dir = temp_script("cluster_native_key", "").parent().unwrap().to_owned();
     let key = dir.join("key");

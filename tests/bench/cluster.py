@@ -133,7 +133,7 @@ def main():
                      '%.2f' % clu if clu is not None else '-',
                      '%.2f' % (clu / loc) if loc and clu is not None else '-'))
     if 'per_task_us' in med['local'] and 'per_task_us' in med['cluster']:
-        rows.append(('broker overhead per task (cluster - local), us', '', '%.2f' % (
+        rows.append(('broker overhead per task (cluster minus local), us', '', '%.2f' % (
             med['cluster']['per_task_us'] - med['local']['per_task_us']), ''))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:

@@ -322,6 +322,9 @@ class _ClusterCore(object):
             'ttl': self._ttl,
             'processes': self._explicit,
             'trace': bool(_pool._tracing),
+            # As spawn's preparation data: a main that reads sys.argv at top level sees the
+            # client's arguments on the workers too.
+            'argv': [a for a in sys.argv if isinstance(a, str)],
         })
         try:
             init = dumps((pool._initializer, pool._initargs))

@@ -361,24 +361,17 @@ impl Watched {
         // The readers end when every holder of the pipes closed them; a leftover grandchild
         // holding one must not block the test, so read with a bound.
         let until = Instant::now() + Duration::from_secs(5);
-        loop {
-            let mut more = false;
-            if let Ok(l) = self.out.recv_timeout(Duration::from_millis(20)) {
-                self.out_seen.push(l);
-                more = true;
-            }
-            if let Ok(l) = self.err.try_recv() {
-                self.err_seen.push(l);
-                more = true;
-            }
-            let closed =
-                matches!(self.out.try_recv(), Err(std::sync::mpsc::TryRecvError::Disconnected))
-                    && matches!(
-                        self.err.try_recv(),
-                        Err(std::sync::mpsc::TryRecvError::Disconnected)
-                    );
-            if (!more && closed) || Instant::now() > until {
-                break;
+        for (rx, seen) in [(&self.out, &mut self.out_seen), (&self.err, &mut self.err_seen)] {
+            // Every line up to the end of the stream (a peek with try_recv would lose one).
+            loop {
+                match rx.recv_timeout(Duration::from_millis(20)) {
+                    Ok(l) => seen.push(l),
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() > until => {
+                        break
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                }
             }
         }
         self.pull();
