@@ -156,8 +156,9 @@ def _parse(argv):
     p = argparse.ArgumentParser(
         prog='procpy worker', description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('url', metavar='URL',
-                   help='the Redis server, redis://[user:password@]host:port/db')
+    p.add_argument('url', metavar='URL', nargs='?', default=None,
+                   help='the Redis server, redis://[user:password@]host:port/db (default: '
+                   'PROCPY_CLUSTER, which keeps a password out of the process list)')
     p.add_argument('--processes', '-n', type=int, metavar='N', default=None,
                    help='worker processes on this machine (default: the CPU count, %d here)'
                    % (os.cpu_count() or 1))
@@ -170,6 +171,10 @@ def _parse(argv):
                    help='this worker\'s registration expires SECS seconds after it stops '
                    'refreshing it (default: 10)')
     args = p.parse_args(argv)
+    if args.url is None:
+        args.url = os.environ.get('PROCPY_CLUSTER') or None
+        if args.url is None:
+            p.error('no URL: give redis://HOST:PORT/DB or set PROCPY_CLUSTER')
     if args.processes is not None and args.processes < 1:
         p.error('--processes must be at least 1')
     if not args.ttl > 0:
@@ -214,6 +219,11 @@ def main(argv=None):
         argv = sys.argv[1:]
     parser, args = _parse(list(argv))
     key = _read_key(parser, args)
+    if len(key) < 16:
+        # The clients refuse such keys too (sign/verify): a guessable key lets anyone who
+        # can write to Redis run code here.
+        parser.exit(2, 'procpy worker: the key has %d bytes; it needs at least 16: %s.\n'
+                    % (len(key), _KEY_HELP))
     import _procpy_cluster
     if args.url.startswith('rediss://'):
         parser.exit(2, 'procpy worker: rediss:// (TLS) is not built into procpy; reach a '
