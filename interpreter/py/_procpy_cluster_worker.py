@@ -9,6 +9,7 @@
 # stream as a member of a consumer group and sends results back. Every payload is checked
 # against its HMAC before it is decoded. The data model is in docs/cluster.md ("Protocol").
 import os
+import re
 import select
 import sys
 import time
@@ -88,10 +89,15 @@ def _stream_entries(reply):
     return reply[0][1] or []
 
 
+# Job ids are what the client makes: os.urandom(16).hex().
+_JOB_ID = re.compile('[0-9a-f]{32}')
+
+
 def _gone(err):
     '''A Redis error saying the job's task stream (or its group) no longer exists.'''
     msg = str(err)
-    return 'NOGROUP' in msg or 'UNBLOCKED' in msg
+    # WRONGTYPE: someone replaced the stream with another type; the job cannot go on either.
+    return 'NOGROUP' in msg or 'UNBLOCKED' in msg or 'WRONGTYPE' in msg
 
 
 # Claims one pending task of a consumer whose heartbeat key is gone, atomically: checking and
@@ -405,10 +411,21 @@ class _Supervisor(object):
         return recent[0][0] if recent else b'0-0'
 
     def _consider(self, j):
-        '''A job was announced: join it if its meta is genuine.'''
+        '''A job was announced: join it if its meta is genuine. Announcements are not signed:
+        anyone who can write to Redis can make one, so nothing here may stop the supervisor.'''
         if j in self.jobs or j in self.ignored or not j:
             return
-        meta = _fetch_meta(self.call, self.mod, self.key, j)
+        if len(self.ignored) > 10000:
+            self.ignored.clear()    # a flood of forged announcements must not grow memory
+        if not _JOB_ID.fullmatch(j):
+            self.ignored.add(j)
+            return
+        try:
+            meta = _fetch_meta(self.call, self.mod, self.key, j)
+        except self.mod.RedisError as e:
+            _log('procpy worker %s: ignoring job %s: %s' % (self.name, j, e))
+            self.ignored.add(j)
+            return
         if meta is None:
             return
         if isinstance(meta, str):

@@ -702,6 +702,37 @@ fn a_password_in_the_url_authenticates() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Announcements are not signed: forged ones (a job key of the wrong type, ids that are not
+/// job ids) must not stop a running worker or keep a new one from starting. Both read them
+/// before the client's own announcement (a stream is read in order), so a worker that serves
+/// the client's job has survived them.
+#[test]
+fn forged_announcements_stop_no_worker() {
+    let _g = serial::shared();
+    let _one = one_at_a_time();
+    let redis = RedisServer::start();
+    let mut w = Worker::start(&redis.url(), 1, "forged");
+    assert_eq!(redis.cli(&["SET", "procpy:job:0123456789abcdef0123456789abcdef", "x"]), "OK");
+    for id in ["0123456789abcdef0123456789abcdef", "../evil", "*"] {
+        redis.cli(&["XADD", "procpy:jobs", "*", "job", id, "ev", "start"]);
+    }
+    // A worker started now reads those announcements at start (they are the newest).
+    let mut late = Worker::start(&redis.url(), 1, "forged-late");
+    let dir = fresh_dir("procpy-cluster-forged-ann");
+    let script = dir.join("ann.py");
+    std::fs::write(
+        &script,
+        "import multiprocessing\n\ndef f(x):\n    return -x\n\nif __name__ == '__main__':\n    \
+         with multiprocessing.Pool(2) as pool:\n        print(pool.map(f, range(4)))\n",
+    )
+    .unwrap();
+    assert_eq!(run_client(&script, &redis.url(), &[], &[]), "[0, -1, -2, -3]\n");
+    assert!(!w.proc.exited(), "a forged announcement stopped a running worker");
+    assert!(!late.proc.exited(), "a forged announcement kept a worker from starting");
+    drop((w, late));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The cluster benchmark (tests/bench/cluster.py) runs end to end on a tiny size: it starts its
 /// own redis-server and worker, and every workload yields a number for both pools (timings are
 /// printed, never asserted).

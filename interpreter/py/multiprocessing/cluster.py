@@ -662,7 +662,9 @@ class _ClusterCore(object):
                 replies, reconnected = self._retry(
                     conn, lambda c: c.pipeline([('EXPIRE', k, self._ttl) for k in keys]))
                 next_refresh = now() + refresh_every
-                if replies and replies[0] == 0:
+                # The job hash, or its task or result stream, deleted (a Redis restart, or
+                # someone with write access): the job cannot finish; fail it, never hang.
+                if replies and any(r == 0 for r in replies[:3]):
                     self._job_gone()
                     return
             if reconnected:
