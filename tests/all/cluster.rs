@@ -679,6 +679,18 @@ fn no_worker_alive_warns_then_a_late_worker_serves() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A script whose pool maps `-x` over 0..4 (prints `[0, -1, -2, -3]`), written to `dir/name`.
+fn negate_script(dir: &Path, name: &str) -> PathBuf {
+    let script = dir.join(name);
+    std::fs::write(
+        &script,
+        "import multiprocessing\n\ndef f(x):\n    return -x\n\nif __name__ == '__main__':\n    \
+         with multiprocessing.Pool(2) as pool:\n        print(pool.map(f, range(4)))\n",
+    )
+    .unwrap();
+    script
+}
+
 /// Redis AUTH: a password in the URL (`redis://:PASSWORD@host:port/0`) reaches the server from
 /// the client and the workers.
 #[test]
@@ -691,13 +703,7 @@ fn a_password_in_the_url_authenticates() {
     });
     let _w = Worker::start(&redis.url(), 1, "auth");
     let dir = fresh_dir("procpy-cluster-auth");
-    let script = dir.join("auth.py");
-    std::fs::write(
-        &script,
-        "import multiprocessing\n\ndef f(x):\n    return -x\n\nif __name__ == '__main__':\n    \
-         with multiprocessing.Pool(2) as pool:\n        print(pool.map(f, range(4)))\n",
-    )
-    .unwrap();
+    let script = negate_script(&dir, "auth.py");
     assert_eq!(run_client(&script, &redis.url(), &[], &[]), "[0, -1, -2, -3]\n");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -719,13 +725,7 @@ fn forged_announcements_stop_no_worker() {
     // A worker started now reads those announcements at start (they are the newest).
     let mut late = Worker::start(&redis.url(), 1, "forged-late");
     let dir = fresh_dir("procpy-cluster-forged-ann");
-    let script = dir.join("ann.py");
-    std::fs::write(
-        &script,
-        "import multiprocessing\n\ndef f(x):\n    return -x\n\nif __name__ == '__main__':\n    \
-         with multiprocessing.Pool(2) as pool:\n        print(pool.map(f, range(4)))\n",
-    )
-    .unwrap();
+    let script = negate_script(&dir, "ann.py");
     assert_eq!(run_client(&script, &redis.url(), &[], &[]), "[0, -1, -2, -3]\n");
     assert!(!w.proc.exited(), "a forged announcement stopped a running worker");
     assert!(!late.proc.exited(), "a forged announcement kept a worker from starting");
